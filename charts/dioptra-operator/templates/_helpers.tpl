@@ -1,0 +1,118 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "dioptra-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources: "<release>-<chart>", or the release name alone when it
+already contains the chart name. Truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "dioptra-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "name-version" for the helm.sh/chart label. */}}
+{{- define "dioptra-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the operator's Pods; never change them after a release exists. */}}
+{{- define "dioptra-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dioptra-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on every resource of the chart. */}}
+{{- define "dioptra-operator.labels" -}}
+helm.sh/chart: {{ include "dioptra-operator.chart" . }}
+{{ include "dioptra-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dioptra
+{{- end }}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "dioptra-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "dioptra-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces the operator watches in single-namespace mode (default: the release's). */}}
+{{- define "dioptra-operator.watchNamespaces" -}}
+{{- if .Values.watch.namespaces }}
+{{- join "," .Values.watch.namespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces that get the runner's ServiceAccount and Role, comma-separated. */}}
+{{- define "dioptra-operator.runnerNamespaces" -}}
+{{- if not .Values.watch.clusterWide }}
+{{- include "dioptra-operator.watchNamespaces" . }}
+{{- else if .Values.runner.namespaces }}
+{{- join "," .Values.runner.namespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* Operator image reference; the tag defaults to the chart's appVersion. */}}
+{{- define "dioptra-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Runner image reference; the tag defaults to the chart's appVersion. */}}
+{{- define "dioptra-operator.runnerImage" -}}
+{{- printf "%s:%s" .Values.runner.image.repository (default .Chart.AppVersion .Values.runner.image.tag) }}
+{{- end }}
+
+{{/*
+What the operator does inside a watched namespace; shared by the ClusterRole (cluster-wide mode)
+and the per-namespace Roles. Each rule says why it exists; nothing uses "*".
+*/}}
+{{- define "dioptra-operator.namespacedRules" -}}
+# Watch Experiments and patch their metadata (kopf's finalizer and progress annotations).
+- apiGroups: ["dioptra.dev"]
+  resources: ["experiments"]
+  verbs: ["get", "list", "watch", "patch"]
+# Write phase, conditions, observedGeneration and jobName.
+- apiGroups: ["dioptra.dev"]
+  resources: ["experiments/status"]
+  verbs: ["get", "patch"]
+# Create one Job per Experiment generation, follow it, unsuspend/adjust it, and delete stale ones.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Read the Job's Pods to report truthful failures (OOMKilled, image pull, init container).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Post Events on Experiments (kopf's handler events and our condition changes).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Cluster-scoped reads kopf makes in every mode: it notices CRDs added or removed at runtime. */}}
+{{- define "dioptra-operator.crdObserverRules" -}}
+# kopf watches CustomResourceDefinitions to notice the Experiment CRD being (re)installed.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}

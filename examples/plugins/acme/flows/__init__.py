@@ -1,0 +1,1 @@
+"""acme's entry points: modules whose ``flow`` attribute is a ``dioptra.flow.Flow``."""

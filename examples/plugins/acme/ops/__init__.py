@@ -1,0 +1,1 @@
+"""acme's task plugins."""

@@ -1,0 +1,115 @@
+"""Names shared by the operator, its Jobs and its tests: the API, labels, phases and conditions.
+
+Everything a user or another component can observe (label keys, condition types, reasons) is
+spelled once here so that the builder, the status mapping and the handlers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "dioptra.dev"
+VERSION: Final = "v1alpha1"
+PLURAL: Final = "experiments"
+KIND: Final = "Experiment"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# Labels linking an Experiment to its Job and Pods (Jobs copy their template labels to Pods).
+LABEL_EXPERIMENT: Final = f"{GROUP}/experiment"
+LABEL_GENERATION: Final = f"{GROUP}/generation"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "dioptra-operator"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+COMPONENT_RUNNER: Final = "runner"
+# On the Job: a hash of the spec it runs, minus `suspend` (toggling suspend keeps the Job).
+ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+# Kueue admits suspended Jobs that carry this label; we pass spec.queueName through.
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+
+# The Job contract (docs/architecture.md).
+PLUGIN_DIR: Final = "/var/lib/dioptra/plugins"
+TMP_DIR: Final = "/tmp"
+PREFECT_HOME: Final = "/tmp/prefect"
+ENTRYPOINT_DIR: Final = "/etc/dioptra/entrypoint"
+INIT_CONTAINER: Final = "sync"
+MAIN_CONTAINER: Final = "runner"
+RUNNER_UID: Final = 65532
+DNS_LABEL_MAX: Final = 63
+
+
+class Phase:
+    """The one-word `status.phase` values (printer columns, humans)."""
+
+    PENDING: Final = "Pending"
+    SUSPENDED: Final = "Suspended"
+    SYNCING_PLUGINS: Final = "SyncingPlugins"
+    RUNNING: Final = "Running"
+    SUCCEEDED: Final = "Succeeded"
+    FAILED: Final = "Failed"
+
+    TERMINAL: Final = frozenset({SUCCEEDED, FAILED})
+
+
+class ConditionType:
+    """The closed set of `status.conditions[].type` values the operator writes."""
+
+    ACCEPTED: Final = "Accepted"  # the spec passed the operator's checks
+    JOB_CREATED: Final = "JobCreated"  # the Job for observedGeneration exists
+    SUSPENDED: Final = "Suspended"  # spec.suspend holds the Job (e.g. waiting for Kueue)
+    PLUGINS_SYNCED: Final = "PluginsSynced"  # the init container finished the S3 sync
+    STALLED: Final = "Stalled"  # the pod cannot start (image, Secret, config) and waits
+    COMPLETE: Final = "Complete"  # terminal success
+    FAILED: Final = "Failed"  # terminal failure; the reason says why
+
+
+class Reason:
+    """CamelCase reasons; each is used as the condition reason and the Event reason."""
+
+    SPEC_ACCEPTED: Final = "SpecAccepted"
+    INVALID_SPEC: Final = "InvalidSpec"
+    JOB_CREATED: Final = "JobCreated"
+    JOB_ADOPTED: Final = "JobAdopted"
+    JOB_MISSING: Final = "JobMissing"
+    SUSPENDED: Final = "Suspended"
+    RESUMED: Final = "Resumed"
+    PLUGINS_SYNCED: Final = "PluginsSynced"
+    PLUGIN_SYNC_FAILED: Final = "PluginSyncFailed"
+    CONTAINERS_STARTED: Final = "ContainersStarted"
+    IMAGE_PULL_FAILED: Final = "ImagePullFailed"
+    SECRET_NOT_FOUND: Final = "SecretNotFound"
+    CONTAINER_CONFIG_ERROR: Final = "ContainerConfigError"
+    SUCCEEDED: Final = "Succeeded"
+    OOM_KILLED: Final = "OOMKilled"
+    DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+    BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
+    RUNNER_FAILED: Final = "RunnerFailed"
+
+
+# Default human messages for each reason; callers may append specifics (never credentials).
+MESSAGES: Final[dict[str, str]] = {
+    Reason.SPEC_ACCEPTED: "The spec is valid.",
+    Reason.INVALID_SPEC: "The spec is invalid",
+    Reason.JOB_CREATED: "Created Job {job}.",
+    Reason.JOB_ADOPTED: "Job {job} already existed and was adopted.",
+    Reason.JOB_MISSING: "Job {job} was deleted before the experiment finished.",
+    Reason.SUSPENDED: "The Job is suspended (spec.suspend is true).",
+    Reason.RESUMED: "The Job is no longer suspended.",
+    Reason.PLUGINS_SYNCED: "Plugins were synced from S3.",
+    Reason.PLUGIN_SYNC_FAILED: "The plugin sync (init container) failed",
+    Reason.CONTAINERS_STARTED: "The runner pod's containers started.",
+    Reason.IMAGE_PULL_FAILED: "The runner image cannot be pulled",
+    Reason.SECRET_NOT_FOUND: "A Secret the runner pod needs does not exist",
+    Reason.CONTAINER_CONFIG_ERROR: "The runner pod's container configuration is invalid",
+    Reason.SUCCEEDED: "The experiment succeeded.",
+    Reason.OOM_KILLED: "The runner was killed for exceeding its memory limit (OOMKilled).",
+    Reason.DEADLINE_EXCEEDED: "The Job exceeded spec.activeDeadlineSeconds.",
+    Reason.BACKOFF_LIMIT_EXCEEDED: "The Job failed more times than spec.backoffLimit allows",
+    Reason.RUNNER_FAILED: "The runner exited with an error",
+}
+
+# Conditions whose True status is bad news: their Events are Warnings.
+WARNING_WHEN_TRUE: Final = frozenset({ConditionType.FAILED, ConditionType.STALLED})
+# Conditions whose False status is bad news.
+WARNING_WHEN_FALSE: Final = frozenset(
+    {ConditionType.ACCEPTED, ConditionType.JOB_CREATED, ConditionType.PLUGINS_SYNCED}
+)

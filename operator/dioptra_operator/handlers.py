@@ -1,0 +1,148 @@
+"""The kopf handlers: glue only. Each reads the event, calls `reconcile`, maps errors to retries.
+
+Importing this module registers the handlers with kopf's default registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from dioptra_operator import constants as c
+from dioptra_operator import reconcile
+from dioptra_operator.job_builder import InvalidSpecError
+from dioptra_operator.k8s import ApiUnavailable
+from dioptra_operator.metrics import PHASES_SEEN, RECONCILE_ERRORS
+from dioptra_operator.settings import Settings
+
+# Loaded once by the startup handler in __main__; tests may replace it before the operator runs.
+SETTINGS = Settings()
+RETRY_DELAY = 5  # seconds; the API server or the network will usually be back by then
+OWNED = {c.LABEL_EXPERIMENT: kopf.PRESENT}
+
+
+def _owner_job(body: kopf.Body) -> str | None:
+    """The Job that owns a Pod (the Job controller also labels it `job-name`)."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "Job":
+            return str(ref.get("name"))
+    name = body.get("metadata", {}).get("labels", {}).get("job-name")
+    return str(name) if name else None
+
+
+@kopf.index("", "v1", "pods", labels=OWNED)
+def pods_by_job(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Our runner Pods, kept in memory by Job: status mapping needs them without API calls."""
+    job = _owner_job(body)
+    if job is None:
+        return {}
+    return {(namespace, job): {"metadata": dict(body.metadata), "status": dict(body.status)}}
+
+
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+def jobs_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Our Jobs, kept in memory by name, for mapping a Pod event to its Job's state."""
+    return {(namespace, name): {k: body.get(k) for k in ("metadata", "spec", "status")}}
+
+
+@kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.create(c.GROUP, c.VERSION, c.PLURAL)
+@kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
+def experiment_changed(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    logger: kopf.Logger,
+    pods_by_job: kopf.Index[Any, Any] | None = None,
+    **_: Any,
+) -> None:
+    """Ensure the Job for the Experiment's current generation (create, adopt or toggle it)."""
+    experiment = {
+        "apiVersion": body.get("apiVersion", c.API_VERSION),
+        "kind": body.get("kind", c.KIND),
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
+    job = (experiment["status"] or {}).get("jobName")
+    pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
+    try:
+        reconcile.ensure_job(experiment, SETTINGS, pods, logger)
+    except InvalidSpecError as exc:
+        RECONCILE_ERRORS.labels("experiment", "permanent").inc()
+        try:
+            reconcile.reject_spec(experiment, exc)
+        except ApiUnavailable as api_exc:
+            raise kopf.TemporaryError(str(api_exc), delay=RETRY_DELAY) from api_exc
+        raise kopf.PermanentError(f"{c.MESSAGES[c.Reason.INVALID_SPEC]}: {exc}") from exc
+    except ApiUnavailable as exc:
+        RECONCILE_ERRORS.labels("experiment", "temporary").inc()
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
+def experiment_seen(
+    *, type: str, namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> None:
+    """Feed the phase gauge; forget per-Experiment state on deletion."""
+    if type == "DELETED":
+        reconcile.forget(namespace or "", name)
+    else:
+        PHASES_SEEN.observe(namespace or "", name, status.get("phase"))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+def job_changed(
+    *,
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    labels: kopf.Labels,
+    pods_by_job: kopf.Index[Any, Any] | None = None,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Mirror the Job's state (or its disappearance) into the Experiment's status."""
+    job = None if type == "DELETED" else {k: body.get(k) for k in ("metadata", "spec", "status")}
+    pods = list(pods_by_job.get((namespace, name), [])) if pods_by_job else []
+    _sync(namespace or "", labels[c.LABEL_EXPERIMENT], name, job, pods, logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED)
+def pod_changed(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    labels: kopf.Labels,
+    jobs_by_name: kopf.Index[Any, Any] | None = None,
+    pods_by_job: kopf.Index[Any, Any] | None = None,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Mirror a runner Pod's container states (sync running, image pull, OOM...)."""
+    job_name = _owner_job(body)
+    if job_name is None or jobs_by_name is None or pods_by_job is None:
+        return
+    jobs = list(jobs_by_name.get((namespace, job_name), []))
+    if not jobs:
+        return  # the Job's own events cover it
+    pods = list(pods_by_job.get((namespace, job_name), []))
+    _sync(namespace or "", labels[c.LABEL_EXPERIMENT], job_name, jobs[0], pods, logger)
+
+
+def _sync(
+    namespace: str,
+    experiment: str,
+    job_name: str,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    logger: kopf.Logger,
+) -> None:
+    # Event handlers are not retried by kopf: log and count; the next event brings a retry.
+    try:
+        reconcile.sync_status(namespace, experiment, job_name, job, pods)
+    except ApiUnavailable as exc:
+        RECONCILE_ERRORS.labels("status", "temporary").inc()
+        logger.warning("Could not mirror Job %s into Experiment %s: %s", job_name, experiment, exc)

@@ -1,0 +1,252 @@
+"""Build the batch/v1 Job that runs one generation of an Experiment (pure: no I/O).
+
+The Job follows the operator -> pod contract in docs/architecture.md: an init container syncs
+plugins from S3 into an emptyDir, the main container runs `dioptra run --in-cluster` with a JSON
+snapshot of the Experiment. Same input, same output: the name and every field are
+deterministic, so a replayed event can only ever produce the Job that already exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from dioptra_operator import constants as c
+from dioptra_operator.settings import Settings
+
+_ENTRY_POINT_KINDS = ("module", "script", "configMapRef", "taskGraph")
+
+
+class InvalidSpecError(ValueError):
+    """The Experiment's spec cannot be turned into a Job; the message says what to fix."""
+
+
+def job_name(experiment_name: str, generation: int) -> str:
+    """`<name>-g<generation>`, shortened with a stable hash when longer than a DNS label."""
+    suffix = f"-g{generation}"
+    name = f"{experiment_name}{suffix}"
+    if len(name) <= c.DNS_LABEL_MAX:
+        return name
+    digest = hashlib.sha256(experiment_name.encode()).hexdigest()[:8]
+    keep = c.DNS_LABEL_MAX - len(suffix) - len(digest) - 1
+    return f"{experiment_name[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def validate_spec(spec: dict[str, Any]) -> None:
+    """Checks the CRD schema cannot express (or an API server might not enforce)."""
+    entry = spec.get("entryPoint") or {}
+    kinds = [kind for kind in _ENTRY_POINT_KINDS if entry.get(kind)]
+    if len(kinds) != 1:
+        raise InvalidSpecError(
+            "spec.entryPoint must set exactly one of module, script, configMapRef, taskGraph"
+            + (f" (found {', '.join(kinds)})" if kinds else "")
+        )
+    if entry.get("configMapRef") and not (entry["configMapRef"] or {}).get("name"):
+        raise InvalidSpecError("spec.entryPoint.configMapRef.name is required")
+    sources = (spec.get("plugins") or {}).get("sources") or []
+    for source in sources:
+        if not isinstance(source, str) or not source.startswith("s3://") or len(source) <= 5:
+            raise InvalidSpecError(
+                f"spec.plugins.sources: {source!r} is not an s3://bucket[/prefix] URI "
+                "(local folders work only with `dioptra run` on a laptop)"
+            )
+
+
+def experiment_snapshot(experiment: dict[str, Any]) -> str:
+    """The JSON the runner reads from DIOPTRA_EXPERIMENT: identity plus this generation's spec."""
+    meta = experiment.get("metadata") or {}
+    snapshot = {
+        "apiVersion": experiment.get("apiVersion", c.API_VERSION),
+        "kind": experiment.get("kind", c.KIND),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "generation": meta.get("generation"),
+            "uid": meta.get("uid"),
+        },
+        "spec": experiment.get("spec") or {},
+    }
+    return json.dumps(snapshot, sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """Identifies what a Job runs: every spec field except `suspend`, which only gates it."""
+    relevant = {key: value for key, value in spec.items() if key != "suspend"}
+    encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def job_labels(experiment: dict[str, Any]) -> dict[str, str]:
+    """Labels on the Job and its Pods that link them back to the Experiment."""
+    meta = experiment.get("metadata") or {}
+    labels = {
+        c.LABEL_EXPERIMENT: meta["name"],
+        c.LABEL_GENERATION: str(meta.get("generation", 1)),
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        c.LABEL_COMPONENT: c.COMPONENT_RUNNER,
+    }
+    queue = (experiment.get("spec") or {}).get("queueName")
+    if queue:
+        labels[c.LABEL_KUEUE_QUEUE] = queue
+    return labels
+
+
+def _container_security_context() -> dict[str, Any]:
+    """Restricted Pod Security Standard, per container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": c.RUNNER_UID,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _s3_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """Endpoint, region and credentials for the sync; credentials only by secretKeyRef."""
+    plugins = spec.get("plugins") or {}
+    env: list[dict[str, Any]] = []
+    endpoint = plugins.get("endpointURL") or settings.default_s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    region = plugins.get("region") or settings.default_s3_region
+    if region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": region})
+    ref = plugins.get("credentialsSecretRef") or {}
+    secret = ref.get("name") or settings.default_credentials_secret
+    if secret:
+        keys = {
+            "AWS_ACCESS_KEY_ID": ref.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": ref.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY",
+        }
+        for name, key in keys.items():
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        env.append(
+            {
+                "name": "AWS_SESSION_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": secret, "key": "AWS_SESSION_TOKEN", "optional": True}
+                },
+            }
+        )
+    return env
+
+
+def build_job(experiment: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The Job manifest for the Experiment's current generation (without ownerReferences).
+
+    Raises InvalidSpecError when the spec cannot run. The caller adopts the Job (owner
+    reference, namespace) and creates it.
+    """
+    meta = experiment["metadata"]
+    spec = experiment.get("spec") or {}
+    validate_spec(spec)
+    runner = spec.get("runner") or {}
+    generation = int(meta.get("generation", 1))
+    labels = job_labels(experiment)
+    image = runner.get("image") or settings.runner_image
+    pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
+    resources = runner.get("resources") or {}
+
+    common_env = [
+        {"name": "DIOPTRA_PLUGIN_DIR", "value": c.PLUGIN_DIR},
+        {"name": "HOME", "value": c.TMP_DIR},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "plugins", "mountPath": c.PLUGIN_DIR},
+        {"name": "tmp", "mountPath": c.TMP_DIR},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "plugins", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+    main_env = [
+        *common_env,
+        {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
+        {"name": "DIOPTRA_EXPERIMENT", "value": experiment_snapshot(experiment)},
+        {"name": "DIOPTRA_EXPERIMENT_NAME", "value": meta["name"]},
+        {"name": "DIOPTRA_EXPERIMENT_NAMESPACE", "value": meta.get("namespace") or "default"},
+    ]
+    if settings.prefect_api_url:
+        main_env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
+    # The user's extra variables come last so that they can override ours deliberately.
+    main_env.extend(dict(item) for item in runner.get("env") or [])
+    main_mounts: list[dict[str, Any]] = list(mounts)
+    config_map = (spec.get("entryPoint") or {}).get("configMapRef")
+    if config_map:
+        volumes.append({"name": "entrypoint", "configMap": {"name": config_map["name"]}})
+        main_mounts.append({"name": "entrypoint", "mountPath": c.ENTRYPOINT_DIR, "readOnly": True})
+
+    main: dict[str, Any] = {
+        "name": c.MAIN_CONTAINER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["dioptra", "run", "--in-cluster"],
+        "env": main_env,
+        "volumeMounts": main_mounts,
+        "securityContext": _container_security_context(),
+    }
+    if resources:
+        main["resources"] = resources
+
+    init_containers: list[dict[str, Any]] = []
+    sources = (spec.get("plugins") or {}).get("sources") or []
+    if sources:
+        init: dict[str, Any] = {
+            "name": c.INIT_CONTAINER,
+            "image": image,
+            "imagePullPolicy": pull_policy,
+            "command": ["dioptra", "plugins", "sync", "--dest", c.PLUGIN_DIR, *sources],
+            "env": [*common_env, *_s3_env(spec, settings)],
+            "volumeMounts": mounts,
+            "securityContext": _container_security_context(),
+        }
+        if resources:
+            init["resources"] = resources
+        init_containers.append(init)
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.get("serviceAccountName")
+        or runner.get("serviceAccountName")
+        or settings.runner_service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": c.RUNNER_UID,
+            "runAsGroup": c.RUNNER_UID,
+            "fsGroup": c.RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [main],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        value = spec.get(key) or runner.get(key)
+        if value:
+            pod_spec[key] = value
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": int(spec.get("backoffLimit", 0)),
+        "suspend": bool(spec.get("suspend", False)),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        if spec.get(key) is not None:
+            job_spec[key] = int(spec[key])
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(meta["name"], generation),
+            "namespace": meta.get("namespace"),
+            "labels": labels,
+            "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},
+        },
+        "spec": job_spec,
+    }

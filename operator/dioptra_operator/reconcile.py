@@ -1,0 +1,196 @@
+"""The operator's work, called by the thin handlers: ensure the Job, mirror its state.
+
+Both entry points hold a per-Experiment lock while they read the status, compute a merge patch
+with the pure modules and write it, because Experiment, Job and Pod events for the same
+Experiment are handled on different worker threads and conditions are a read-modify-write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, cast
+
+import kopf
+
+from dioptra_operator import constants as c
+from dioptra_operator import k8s
+from dioptra_operator.conditions import Condition, make_condition, set_condition
+from dioptra_operator.job_builder import InvalidSpecError, build_job
+from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
+from dioptra_operator.settings import Settings
+from dioptra_operator.status_mapping import observe, status_patch
+
+C = c.ConditionType
+R = c.Reason
+P = c.Phase
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+# Conditions that describe one run; a new Job starts without them.
+_PER_RUN = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks[(namespace, name)]
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop per-Experiment state once the Experiment is gone."""
+    with _locks_guard:
+        _locks.pop((namespace, name), None)
+    PHASES_SEEN.forget(namespace, name)
+
+
+def _apply(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _post_events(experiment: dict[str, Any], changed: Iterable[Condition]) -> None:
+    """One Event per condition that changed, reusing its reason and message."""
+    for cond in changed:
+        bad = (cond["status"] == "True" and cond["type"] in c.WARNING_WHEN_TRUE) or (
+            cond["status"] == "False" and cond["type"] in c.WARNING_WHEN_FALSE
+        )
+        k8s.post_event(
+            experiment, "Warning" if bad else "Normal", cond["reason"], cond.get("message", "")
+        )
+
+
+def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
+    """Record an InvalidSpec condition, phase Failed and an Event for a spec that cannot run."""
+    meta = experiment["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    message = f"{c.MESSAGES[R.INVALID_SPEC]}: {error}"
+    with _lock(namespace, name):
+        status = dict(experiment.get("status") or {})
+        conditions, changed = set_condition(
+            status.get("conditions"),
+            make_condition(C.ACCEPTED, False, R.INVALID_SPEC, message, meta.get("generation")),
+            k8s.now(),
+        )
+        patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+        if changed:
+            patch.update(conditions=conditions, phase=P.FAILED, message=message)
+        k8s.patch_experiment_status(namespace, name, patch)
+    if changed:
+        k8s.post_event(experiment, "Warning", R.INVALID_SPEC, message)
+
+
+def ensure_job(
+    experiment: dict[str, Any], settings: Settings, pods: list[dict[str, Any]], log: kopf.Logger
+) -> None:
+    """Make the Job for this generation exist (created or adopted) and record it in status.
+
+    Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
+    """
+    meta = experiment["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    generation = int(meta.get("generation", 1))
+    desired = build_job(experiment, settings)
+    desired_name = desired["metadata"]["name"]
+    desired_hash = desired["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
+
+    with _lock(namespace, name):
+        # Re-read: the status in the handler's body may predate our own last write.
+        fresh = k8s.read_experiment(namespace, name) or experiment
+        status = dict(fresh.get("status") or {})
+        recorded = status.get("jobName")
+        current = k8s.read_job(namespace, recorded) if recorded else None
+        base: dict[str, Any] = {"observedGeneration": generation}
+        now = k8s.now()
+        conditions = status.get("conditions") or []
+
+        annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
+        if current is not None and annotations.get(c.ANNOTATION_SPEC_HASH) == desired_hash:
+            # Same work, maybe a different `suspend`: keep the Job, toggle it in place.
+            job = current
+            wanted = bool(desired["spec"]["suspend"])
+            if bool((job.get("spec") or {}).get("suspend")) != wanted:
+                k8s.set_job_suspend(namespace, job["metadata"]["name"], wanted)
+                job = {**job, "spec": {**(job.get("spec") or {}), "suspend": wanted}}
+            created_reason = None
+        else:
+            kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+            job, created = k8s.create_job(namespace, desired)
+            created_reason = R.JOB_CREATED if created else R.JOB_ADOPTED
+            if created:
+                JOBS_CREATED.inc()
+                log.info("Created Job %s", desired_name)
+            superseded = current is not None and recorded != desired_name
+            if superseded and not ((current or {}).get("status") or {}).get("completionTime"):
+                # A new generation replaces a run still going (parameters or knobs changed).
+                k8s.delete_job(namespace, recorded or "")
+            if recorded != desired_name:
+                base.update(
+                    phase=P.PENDING,
+                    message=None,
+                    startTime=None,
+                    completionTime=None,
+                    duration=None,
+                    jobName=desired_name,
+                )
+                conditions = [cond for cond in conditions if cond.get("type") not in _PER_RUN]
+
+        wanted_conditions = [
+            make_condition(
+                C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED], generation
+            )
+        ]
+        if created_reason:
+            message = c.MESSAGES[created_reason].format(job=desired_name)
+            wanted_conditions.append(
+                make_condition(C.JOB_CREATED, True, created_reason, message, generation)
+            )
+        changed: list[Condition] = []
+        for new in wanted_conditions:
+            conditions, did_change = set_condition(conditions, new, now)
+            if did_change:
+                changed.append(new)
+        base["conditions"] = conditions
+        status = _apply(status, base)
+        observed, observed_changed = status_patch(
+            status, observe(job, pods, generation=generation), now
+        )
+        patch = {**base, **observed}
+        k8s.patch_experiment_status(namespace, name, patch)
+        PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
+    _post_events(fresh, [*changed, *observed_changed])
+
+
+def sync_status(
+    namespace: str,
+    experiment_name: str,
+    job_name: str,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+) -> None:
+    """Mirror a Job's (None: deleted) and its Pods' state into the Experiment's status."""
+    with _lock(namespace, experiment_name):
+        experiment = k8s.read_experiment(namespace, experiment_name)
+        if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        status = experiment.get("status") or {}
+        if status.get("jobName") != job_name:
+            return  # a superseded Job, or ensure_job has not recorded this one yet
+        if job is None and status.get("phase") in P.TERMINAL:
+            return  # removed by ttlSecondsAfterFinished after the run ended: not news
+        observation = observe(job, pods, generation=status.get("observedGeneration"))
+        if job is None:
+            for cond in observation.conditions:
+                cond["message"] = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+            observation.message = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+        patch, changed = status_patch(status, observation, k8s.now())
+        if patch:
+            k8s.patch_experiment_status(namespace, experiment_name, patch)
+            PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))
+    _post_events(experiment, changed)

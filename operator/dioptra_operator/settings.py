@@ -1,0 +1,51 @@
+"""The operator's configuration, read once from the environment the Helm chart sets.
+
+One frozen object passed to the builder keeps the builder pure and makes tests state exactly
+which defaults they rely on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_RUNNER_IMAGE = "ghcr.io/dioptra-operator/dioptra-runner:0.1.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Chart-level defaults that an Experiment's spec may override."""
+
+    runner_image: str = DEFAULT_RUNNER_IMAGE
+    # Used when spec.plugins.endpointURL / region / credentialsSecretRef are absent.
+    default_s3_endpoint: str | None = None
+    default_s3_region: str | None = None
+    default_credentials_secret: str | None = None
+    # Passed to runners so they use a shared Prefect server instead of an ephemeral one.
+    prefect_api_url: str | None = None
+    runner_service_account: str = "dioptra-runner"
+    image_pull_policy: str = "IfNotPresent"
+    # Port of the Prometheus /metrics endpoint; 0 disables it.
+    metrics_port: int = 9090
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `DIOPTRA_*` variables; empty values count as unset."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        port = get("DIOPTRA_METRICS_PORT")
+        return cls(
+            runner_image=get("DIOPTRA_RUNNER_IMAGE") or DEFAULT_RUNNER_IMAGE,
+            default_s3_endpoint=get("DIOPTRA_DEFAULT_S3_ENDPOINT"),
+            default_s3_region=get("DIOPTRA_DEFAULT_S3_REGION"),
+            default_credentials_secret=get("DIOPTRA_DEFAULT_CREDENTIALS_SECRET"),
+            prefect_api_url=get("DIOPTRA_PREFECT_API_URL"),
+            runner_service_account=get("DIOPTRA_RUNNER_SERVICE_ACCOUNT") or "dioptra-runner",
+            image_pull_policy=get("DIOPTRA_RUNNER_IMAGE_PULL_POLICY") or "IfNotPresent",
+            metrics_port=int(port) if port is not None else 9090,
+        )

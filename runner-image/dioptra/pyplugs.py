@@ -1,0 +1,332 @@
+"""The task plugin registry, compatible with Dioptra's ``dioptra.pyplugs``.
+
+A plugin is a function decorated with :func:`register`. It is filed under
+package -> plugin (its module's last name) -> function, all derived from
+``func.__module__``, so ``dioptra_builtins.data.images.resize`` is package
+``dioptra_builtins.data``, plugin ``images``, function ``resize``.
+
+Plugin modules are imported lazily, on first use, from whatever is on
+``sys.path`` (typically the folders that ``plugin_dirs()`` adds). An import
+error *inside* a plugin module (say it imports a library that is not installed)
+propagates as itself, so the user learns which library is missing; only a
+package, plugin or function that does not exist becomes one of this module's
+``Unknown*`` errors, whose messages say what was looked for and where.
+
+``call_task`` is the bridge to flows: inside ``with Flow(...)`` it records a
+task node (nothing runs); outside a flow it simply calls the plugin.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+__all__ = [
+    "PluginInfo",
+    "PyplugsError",
+    "UnknownPackageError",
+    "UnknownPluginError",
+    "UnknownPluginFunctionError",
+    "call",
+    "call_factory",
+    "call_task",
+    "call_task_factory",
+    "exists",
+    "exists_factory",
+    "funcs",
+    "funcs_factory",
+    "get",
+    "get_factory",
+    "get_task",
+    "get_task_factory",
+    "info",
+    "info_factory",
+    "names",
+    "names_factory",
+    "register",
+    "task_nout",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class PyplugsError(ImportError):
+    """Base of the registry's lookup errors.
+
+    An ImportError subclass, as in Dioptra, so existing ``except ImportError``
+    handlers keep working.
+    """
+
+
+class UnknownPackageError(PyplugsError):
+    """No importable package has the requested name."""
+
+
+class UnknownPluginError(PyplugsError):
+    """The package exists but holds no such plugin module, or it registers nothing."""
+
+
+class UnknownPluginFunctionError(PyplugsError):
+    """The plugin module exists but registered no function with that name."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What the registry knows about one plugin function."""
+
+    package_name: str
+    plugin_name: str
+    func_name: str
+    func: Callable[..., Any]
+    description: str
+    doc: str
+    module_doc: str
+    sort_value: float
+
+    @property
+    def qualified_name(self) -> str:
+        """``package.plugin.func``, the name users write in task graphs and see in the UI."""
+        return ".".join(p for p in (self.package_name, self.plugin_name, self.func_name) if p)
+
+
+_PLUGINS: dict[str, dict[str, dict[str, PluginInfo]]] = {}
+
+
+@overload
+def register(func: F, /) -> F: ...
+@overload
+def register(*, sort_value: float = 0) -> Callable[[F], F]: ...
+def register(func: Any = None, /, *, sort_value: float = 0) -> Any:
+    """Register ``func`` as a plugin and return it unchanged.
+
+    Works bare (``@register``) and with options (``@register(sort_value=2)``).
+    """
+
+    def add_to_registry(plugin_func: F) -> F:
+        package, _, plugin = plugin_func.__module__.rpartition(".")
+        description, _, rest = (plugin_func.__doc__ or "").strip().partition("\n\n")
+        module = sys.modules.get(plugin_func.__module__)
+        _PLUGINS.setdefault(package, {}).setdefault(plugin, {})[plugin_func.__name__] = PluginInfo(
+            package_name=package,
+            plugin_name=plugin,
+            func_name=plugin_func.__name__,
+            func=plugin_func,
+            description=" ".join(description.split()),
+            doc=textwrap.dedent(rest).strip(),
+            module_doc=(module.__doc__ or "") if module else "",
+            sort_value=sort_value,
+        )
+        return plugin_func
+
+    if func is None:
+        return add_to_registry
+    return add_to_registry(func)
+
+
+def task_nout(nout: int) -> Callable[[F], F]:
+    """Declare that a plugin returns ``nout`` values, so a flow can unpack its task node."""
+    if nout < 1:
+        raise ValueError(f"task_nout needs a positive count, got {nout}")
+
+    def mark(func: F) -> F:
+        func._task_nout = nout  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+def names(package: str) -> list[str]:
+    """The plugins (modules) of ``package`` that register something, by ``sort_value``."""
+    _import_all(package)
+    plugins = _PLUGINS.get(package, {})
+    return sorted(
+        (p for p in plugins if plugins[p]),
+        key=lambda p: (min(i.sort_value for i in plugins[p].values()), p),
+    )
+
+
+def funcs(package: str, plugin: str) -> list[str]:
+    """The function names one plugin registers, by ``sort_value`` then registration order."""
+    registered = _plugin_functions(package, plugin)
+    order = list(registered)
+    return sorted(order, key=lambda f: (registered[f].sort_value, order.index(f)))
+
+
+def info(package: str, plugin: str, func: str | None = None) -> PluginInfo:
+    """Everything known about one plugin function (the plugin's first one when ``func`` is None)."""
+    registered = _plugin_functions(package, plugin)
+    if func is None:
+        return registered[funcs(package, plugin)[0]]
+    try:
+        return registered[func]
+    except KeyError:
+        known = ", ".join(sorted(registered)) or "none"
+        raise UnknownPluginFunctionError(
+            f"plugin '{package}.{plugin}' registers no function {func!r} "
+            f"(it registers: {known}); decorate it with @pyplugs.register"
+        ) from None
+
+
+def exists(package: str, plugin: str) -> bool:
+    """Whether ``package.plugin`` is a plugin module that registers at least one function.
+
+    A plugin module that fails to import for another reason (a missing library)
+    raises that error: it exists, but it is broken, and the user must see why.
+    """
+    try:
+        _plugin_functions(package, plugin)
+    except (UnknownPackageError, UnknownPluginError):
+        return False
+    return True
+
+
+def get(package: str, plugin: str, func: str | None = None) -> Callable[..., Any]:
+    """The plugin function itself."""
+    return info(package, plugin, func).func
+
+
+def call(package: str, plugin: str, func: str | None = None, *args: Any, **kwargs: Any) -> Any:
+    """Call a plugin function now and return its result."""
+    return get(package, plugin, func)(*args, **kwargs)
+
+
+def get_task(package: str, plugin: str, func: str | None = None) -> Callable[..., Any]:
+    """The plugin as a task: inside a ``Flow`` definition calling it adds a node.
+
+    Outside a flow definition calling it runs the plugin directly (``upstream_tasks``
+    is accepted and ignored), which keeps plugins easy to try out in a REPL.
+    """
+    plugin_info = info(package, plugin, func)
+    from dioptra.flow import task_from_plugin
+
+    return task_from_plugin(plugin_info)
+
+
+def call_task(package: str, plugin: str, func: str | None = None, *args: Any, **kwargs: Any) -> Any:
+    """Add a task node calling this plugin to the flow being defined (see :func:`get_task`)."""
+    from dioptra.flow import current_flow, task_from_plugin
+
+    flow = current_flow()
+    if flow is not None:
+        # Record the node even when the plugin cannot be found, so the flow can
+        # report every missing plugin at once before anything runs.
+        return flow.add_plugin_task(package, plugin, func, args, kwargs)
+    return task_from_plugin(info(package, plugin, func))(*args, **kwargs)
+
+
+def names_factory(package: str) -> Callable[[], list[str]]:
+    """``names`` bound to one package."""
+    return functools.partial(names, package)
+
+
+def funcs_factory(package: str) -> Callable[[str], list[str]]:
+    """``funcs`` bound to one package."""
+    return functools.partial(funcs, package)
+
+
+def info_factory(package: str) -> Callable[..., PluginInfo]:
+    """``info`` bound to one package."""
+    return functools.partial(info, package)
+
+
+def exists_factory(package: str) -> Callable[[str], bool]:
+    """``exists`` bound to one package."""
+    return functools.partial(exists, package)
+
+
+def get_factory(package: str) -> Callable[..., Callable[..., Any]]:
+    """``get`` bound to one package."""
+    return functools.partial(get, package)
+
+
+def call_factory(package: str) -> Callable[..., Any]:
+    """``call`` bound to one package."""
+    return functools.partial(call, package)
+
+
+def get_task_factory(package: str) -> Callable[..., Callable[..., Any]]:
+    """``get_task`` bound to one package."""
+    return functools.partial(get_task, package)
+
+
+def call_task_factory(package: str) -> Callable[..., Any]:
+    """``call_task`` bound to one package."""
+    return functools.partial(call_task, package)
+
+
+def _plugin_functions(package: str, plugin: str) -> dict[str, PluginInfo]:
+    """The registered functions of one plugin, importing its module on first use."""
+    registered = _PLUGINS.get(package, {}).get(plugin)
+    if registered:
+        return registered
+    module_name = f"{package}.{plugin}" if package else plugin
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing == module_name:
+            raise UnknownPluginError(
+                f"no plugin {plugin!r} in package {package!r}: "
+                f"{module_name.replace('.', '/')}.py not found in {_package_folders(package)}"
+            ) from None
+        if missing and _is_prefix(missing, package):
+            raise UnknownPackageError(
+                f"no plugin package {package!r}: {missing!r} not found on the plugin path "
+                f"{_searched_folders()}"
+            ) from None
+        raise
+    registered = _PLUGINS.get(package, {}).get(plugin)
+    if not registered:
+        raise UnknownPluginError(
+            f"module {module_name!r} registers no plugin functions; "
+            "decorate them with @pyplugs.register"
+        )
+    return registered
+
+
+def _import_all(package: str) -> None:
+    """Import every plugin module of a package so that ``names`` sees them all.
+
+    A module that fails to import is skipped here (one broken plugin must not
+    hide the others from a listing); using it later raises its real error.
+    """
+    try:
+        pkg = importlib.import_module(package)
+    except ModuleNotFoundError as error:
+        if error.name and _is_prefix(error.name, package):
+            raise UnknownPackageError(
+                f"no plugin package {package!r} on the plugin path {_searched_folders()}"
+            ) from None
+        raise
+    for folder in getattr(pkg, "__path__", []):
+        for entry in sorted(os.listdir(folder)):
+            if entry.endswith(".py") and not entry.startswith("_"):
+                try:
+                    _plugin_functions(package, entry[:-3])
+                except ImportError:
+                    continue
+
+
+def _is_prefix(module: str, package: str) -> bool:
+    return package == module or package.startswith(module + ".")
+
+
+def _package_folders(package: str) -> list[str]:
+    pkg = sys.modules.get(package)
+    return list(getattr(pkg, "__path__", [])) or _searched_folders()
+
+
+def _searched_folders() -> list[str]:
+    """The import path minus the interpreter's own folders: where user plugins can live."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return [
+        entry or os.getcwd()
+        for entry in sys.path
+        if not any(os.path.realpath(entry or ".").startswith(prefix) for prefix in prefixes)
+    ]

@@ -1,0 +1,1 @@
+"""Dioptra SDK utilities kept for compatibility with Dioptra plugins and entry points."""

@@ -1,0 +1,1 @@
+"""Attack plugins: craft adversarial examples against a wrapped classifier."""

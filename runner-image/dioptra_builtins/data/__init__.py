@@ -1,0 +1,1 @@
+"""Data preparation plugins: image folders in, image folders out."""

@@ -1,0 +1,1 @@
+"""Dataset plugins: small labelled datasets that ship with the field libraries."""

@@ -1,0 +1,1 @@
+"""Defence plugins: input preprocessing that tries to undo adversarial perturbations."""

@@ -1,0 +1,1 @@
+"""Estimator plugins: train models and wrap them for the adversarial-robustness-toolbox."""

@@ -1,0 +1,1 @@
+"""Random number plugins: one seeded generator per flow, so runs are reproducible."""

@@ -1,0 +1,51 @@
+"""Plugin sync and push: S3 (or local folders) <-> a plugin folder. Depends on boto3 only.
+
+Commands: `dioptra plugins sync --dest DIR SOURCE...` (the Job's init container) and
+`dioptra plugins push LOCAL_DIR s3://bucket/prefix`.
+
+Python API (what the runner calls)::
+
+    from dioptra_runner.sync import SyncError, sync_sources
+
+    report = sync_sources(["s3://bucket/plugins", "./more-plugins"], Path(plugin_dir),
+                          endpoint_url=None, allow_empty=False, base=experiment_folder)
+    report.manifest   # the JSON document also written to DIR/.dioptra-plugins.json
+    report.summary()  # one line for humans
+
+- `sync_sources(sources, dest, *, endpoint_url=None, allow_empty=False, workers=16,
+  base=None, progress_stream=None) -> SyncReport`. A source is `s3://bucket/prefix`,
+  `file:///abs/path` or a folder path (relative paths resolve against `base`, default the
+  current directory). The *contents* of each prefix or folder land at DEST's top, as with
+  `aws s3 sync`: `s3://b/plugins/acme/ops.py` synced from `s3://b/plugins` becomes
+  `DEST/acme/ops.py`. Sources merge in order; a later one wins on the same path
+  (`report.overrides` lists those paths). Re-syncs download only changed files and delete
+  files the previous sync wrote whose object is gone; files the sync never wrote are left
+  alone. Dotfiles, `__pycache__` and `.pyc` are never synced.
+- `push_folder(folder, "s3://bucket/prefix", *, endpoint_url=None, delete=False, ...)
+  -> PushReport`: upload changed files; `delete=True` also removes objects under the prefix
+  that the folder lacks.
+- `SyncError`: every failure the user can fix; `str(error)` is one line naming the source
+  and the cause, never a credential and never a traceback.
+- `load_manifest(dest) -> dict | None`: the manifest for the Experiment's status:
+  `{"version": 1, "syncedAt", "sources": [...], "files": [{"path", "source", "key", "size",
+  "sha256", "etag" (S3 only), "versionId" (versioned buckets only)}]}`.
+
+Credentials, region and endpoint come from boto3's standard chain (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, profiles, IRSA web identity); `endpoint_url` overrides the endpoint.
+boto3 is imported only when an S3 source is used.
+"""
+
+from dioptra_runner.sync.engine import PushReport, SyncReport, push_folder, sync_sources
+from dioptra_runner.sync.errors import SyncError
+from dioptra_runner.sync.manifest import load_manifest
+from dioptra_runner.sync.uri import MANIFEST_NAME
+
+__all__ = [
+    "MANIFEST_NAME",
+    "PushReport",
+    "SyncError",
+    "SyncReport",
+    "load_manifest",
+    "push_folder",
+    "sync_sources",
+]

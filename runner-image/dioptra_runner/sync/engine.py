@@ -1,0 +1,341 @@
+"""The two operations: `sync_sources` (S3 or folders -> DIR) and `push_folder` (folder -> S3).
+
+Order of a sync: list every source (in parallel), plan against the previous manifest, download
+what changed (in parallel, each file atomically), delete what is gone, then write the manifest.
+Any error stops the work and raises `SyncError`; the manifest is only written after success,
+so an interrupted sync is simply redone next time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dioptra_runner.sync.errors import SyncError
+from dioptra_runner.sync.local import copy_file, list_local, walk_files
+from dioptra_runner.sync.manifest import (
+    ManifestEntry,
+    manifest_document,
+    read_manifest,
+    write_manifest,
+)
+from dioptra_runner.sync.messages import explain
+from dioptra_runner.sync.plan import Override, RemoteFile, make_plan
+from dioptra_runner.sync.progress import Progress
+from dioptra_runner.sync.uri import LocalSource, S3Source, Source, parse_source
+
+DEFAULT_WORKERS = 16
+T = TypeVar("T")
+
+
+@dataclass
+class SyncReport:
+    """What a sync did. `manifest` is the document written to `DIR/.dioptra-plugins.json`."""
+
+    dest: Path
+    sources: list[str]
+    downloaded: int
+    unchanged: int
+    deleted: int
+    skipped: int
+    bytes_downloaded: int
+    seconds: float
+    overrides: list[Override] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        total = self.downloaded + self.unchanged
+        return (
+            f"synced {_count(total, 'file')} from {_count(len(self.sources), 'source')} "
+            f"into {self.dest} in {self.seconds:.2f} s: "
+            f"{self.downloaded} downloaded ({_mib(self.bytes_downloaded)}), "
+            f"{self.unchanged} unchanged, {self.deleted} deleted"
+            + (f", {self.skipped} skipped (dotfiles, __pycache__, .pyc)" if self.skipped else "")
+            + (f", {len(self.overrides)} overridden by later sources" if self.overrides else "")
+        )
+
+
+@dataclass
+class PushReport:
+    """What a push did."""
+
+    destination: str
+    uploaded: int
+    unchanged: int
+    deleted: int
+    remote_only: int
+    bytes_uploaded: int
+    seconds: float
+
+    def summary(self) -> str:
+        extra = ""
+        if self.remote_only:
+            extra = (
+                f", {self.remote_only} remote objects not in the folder"
+                " (kept; --delete removes them)"
+            )
+        return (
+            f"pushed to {self.destination} in {self.seconds:.2f} s: {self.uploaded} uploaded "
+            f"({_mib(self.bytes_uploaded)}), {self.unchanged} unchanged, {self.deleted} deleted"
+            + extra
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _mib(count: int) -> str:
+    return f"{count / 1048576:.1f} MiB"
+
+
+def sync_sources(
+    sources: Sequence[str],
+    dest: Path,
+    *,
+    endpoint_url: str | None = None,
+    allow_empty: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    base: Path | None = None,
+    progress_stream: Any = None,
+) -> SyncReport:
+    """Sync `sources` (merged in order, a later one wins on the same path) into `dest`.
+
+    Raises `SyncError` with a one-line message on any failure.
+    """
+    started = time.monotonic()
+    if not sources:
+        raise SyncError("no plugin sources given")
+    parsed = [parse_source(text, base=base) for text in sources]
+    dest = Path(dest).absolute()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SyncError(f"{dest}: cannot create the destination ({error.strerror})") from None
+    client = _client_if_needed(parsed, endpoint_url, workers)
+    listings, skipped = _list_all(parsed, client, allow_empty)
+    previous = read_manifest(dest)
+    plan = make_plan(listings, previous, lambda path: _local_state(dest, path))
+
+    progress = Progress("syncing", len(plan.download), progress_stream)
+    fresh = _run_parallel(
+        plan.download, workers, lambda remote: _fetch(client, remote, dest, progress)
+    )
+    progress.finish()
+    for path in plan.delete:
+        _remove(dest, path)
+    entries = plan.unchanged + fresh
+    document = manifest_document(
+        [str(source) for source in parsed],
+        entries,
+        datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    )
+    write_manifest(dest, document)
+    return SyncReport(
+        dest=dest,
+        sources=[str(source) for source in parsed],
+        downloaded=len(fresh),
+        unchanged=len(plan.unchanged),
+        deleted=len(plan.delete),
+        skipped=skipped,
+        bytes_downloaded=sum(entry.size for entry in fresh),
+        seconds=time.monotonic() - started,
+        overrides=plan.overrides,
+        manifest=document,
+    )
+
+
+def _client_if_needed(parsed: list[Source], endpoint_url: str | None, workers: int) -> Any:
+    if not any(isinstance(source, S3Source) for source in parsed):
+        return None  # local folders only: never import or configure boto3
+    from dioptra_runner.sync.s3 import make_client
+
+    return make_client(endpoint_url, workers)
+
+
+def _list_all(
+    parsed: list[Source], client: Any, allow_empty: bool
+) -> tuple[list[list[RemoteFile]], int]:
+    def one(source: Source) -> tuple[list[RemoteFile], int]:
+        if isinstance(source, LocalSource):
+            files = list_local(source)
+            skipped = 0
+        else:
+            from dioptra_runner.sync.s3 import list_source
+
+            files, skipped = _guard(client, source, None, lambda: list_source(client, source))
+        if not files and not allow_empty:
+            where = f"prefix {source.prefix!r}" if isinstance(source, S3Source) else "the folder"
+            raise SyncError(
+                f"{source}: no plugin files under {where} (wrong prefix? pass --allow-empty "
+                "to accept an empty source)"
+            )
+        return files, skipped
+
+    results = _run_parallel(parsed, len(parsed), one)
+    return [files for files, _ in results], sum(skipped for _, skipped in results)
+
+
+def _guard(client: Any, source: Source | str, key: str | None, work: Callable[[], T]) -> T:
+    """Run `work`, turning any boto3/OS error into a one-line `SyncError`."""
+    try:
+        return work()
+    except SyncError:
+        raise
+    except Exception as error:  # every failure must become one line, never a traceback
+        endpoint = str(client.meta.endpoint_url) if client is not None else "-"
+        raise explain(error, source=str(source), endpoint=endpoint, key=key) from None
+
+
+def _local_state(dest: Path, relative: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(dest / relative)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _fetch(client: Any, remote: RemoteFile, dest: Path, progress: Progress) -> ManifestEntry:
+    target = _safe_target(dest, remote)
+    if remote.local:
+        sha256 = _guard(
+            None, remote.source, remote.key, lambda: copy_file(remote, target, progress.add_bytes)
+        )
+        entry = ManifestEntry(remote.path, remote.source, remote.key, remote.size, sha256)
+    else:
+        from dioptra_runner.sync.s3 import download
+
+        sha256, etag, version_id = _guard(
+            client,
+            remote.source,
+            remote.key,
+            lambda: download(client, remote, target, progress.add_bytes),
+        )
+        entry = ManifestEntry(
+            remote.path, remote.source, remote.key, remote.size, sha256, etag, version_id
+        )
+    progress.file_done()
+    return entry
+
+
+def _safe_target(dest: Path, remote: RemoteFile) -> Path:
+    """Create the file's folder and check that it really is inside `dest`.
+
+    The key was already checked for `..` and friends; this also catches a symlinked folder
+    inside `dest` that points elsewhere.
+    """
+    target = dest / remote.path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SyncError(
+            f"{remote.source}: cannot create folder for {remote.path!r} ({error.strerror})"
+        ) from None
+    real_dest = os.path.realpath(dest)
+    real_parent = os.path.realpath(target.parent)
+    if real_parent != real_dest and not real_parent.startswith(real_dest + os.sep):
+        raise SyncError(
+            f"{remote.source}: refusing {remote.path!r}: its folder leads outside {dest}"
+        )
+    if target.is_symlink() or target.is_dir():
+        raise SyncError(
+            f"{remote.source}: refusing {remote.path!r}: a folder or symlink is in the way"
+        )
+    return target
+
+
+def _remove(dest: Path, relative: str) -> None:
+    """Delete a file the previous sync wrote, then any folders it leaves empty."""
+    path = dest / relative
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != dest:
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty (or gone): stop climbing
+        parent = parent.parent
+
+
+def _run_parallel(items: Sequence[Any], workers: int, work: Callable[[Any], T]) -> list[T]:
+    """Run `work` on every item with a thread pool; stop at the first error and re-raise it."""
+    if not items:
+        return []
+    if len(items) == 1 or workers <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures: list[Future[T]] = [pool.submit(work, item) for item in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                for pending in futures:
+                    pending.cancel()
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
+
+
+def push_folder(
+    folder: Path,
+    destination: str,
+    *,
+    endpoint_url: str | None = None,
+    delete: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    progress_stream: Any = None,
+) -> PushReport:
+    """Upload `folder`'s plugin files under `destination` (`s3://bucket/prefix`), incrementally.
+
+    A file is unchanged when an object of the same size and an ETag equal to the file's MD5
+    exists. Remote objects the folder lacks are deleted only with `delete=True`.
+    """
+    started = time.monotonic()
+    target = parse_source(destination)
+    if not isinstance(target, S3Source):
+        raise SyncError(f"{destination}: push needs an s3://bucket/prefix destination")
+    folder = Path(folder).absolute()
+    local = walk_files(folder, label=str(folder))
+    if not local:
+        raise SyncError(f"{folder}: no plugin files to push")
+    from dioptra_runner.sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
+
+    client = make_client(endpoint_url, workers)
+    remote = _guard(client, target, None, lambda: list_for_push(client, target))
+
+    def changed(item: tuple[str, Path, os.stat_result]) -> bool:
+        relative, path, stat = item
+        existing = remote.get(relative)
+        return existing is None or existing[0] != stat.st_size or existing[1] != md5_of(path)
+
+    todo = [item for item in local if changed(item)]
+    progress = Progress("pushing", len(todo), progress_stream)
+
+    def put(item: tuple[str, Path, os.stat_result]) -> int:
+        relative, path, stat = item
+        _guard(
+            client, target, target.prefix + relative, lambda: upload(client, target, relative, path)
+        )
+        progress.add_bytes(stat.st_size)
+        progress.file_done()
+        return stat.st_size
+
+    sizes = _run_parallel(todo, workers, put)
+    progress.finish()
+    names = {relative for relative, _, _ in local}
+    extra = sorted(relative for relative in remote if relative not in names)
+    if delete and extra:
+        _guard(client, target, None, lambda: delete_keys(client, target, extra))
+    return PushReport(
+        destination=str(target),
+        uploaded=len(todo),
+        unchanged=len(local) - len(todo),
+        deleted=len(extra) if delete else 0,
+        remote_only=0 if delete else len(extra),
+        bytes_uploaded=sum(sizes),
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,1 @@
+"""Test fixtures: see module docstring once written."""

@@ -1,0 +1,254 @@
+"""The pure Job builder: the operator -> pod contract of docs/architecture.md."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from dioptra_operator import constants as c
+from dioptra_operator.job_builder import InvalidSpecError, build_job, job_name, spec_hash
+from dioptra_operator.settings import Settings
+
+SETTINGS = Settings(
+    runner_image="registry.example/runner:1",
+    default_s3_endpoint="http://s3.default:9000",
+    default_s3_region="eu-west-1",
+    default_credentials_secret="default-creds",
+    prefect_api_url="http://prefect:4200/api",
+)
+
+
+def experiment(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "entryPoint": {"module": "acme.flows:flow"},
+        "plugins": {
+            "sources": ["s3://plugins/builtins", "s3://plugins/custom"],
+            "endpointURL": "http://minio:9000",
+            "region": "us-east-1",
+            "credentialsSecretRef": {"name": "s3-creds"},
+        },
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "dioptra.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "resizer", "namespace": "lab", "generation": 3, "uid": "u-1"},
+        "spec": base,
+    }
+
+
+def containers(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = job["spec"]["template"]["spec"]
+    return pod["initContainers"][0], pod["containers"][0]
+
+
+def env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_job_name_is_experiment_name_and_generation() -> None:
+    assert build_job(experiment(), SETTINGS)["metadata"]["name"] == "resizer-g3"
+
+
+def test_long_job_names_are_shortened_to_a_dns_label_deterministically() -> None:
+    long = "x" * 70
+    name = job_name(long, 12)
+    assert len(name) <= 63
+    assert name.endswith("-g12")
+    assert name == job_name(long, 12)
+    assert name != job_name("y" * 70, 12)
+
+
+def test_building_twice_gives_the_same_job() -> None:
+    assert build_job(experiment(), SETTINGS) == build_job(experiment(), SETTINGS)
+
+
+def test_init_container_syncs_every_source_in_order_into_the_plugin_dir() -> None:
+    init, _ = containers(build_job(experiment(), SETTINGS))
+    assert init["command"] == [
+        "dioptra",
+        "plugins",
+        "sync",
+        "--dest",
+        "/var/lib/dioptra/plugins",
+        "s3://plugins/builtins",
+        "s3://plugins/custom",
+    ]
+
+
+def test_s3_credentials_come_only_from_the_secret() -> None:
+    init, main = containers(build_job(experiment(), SETTINGS))
+    values = env(init)
+    assert values["AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert values["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "s3-creds"
+    assert "AWS_SECRET_ACCESS_KEY" not in env(main)
+
+
+def test_secret_key_names_can_be_chosen_in_the_spec() -> None:
+    spec = experiment()["spec"]
+    spec["plugins"]["credentialsSecretRef"] = {
+        "name": "s",
+        "accessKeyIdKey": "id",
+        "secretAccessKeyKey": "secret",
+    }
+    init, _ = containers(build_job(experiment(plugins=spec["plugins"]), SETTINGS))
+    assert env(init)["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["key"] == "id"
+    assert env(init)["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["key"] == "secret"
+
+
+def test_spec_endpoint_and_region_win_over_chart_defaults() -> None:
+    init, _ = containers(build_job(experiment(), SETTINGS))
+    assert env(init)["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert env(init)["AWS_DEFAULT_REGION"] == "us-east-1"
+
+
+def test_chart_defaults_fill_in_missing_s3_settings() -> None:
+    job = build_job(experiment(plugins={"sources": ["s3://plugins/x"]}), SETTINGS)
+    values = env(containers(job)[0])
+    assert values["AWS_ENDPOINT_URL"] == "http://s3.default:9000"
+    assert values["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert values["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "default-creds"
+
+
+def test_main_container_runs_the_in_cluster_runner_with_a_snapshot() -> None:
+    _, main = containers(build_job(experiment(), SETTINGS))
+    assert main["command"] == ["dioptra", "run", "--in-cluster"]
+    values = env(main)
+    snapshot = json.loads(values["DIOPTRA_EXPERIMENT"])
+    assert snapshot["metadata"] == {
+        "name": "resizer",
+        "namespace": "lab",
+        "generation": 3,
+        "uid": "u-1",
+    }
+    assert snapshot["spec"]["entryPoint"] == {"module": "acme.flows:flow"}
+    assert values["DIOPTRA_EXPERIMENT_NAME"] == "resizer"
+    assert values["DIOPTRA_EXPERIMENT_NAMESPACE"] == "lab"
+    assert values["DIOPTRA_PLUGIN_DIR"] == c.PLUGIN_DIR
+    assert values["PREFECT_HOME"] == "/tmp/prefect"
+    assert values["PREFECT_API_URL"] == "http://prefect:4200/api"
+
+
+def test_no_prefect_api_url_when_the_chart_sets_none() -> None:
+    _, main = containers(build_job(experiment(), Settings()))
+    assert "PREFECT_API_URL" not in env(main)
+
+
+def test_both_containers_mount_the_plugin_and_tmp_volumes() -> None:
+    job = build_job(experiment(), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["plugins"] == {"name": "plugins", "emptyDir": {}}
+    for container in containers(job):
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts == {"/var/lib/dioptra/plugins", "/tmp"}
+
+
+def test_pod_meets_the_restricted_pod_security_profile() -> None:
+    job = build_job(experiment(), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in containers(job):
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_no_sources_means_no_init_container() -> None:
+    spec = experiment()
+    del spec["spec"]["plugins"]
+    assert "initContainers" not in build_job(spec, SETTINGS)["spec"]["template"]["spec"]
+
+
+def test_job_knobs_come_from_the_spec() -> None:
+    job = build_job(
+        experiment(
+            backoffLimit=2,
+            activeDeadlineSeconds=600,
+            ttlSecondsAfterFinished=60,
+            suspend=True,
+            nodeSelector={"gpu": "yes"},
+            tolerations=[{"key": "gpu", "operator": "Exists"}],
+            serviceAccountName="special",
+            runner={"image": "mine:2", "resources": {"limits": {"memory": "1Gi"}}},
+        ),
+        SETTINGS,
+    )
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (2, 600)
+    assert (spec["ttlSecondsAfterFinished"], spec["suspend"]) == (60, True)
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "yes"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert pod["serviceAccountName"] == "special"
+    assert pod["restartPolicy"] == "Never"
+    init, main = containers(job)
+    assert main["image"] == init["image"] == "mine:2"
+    assert main["resources"] == {"limits": {"memory": "1Gi"}}
+
+
+def test_defaults_are_no_retries_and_the_chart_runner_service_account() -> None:
+    job = build_job(experiment(), SETTINGS)
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["suspend"] is False
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "dioptra-runner"
+    assert containers(job)[1]["image"] == "registry.example/runner:1"
+
+
+def test_job_and_pods_are_labelled_with_the_experiment() -> None:
+    job = build_job(experiment(queueName="team-a"), SETTINGS)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels[c.LABEL_EXPERIMENT] == "resizer"
+        assert labels[c.LABEL_KUEUE_QUEUE] == "team-a"
+
+
+def test_no_queue_label_without_a_queue_name() -> None:
+    assert c.LABEL_KUEUE_QUEUE not in build_job(experiment(), SETTINGS)["metadata"]["labels"]
+
+
+def test_config_map_entry_point_is_mounted_read_only() -> None:
+    job = build_job(
+        experiment(entryPoint={"configMapRef": {"name": "flows", "key": "flow.py"}}), SETTINGS
+    )
+    _, main = containers(job)
+    mount = {m["name"]: m for m in main["volumeMounts"]}["entrypoint"]
+    assert mount == {"name": "entrypoint", "mountPath": "/etc/dioptra/entrypoint", "readOnly": True}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["entrypoint"] == {"name": "entrypoint", "configMap": {"name": "flows"}}
+
+
+def test_extra_runner_env_is_appended_to_the_main_container() -> None:
+    job = build_job(experiment(runner={"env": [{"name": "MODE", "value": "fast"}]}), SETTINGS)
+    assert env(containers(job)[1])["MODE"] == "fast"
+
+
+def test_spec_hash_ignores_suspend_only() -> None:
+    spec = experiment()["spec"]
+    suspended = {**copy.deepcopy(spec), "suspend": True}
+    changed = {**copy.deepcopy(spec), "parameters": {"n": 2}}
+    assert spec_hash(spec) == spec_hash(suspended)
+    assert spec_hash(spec) != spec_hash(changed)
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "fragment"),
+    [
+        ({}, "exactly one of"),
+        ({"module": "a.b:c", "script": "x = 1"}, "found module, script"),
+    ],
+)
+def test_entry_point_must_be_exactly_one_kind(entry_point: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidSpecError, match=fragment):
+        build_job(experiment(entryPoint=entry_point), SETTINGS)
+
+
+@pytest.mark.parametrize("source", ["./plugins", "/abs/plugins", "file:///x", "s3://"])
+def test_local_plugin_sources_are_rejected_in_the_cluster(source: str) -> None:
+    with pytest.raises(InvalidSpecError, match="s3://"):
+        build_job(experiment(plugins={"sources": [source]}), SETTINGS)

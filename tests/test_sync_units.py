@@ -1,0 +1,179 @@
+"""Pure parts of the plugin sync: sources, key safety, planning, messages, progress."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from dioptra_runner.sync.errors import SyncError
+from dioptra_runner.sync.manifest import ManifestEntry
+from dioptra_runner.sync.messages import explain
+from dioptra_runner.sync.plan import RemoteFile, make_plan, merge
+from dioptra_runner.sync.progress import Progress
+from dioptra_runner.sync.uri import LocalSource, S3Source, check_relative_key, parse_source
+
+
+@pytest.mark.parametrize(
+    ("text", "bucket", "prefix"),
+    [
+        ("s3://plugins", "plugins", ""),
+        ("s3://plugins/", "plugins", ""),
+        ("s3://plugins/custom", "plugins", "custom/"),
+        ("s3://plugins/a/b/", "plugins", "a/b/"),
+    ],
+)
+def test_an_s3_uri_becomes_a_bucket_and_a_folder_prefix(
+    text: str, bucket: str, prefix: str
+) -> None:
+    assert parse_source(text) == S3Source(bucket, prefix)
+
+
+def test_a_relative_folder_resolves_against_the_given_base(tmp_path: Path) -> None:
+    assert parse_source("plugins", base=tmp_path) == LocalSource(tmp_path / "plugins")
+
+
+def test_a_file_uri_becomes_a_local_folder(tmp_path: Path) -> None:
+    assert parse_source(f"file://{tmp_path}") == LocalSource(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["s3://", "s3://ab", "ftp://host/x", "s3://b/../x"])
+def test_a_malformed_source_is_refused_with_a_message(text: str) -> None:
+    with pytest.raises(SyncError, match=r"s3://|ftp://"):
+        parse_source(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("../evil.py", "'..' path segment"),
+        ("a/../../evil.py", "'..' path segment"),
+        ("/etc/passwd", "absolute path"),
+        ("a\\b.py", "backslash"),
+        ("a//b.py", "empty path segment"),
+        ("./a.py", "'.' path segment"),
+        ("a/\x00.py", "NUL"),
+    ],
+)
+def test_a_key_that_could_leave_the_destination_is_refused(key: str, reason: str) -> None:
+    with pytest.raises(SyncError, match=reason):
+        check_relative_key(key, source="s3://b/p")
+
+
+def test_a_nested_key_is_a_safe_relative_path() -> None:
+    assert check_relative_key("acme/ops/steps.py", source="s3://b/p") == "acme/ops/steps.py"
+
+
+def remote(path: str, source: str = "s3://b/one", token: str = "e1", size: int = 3) -> RemoteFile:
+    return RemoteFile(source=source, key=f"one/{path}", path=path, size=size, token=token)
+
+
+def entry(path: str, source: str = "s3://b/one", etag: str = "e1", size: int = 3) -> ManifestEntry:
+    return ManifestEntry(path, source, f"one/{path}", size, "sha", etag)
+
+
+def test_a_later_source_wins_on_the_same_path_and_the_override_is_recorded() -> None:
+    first = remote("acme/x.py", source="s3://b/one")
+    second = remote("acme/x.py", source="s3://b/two")
+    files, overrides = merge([[first], [second]])
+    assert files["acme/x.py"] is second
+    assert [(o.path, o.winner, o.loser) for o in overrides] == [
+        ("acme/x.py", "s3://b/two", "s3://b/one")
+    ]
+
+
+def test_a_path_that_is_a_file_in_one_source_and_a_folder_in_another_is_refused() -> None:
+    with pytest.raises(SyncError, match="both a file and a folder"):
+        merge([[remote("acme")], [remote("acme/x.py", source="s3://b/two")]])
+
+
+def test_an_object_with_the_recorded_etag_and_size_is_not_downloaded_again() -> None:
+    plan = make_plan([[remote("x.py")]], {"x.py": entry("x.py")}, lambda _: (3, 0))
+    assert (plan.download, [e.path for e in plan.unchanged]) == ([], ["x.py"])
+
+
+@pytest.mark.parametrize(
+    ("listed", "state"),
+    [
+        (remote("x.py", token="e2"), (3, 0)),  # ETag changed
+        (remote("x.py", size=4), (3, 0)),  # size changed
+        (remote("x.py", source="s3://b/two"), (3, 0)),  # now comes from another source
+        (remote("x.py"), None),  # the local copy was removed
+        (remote("x.py"), (99, 0)),  # the local copy was altered
+    ],
+)
+def test_a_changed_or_missing_file_is_downloaded(
+    listed: RemoteFile, state: tuple[int, int] | None
+) -> None:
+    plan = make_plan([[listed]], {"x.py": entry("x.py")}, lambda _: state)
+    assert plan.download == [listed]
+
+
+def test_a_file_written_by_the_previous_sync_whose_object_is_gone_is_deleted() -> None:
+    plan = make_plan([[remote("kept.py")]], {"gone.py": entry("gone.py")}, lambda _: None)
+    assert plan.delete == ["gone.py"]
+
+
+def client_error(code: str, message: str = "detail") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+        "ListObjectsV2",
+    )
+
+
+def test_a_missing_bucket_is_named_in_the_message() -> None:
+    error = explain(client_error("NoSuchBucket"), source="s3://gone/p", endpoint="http://e")
+    assert str(error) == "s3://gone/p: bucket 'gone' does not exist"
+
+
+def test_an_auth_failure_message_never_repeats_the_servers_text() -> None:
+    error = explain(
+        client_error("InvalidAccessKeyId", "key AKIASECRETLOOKING not found"),
+        source="s3://b/p",
+        endpoint="http://e",
+    )
+    assert "AKIA" not in str(error)
+    assert "check AWS_ACCESS_KEY_ID" in str(error)
+
+
+def test_an_unreachable_endpoint_is_named_in_the_message() -> None:
+    error = explain(
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b"),
+        source="s3://b/p",
+        endpoint="http://127.0.0.1:9",
+    )
+    assert str(error) == "s3://b/p: cannot reach the S3 endpoint http://127.0.0.1:9"
+
+
+def test_missing_credentials_say_where_credentials_come_from() -> None:
+    error = explain(NoCredentialsError(), source="s3://b/p", endpoint="http://e")
+    assert "AWS_ACCESS_KEY_ID" in str(error)
+
+
+def test_a_sync_error_message_is_a_single_line() -> None:
+    assert str(SyncError("first line\nsecond  line")) == "first line second line"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_shows_files_bytes_and_rate() -> None:
+    stream = FakeTerminal()
+    progress = Progress("syncing", 2, stream)
+    progress.add_bytes(2048)
+    progress.file_done()
+    progress.file_done()
+    assert "syncing 2/2 files, 2.0 KiB," in stream.getvalue()
+    assert "/s" in stream.getvalue()
+
+
+def test_progress_off_a_terminal_writes_nothing() -> None:
+    stream = io.StringIO()
+    progress = Progress("syncing", 1, stream)
+    progress.add_bytes(10)
+    progress.file_done()
+    progress.finish()
+    assert stream.getvalue() == ""
