@@ -7,6 +7,7 @@ but every test reads the same fixed-seed numbers, which keeps the assertions com
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,10 @@ from dioptra_builtins.defenses.preprocessing import (
     jpeg_compression,
     spatial_smoothing,
 )
-from dioptra_builtins.estimators.sklearn_models import train_logistic_regression
+from dioptra_builtins.estimators.sklearn_models import (
+    ScikitlearnClassifier,
+    train_logistic_regression,
+)
 from dioptra_builtins.metrics.distance import perturbation_distance
 from dioptra_builtins.metrics.performance import accuracy
 from dioptra_builtins.metrics.report import summarize
@@ -39,12 +43,12 @@ def digits() -> ArrayDataset:
 
 
 @pytest.fixture(scope="module")
-def classifier(digits: ArrayDataset):
+def classifier(digits: ArrayDataset) -> ScikitlearnClassifier:
     return train_logistic_regression(digits, seed=0)
 
 
 @pytest.fixture(scope="module")
-def attacked(classifier, digits: ArrayDataset) -> ArrayDataset:
+def attacked(classifier: ScikitlearnClassifier, digits: ArrayDataset) -> ArrayDataset:
     return fgsm(classifier, digits, eps=EPSILON)
 
 
@@ -70,43 +74,51 @@ def test_digits_split_rejects_a_test_size_outside_zero_and_one(test_size: float)
         load_digits_split(test_size=test_size)
 
 
-def test_clean_accuracy_of_the_trained_classifier_is_high(classifier, digits) -> None:
+def test_clean_accuracy_of_the_trained_classifier_is_high(
+    classifier: ScikitlearnClassifier, digits: ArrayDataset
+) -> None:
     clean = accuracy(classifier, digits)
     assert isinstance(clean, float)
     assert clean >= 0.9
 
 
-def test_fgsm_lowers_accuracy_substantially(classifier, digits, attacked) -> None:
+def test_fgsm_lowers_accuracy_substantially(
+    classifier: ScikitlearnClassifier, digits: ArrayDataset, attacked: ArrayDataset
+) -> None:
     assert accuracy(classifier, attacked) < accuracy(classifier, digits) - 0.3
 
 
-def test_fgsm_moves_every_input_by_at_most_epsilon_within_the_clip_range(digits, attacked) -> None:
+def test_fgsm_moves_every_input_by_at_most_epsilon_within_the_clip_range(
+    digits: ArrayDataset, attacked: ArrayDataset
+) -> None:
     moved = np.abs(attacked.x_test - digits.x_test)
     assert moved.max() == pytest.approx(EPSILON, abs=1e-6)
     assert attacked.x_test.min() >= 0.0 and attacked.x_test.max() <= 1.0
 
 
-def test_attacks_replace_only_the_test_inputs(digits, attacked) -> None:
+def test_attacks_replace_only_the_test_inputs(digits: ArrayDataset, attacked: ArrayDataset) -> None:
     assert attacked.x_train is digits.x_train and attacked.y_test is digits.y_test
     assert attacked.name == "digits+fgsm(eps=0.2)"
     assert load_digits_split(0.25, seed=0).x_test.tolist() == digits.x_test.tolist()
 
 
 def test_pgd_with_the_same_budget_is_at_least_as_strong_as_fgsm(
-    classifier, digits, attacked
+    classifier: ScikitlearnClassifier, digits: ArrayDataset, attacked: ArrayDataset
 ) -> None:
     stronger = pgd(classifier, digits, eps=EPSILON, eps_step=0.05, max_iter=10)
     assert np.abs(stronger.x_test - digits.x_test).max() <= EPSILON + 1e-6
     assert accuracy(classifier, stronger) <= accuracy(classifier, attacked)
 
 
-def test_attacks_reject_an_unknown_norm(classifier, digits) -> None:
+def test_attacks_reject_an_unknown_norm(
+    classifier: ScikitlearnClassifier, digits: ArrayDataset
+) -> None:
     with pytest.raises(ValueError, match="norm must be one of l1, l2, linf"):
         fgsm(classifier, digits, eps=0.1, norm="l3")
 
 
 def test_feature_squeezing_to_one_bit_recovers_part_of_the_lost_accuracy(
-    classifier, attacked
+    classifier: ScikitlearnClassifier, attacked: ArrayDataset
 ) -> None:
     squeezed = feature_squeezing(attacked, bit_depth=1)
     assert set(np.unique(squeezed.x_test)) <= {0.0, 1.0}
@@ -117,7 +129,9 @@ def test_feature_squeezing_to_one_bit_recovers_part_of_the_lost_accuracy(
     "defence", [spatial_smoothing, jpeg_compression, feature_squeezing], ids=lambda f: f.__name__
 )
 def test_defences_change_the_inputs_keep_their_shape_and_report_an_accuracy(
-    defence, classifier, attacked
+    defence: Callable[[ArrayDataset], ArrayDataset],
+    classifier: ScikitlearnClassifier,
+    attacked: ArrayDataset,
 ) -> None:
     defended = defence(attacked)
     assert defended.x_test.shape == attacked.x_test.shape
@@ -134,7 +148,9 @@ def test_distance_l2_linf_and_l1_are_per_sample_norms_averaged() -> None:
     assert perturbation_distance(clean, adversarial, norm="l1") == pytest.approx((7 + 1) / 2)
 
 
-def test_distance_compares_the_test_inputs_of_two_datasets(digits, attacked) -> None:
+def test_distance_compares_the_test_inputs_of_two_datasets(
+    digits: ArrayDataset, attacked: ArrayDataset
+) -> None:
     assert perturbation_distance(digits, attacked, norm="linf") == pytest.approx(EPSILON, abs=1e-6)
     assert perturbation_distance(digits, digits) == 0.0
 

@@ -23,7 +23,7 @@ def samples(tmp_path: Path) -> Path:
     return Path(make_sample_images(str(tmp_path / "samples"), count=4, size=[40, 30], seed=1))
 
 
-def _sizes_and_formats(folder: str | Path) -> dict[str, tuple[tuple[int, int], str]]:
+def _sizes_and_formats(folder: str | Path) -> dict[str, tuple[tuple[int, int], str | None]]:
     found = {}
     for path in sorted(Path(folder).iterdir()):
         with Image.open(path) as image:

@@ -31,7 +31,7 @@ RUNNER_IMAGE = Path(__file__).resolve().parents[1] / "runner-image"
 
 def _public_functions() -> list[tuple[str, str, str, Callable[..., Any]]]:
     """(package, plugin, name, function) for each public function defined in a builtin module."""
-    found = []
+    found: list[tuple[str, str, str, Callable[..., Any]]] = []
     for module_info in pkgutil.walk_packages(dioptra_builtins.__path__, "dioptra_builtins."):
         if module_info.ispkg or module_info.name.rsplit(".", 1)[1].startswith("_"):
             continue
@@ -70,7 +70,7 @@ def test_each_builtin_function_is_registered_with_a_one_line_description(
     assert name in pyplugs.funcs(package, plugin)
     assert pyplugs.get(package, plugin, name) is func
     info = pyplugs.info(package, plugin, name)
-    assert info.description and "\n" not in func.__doc__.strip().split("\n\n")[0]
+    assert info.description and "\n" not in (func.__doc__ or "").strip().split("\n\n")[0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import pytest
 import yaml
 from dioptra_runner import schema as crd_schema
@@ -166,3 +167,101 @@ def test_there_is_at_least_one_example() -> None:
 def test_the_example_is_a_valid_experiment(example: Path) -> None:
     experiment = load_experiment_file(example)
     assert experiment.name
+
+
+# The CEL rules, evaluated for real by cel-python (the API server's CEL, minus cost checks).
+ENTRY_POINTS: list[dict[str, Any]] = [
+    {"module": "a.b:flow"},
+    {"script": "pass", "flow": "flow"},
+    {"configMapRef": {"name": "c", "key": "k"}},
+    {"taskGraph": {"steps": []}},
+    {},
+    {"flow": "flow"},
+    {"module": "a.b:flow", "script": "pass"},
+    {"script": "pass", "taskGraph": {"steps": []}, "configMapRef": {"name": "c", "key": "k"}},
+]
+SWEEPS: list[dict[str, Any]] = [
+    {"grid": {"eps": [1]}},
+    {"points": [{"eps": 1}]},
+    {"grid": {"eps": [1]}, "points": []},
+    {"maxConcurrent": 2},
+]
+
+
+def cel_rule(openapi: dict[str, Any], path: str, needle: str) -> str:
+    node = openapi
+    for part in path.split("."):
+        node = node["properties"][part]
+    (rule,) = [r["rule"] for r in node["x-kubernetes-validations"] if needle in r["rule"]]
+    return str(rule)
+
+
+def evaluate_cel(rule: str, self_value: Any, old_value: Any = None) -> bool:
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+    activation = {"self": celpy.json_to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old_value)
+    return bool(program.evaluate(activation))
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=lambda e: "+".join(e) or "empty")
+def test_the_entry_point_rule_and_its_python_twin_agree(
+    openapi: dict[str, Any], entry_point: dict[str, Any]
+) -> None:
+    rule = cel_rule(openapi, "spec.entryPoint", "has(self.module)")
+    twin = crd_schema.CEL_EQUIVALENTS[crd_schema.normalize_rule(rule)]
+    assert evaluate_cel(rule, entry_point) == twin(entry_point)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda s: "+".join(s))
+def test_the_sweep_rule_and_its_python_twin_agree(
+    openapi: dict[str, Any], sweep: dict[str, Any]
+) -> None:
+    rule = cel_rule(openapi, "spec.sweep", "has(self.grid)")
+    twin = crd_schema.CEL_EQUIVALENTS[crd_schema.normalize_rule(rule)]
+    assert evaluate_cel(rule, sweep) == twin(sweep)
+
+
+@pytest.mark.parametrize("length", [63, 64])
+def test_the_name_length_rule_and_its_python_twin_agree(
+    openapi: dict[str, Any], length: int
+) -> None:
+    (entry,) = openapi["x-kubernetes-validations"]
+    twin = crd_schema.CEL_EQUIVALENTS[crd_schema.normalize_rule(entry["rule"])]
+    root = {"metadata": {"name": "x" * length}}
+    assert evaluate_cel(entry["rule"], root) == twin(root) == (length <= 63)
+
+
+BASE_SPEC: dict[str, Any] = {
+    "entryPoint": {"module": "a.b:flow"},
+    "plugins": {"sources": ["s3://bucket/a"]},
+    "parameters": {"n": 1},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "allowed"),
+    [
+        ({"parameters": {"n": 2}}, True),
+        ({"suspend": False}, True),
+        ({"entryPoint": {"module": "a.b:other"}}, False),
+        ({"plugins": {"sources": ["s3://bucket/b"]}}, False),
+        ({"plugins": {"sources": ["s3://bucket/a"], "region": "eu-west-1"}}, True),
+    ],
+    ids=["parameters", "suspend", "entry-point", "plugin-sources", "plugin-region"],
+)
+def test_transition_rules_freeze_the_entry_point_and_plugin_sources_only(
+    openapi: dict[str, Any], change: dict[str, Any], allowed: bool
+) -> None:
+    spec_rules = openapi["properties"]["spec"]["x-kubernetes-validations"]
+    new = {**BASE_SPEC, **change}
+    results = [evaluate_cel(r["rule"], new, BASE_SPEC) for r in spec_rules]
+    assert all(results) == allowed
+
+
+def test_removing_the_plugins_is_a_change_of_plugin_sources(openapi: dict[str, Any]) -> None:
+    rule = cel_rule(openapi, "spec", "self.plugins")
+    without = {k: v for k, v in BASE_SPEC.items() if k != "plugins"}
+    assert evaluate_cel(rule, without, BASE_SPEC) is False
+    assert evaluate_cel(rule, without, without) is True

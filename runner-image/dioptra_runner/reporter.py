@@ -330,5 +330,8 @@ def _client_from_environment() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
+        # KUBECONFIG is read now, not when `kubernetes.config` was first imported.
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
     return kubernetes.client.ApiClient(configuration)

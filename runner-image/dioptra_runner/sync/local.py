@@ -6,12 +6,12 @@ synced from disk and the same folder pushed and synced from S3 give the same tre
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from dioptra_runner.sync.atomic import write_atomically
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.plan import RemoteFile
 from dioptra_runner.sync.uri import LocalSource, check_relative_key, is_skipped_name
@@ -60,17 +60,9 @@ def list_local(source: LocalSource) -> list[RemoteFile]:
 
 
 def copy_file(remote: RemoteFile, target: Path, on_bytes: Callable[[int], None]) -> str:
-    """Copy atomically (temp file + rename), keep the mtime, return the sha256."""
-    temp = target.parent / f".{target.name}.dioptra-tmp-{os.getpid()}"
-    digest = hashlib.sha256()
-    try:
-        with open(remote.key, "rb") as source, open(temp, "wb") as out:
-            for chunk in iter(lambda: source.read(CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                on_bytes(len(chunk))
-        shutil.copystat(remote.key, temp)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    return digest.hexdigest()
+    """Copy atomically, keep the mtime (so the next sync sees the copy is current), return the
+    sha256."""
+    with open(remote.key, "rb") as source:
+        sha256 = write_atomically(target, iter(lambda: source.read(CHUNK), b""), on_bytes)
+    shutil.copystat(remote.key, target)
+    return sha256

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.manifest import ManifestEntry
+from dioptra_runner.sync.uri import check_relative_key, is_skipped_name
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,29 @@ class Plan:
     unchanged: list[ManifestEntry] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)
+
+
+def remote_files_from_listing(
+    source: str, prefix: str, listing: Iterable[tuple[str, int, str]]
+) -> tuple[list[RemoteFile], int]:
+    """(key, size, ETag) entries of an S3 listing -> `RemoteFile`s, plus how many were skipped.
+
+    Folder markers (keys ending in "/" with no content) and names that are never plugins
+    (dotfiles, `__pycache__`, `.pyc`) are skipped; any other key that would land outside the
+    destination raises `SyncError`, before anything is downloaded.
+    """
+    files: list[RemoteFile] = []
+    skipped = 0
+    for key, size, etag in listing:
+        relative = key[len(prefix) :]
+        if relative.endswith("/") and size == 0:
+            continue
+        check_relative_key(relative, source=source)
+        if any(is_skipped_name(part) for part in relative.split("/")):
+            skipped += 1
+            continue
+        files.append(RemoteFile(source, key, relative, size, etag.strip('"')))
+    return files, skipped
 
 
 def merge(listings: Sequence[Iterable[RemoteFile]]) -> tuple[dict[str, RemoteFile], list[Override]]:

@@ -1,0 +1,375 @@
+"""``dioptra run``: run an Experiment's entry point on Prefect 3, locally or in the Job's pod.
+
+Locally (the embedded default) it syncs the plugin sources into a cache folder,
+runs the flow with a live progress view and prints the results. In a pod
+(``--in-cluster``) it reads the Experiment snapshot the operator put into
+``DIOPTRA_EXPERIMENT``, uses the plugins the init container synced, and patches
+the Experiment's status as the run goes. Both paths share every step below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_SYNC = 0, 1, 2, 3
+
+_LOG = logging.getLogger("dioptra.run")
+
+
+class RunAborted(Exception):
+    """The run cannot go on; carries the exit code and the one-line reason for the user."""
+
+    def __init__(self, message: str, code: int, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        help="the Experiment YAML file (omit with --in-cluster: read from $DIOPTRA_EXPERIMENT)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a parameter (VALUE is parsed as YAML: 0.1, [28, 28], true)",
+    )
+    parser.add_argument(
+        "--output", choices=("table", "json"), default="table", help="how to print the results"
+    )
+    parser.add_argument(
+        "--plugin-cache",
+        type=Path,
+        help="folder to sync plugins into (default: $DIOPTRA_CACHE_DIR or ~/.cache/dioptra)",
+    )
+    parser.add_argument(
+        "--log-file", type=Path, help="where the full log goes (default: in the cache folder)"
+    )
+    parser.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="run inside the Job's pod: no sync, report status to the Kubernetes API",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``dioptra run`` command; returns the process exit code."""
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = time.monotonic()
+    out = sys.stdout
+    from dioptra_runner.reporter import NullStatusReporter, StatusReporter
+
+    reporter: StatusReporter = NullStatusReporter()
+    try:
+        experiment = _load_experiment(args)
+        cache = _cache_dir(args, experiment.name)
+        _configure_logging(args, cache)
+        if args.in_cluster:
+            reporter = _cluster_reporter()
+        reporter.update(phase="Running", startTime=_iso(started), message="running the entry point")
+        parameters = _parameters(experiment.spec, args.overrides)
+        plugin_dir = _plugin_folder(args, experiment, cache, out)
+        manifest = _manifest(plugin_dir)
+        if manifest is not None:
+            reporter.update(plugins=manifest.get("files", []))
+        result, metrics = _run_flow(experiment, plugin_dir, parameters, reporter, args, out)
+    except RunAborted as aborted:
+        _LOG.error("%s", aborted)
+        elapsed = time.monotonic() - clock
+        _finish(reporter, "Failed", str(aborted), started, elapsed, reason=aborted.reason)
+        _print_error(str(aborted), args)
+        return aborted.code
+
+    from dioptra_runner.status import collect_results, result_rows
+
+    results = collect_results(result.tasks, metrics)
+    elapsed = time.monotonic() - clock
+    if result.is_successful():
+        message = f"{len(result.tasks)} tasks completed"
+        _finish(reporter, "Succeeded", message, started, elapsed, results=results)
+    else:
+        _finish(reporter, "Failed", result.message, started, elapsed, results=results)
+    _print_summary(args, experiment.name, result, results, result_rows(results), elapsed, out)
+    return EXIT_OK if result.is_successful() else EXIT_FAILED
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def _load_experiment(args: argparse.Namespace) -> Any:
+    from dioptra_runner.experiment import (
+        ExperimentError,
+        experiment_from_env,
+        load_experiment_file,
+    )
+
+    try:
+        if args.experiment:
+            return load_experiment_file(args.experiment)
+        if args.in_cluster and os.environ.get("DIOPTRA_EXPERIMENT"):
+            return experiment_from_env(os.environ["DIOPTRA_EXPERIMENT"])
+    except ExperimentError as error:
+        raise RunAborted(str(error), EXIT_INVALID, "InvalidSpec") from None
+    raise RunAborted(
+        "no Experiment given: pass a file, or set DIOPTRA_EXPERIMENT with --in-cluster",
+        EXIT_INVALID,
+        "InvalidSpec",
+    )
+
+
+def _parameters(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    import yaml
+
+    parameters = dict(spec.get("parameters") or {})
+    for override in overrides:
+        name, sep, raw = override.partition("=")
+        if not sep or not name.strip():
+            raise RunAborted(
+                f"--set expects NAME=VALUE, got {override!r}", EXIT_INVALID, "InvalidParameters"
+            )
+        try:
+            parameters[name.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            parameters[name.strip()] = raw
+    return parameters
+
+
+def _plugin_folder(
+    args: argparse.Namespace, experiment: Any, cache: Path, out: IO[str]
+) -> Path | None:
+    """Where the plugins are: synced by the init container in a pod, synced now locally."""
+    if args.in_cluster:
+        folder = os.environ.get("DIOPTRA_PLUGIN_DIR")
+        return Path(folder) if folder else None
+    sources = experiment.resolved_plugin_sources()
+    if not sources:
+        return None
+    from dioptra_runner.sync import SyncError, sync_sources
+
+    plugins_spec = experiment.spec.get("plugins", {})
+    if plugins_spec.get("region"):
+        os.environ.setdefault("AWS_DEFAULT_REGION", plugins_spec["region"])
+    dest = cache / "plugins" / experiment.name
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        report = sync_sources(
+            sources,
+            dest,
+            endpoint_url=plugins_spec.get("endpointURL"),
+            base=experiment.base_dir,
+            progress_stream=out if out.isatty() else None,
+        )
+    except SyncError as error:
+        raise RunAborted(f"plugin sync failed: {error}", EXIT_SYNC, "PluginSyncFailed") from None
+    out.write(f"plugins: {report.summary()}\n")
+    return dest
+
+
+def _manifest(plugin_dir: Path | None) -> dict[str, Any] | None:
+    if plugin_dir is None:
+        return None
+    from dioptra_runner.sync import load_manifest
+
+    return load_manifest(plugin_dir)
+
+
+def _run_flow(
+    experiment: Any,
+    plugin_dir: Path | None,
+    parameters: dict[str, Any],
+    reporter: Any,
+    args: argparse.Namespace,
+    out: IO[str],
+) -> tuple[Any, dict[str, float | int]]:
+    from dioptra import metrics
+    from dioptra.flow import FlowValidationError, TaskOutcome
+    from dioptra.sdk.utilities.contexts import plugin_dirs
+
+    from dioptra_runner.entrypoint import EntryPointError, load_flow
+    from dioptra_runner.progress import ProgressBoard
+    from dioptra_runner.status import progress_fields
+
+    if plugin_dir is not None:
+        os.environ["DIOPTRA_PLUGIN_DIR"] = str(plugin_dir.resolve())
+    with plugin_dirs([]):
+        searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
+        try:
+            flow = load_flow(experiment.spec["entryPoint"])
+            values = flow.check(parameters)
+        except EntryPointError as error:
+            if error.details:
+                _LOG.error("entry point failed to load:\n%s", error.details)
+            raise RunAborted(str(error), EXIT_INVALID, "InvalidEntryPoint") from None
+        except FlowValidationError as error:
+            where = f" (plugin folders searched: {', '.join(searched) or 'none'})"
+            problems = "\n".join(f"  - {p}" for p in error.problems)
+            raise RunAborted(
+                f"the flow cannot start{where}:\n{problems}", EXIT_INVALID, "InvalidFlow"
+            ) from None
+
+        outcomes = {n.name: TaskOutcome(name=n.name, task=n.task) for n in flow.tasks}
+
+        class Monitor:
+            """Fans task changes out to the progress view and the status reporter."""
+
+            def task_changed(self, outcome: TaskOutcome) -> None:
+                outcomes[outcome.name] = outcome
+                board.task_changed(outcome)
+                reporter.update(**progress_fields(list(outcomes.values())))
+
+        metrics.clear_metrics()
+        reporter.update(**progress_fields(list(outcomes.values())))
+        live = out.isatty() and args.output == "table"
+        max_parallel = experiment.spec.get("maxParallelTasks")
+        with ProgressBoard(out, live=live) as board:
+            board.declare(list(outcomes.values()))
+            result = flow.run(values, listener=Monitor(), max_parallel_tasks=max_parallel)
+        for outcome in result.failed_tasks:
+            if outcome.traceback:
+                _LOG.error("task %s failed:\n%s", outcome.name, outcome.traceback)
+        return result, metrics.logged_metrics()
+
+
+def _finish(
+    reporter: Any,
+    phase: str,
+    message: str,
+    started: dt.datetime,
+    elapsed: float,
+    *,
+    results: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> None:
+    from dioptra_runner.status import format_duration
+
+    fields: dict[str, Any] = {
+        "phase": phase,
+        "message": message.splitlines()[0][:1000] if message else "",
+        "completionTime": _iso(started + dt.timedelta(seconds=elapsed)),
+        "duration": format_duration(elapsed),
+    }
+    if results is not None:
+        fields["results"] = results
+    if reason is not None:
+        _LOG.info("run ended %s (%s)", phase, reason)
+    reporter.update(**fields)
+    reporter.close(timeout=10)
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _print_summary(
+    args: argparse.Namespace,
+    name: str,
+    result: Any,
+    results: dict[str, Any],
+    rows: list[tuple[str, str]],
+    elapsed: float,
+    out: IO[str],
+) -> None:
+    from dioptra_runner.status import format_duration, task_entry
+
+    if args.output == "json":
+        document = {
+            "experiment": name,
+            "phase": "Succeeded" if result.is_successful() else "Failed",
+            "message": result.message,
+            "duration": round(elapsed, 3),
+            "tasks": [task_entry(t) for t in result.tasks.values()],
+            "results": results,
+        }
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, highlight=False)
+    if rows:
+        table = Table(title=f"results of {name}", title_justify="left")
+        table.add_column("name")
+        table.add_column("value", justify="right")
+        for key, value in rows:
+            table.add_row(key, value)
+        console.print(table)
+    took = format_duration(elapsed)
+    if result.is_successful():
+        console.print(f"[green]Succeeded[/] {name}: {len(result.tasks)} tasks in {took}")
+    else:
+        console.print(f"[bold red]Failed[/] {name} after {took}: {result.message}")
+        if getattr(args, "log_path", None):
+            console.print(f"full tracebacks: {args.log_path}")
+
+
+def _print_error(message: str, args: argparse.Namespace) -> None:
+    sys.stderr.write(f"dioptra run: {message}\n")
+    if getattr(args, "log_path", None) and not args.in_cluster:
+        sys.stderr.write(f"log: {args.log_path}\n")
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+def _iso(moment: dt.datetime) -> str:
+    from dioptra_runner.status import iso
+
+    return iso(moment) or ""
+
+
+def _cache_dir(args: argparse.Namespace, name: str) -> Path:
+    if args.plugin_cache:
+        return Path(args.plugin_cache)
+    base = os.environ.get("DIOPTRA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dioptra"
+    )
+    return Path(base)
+
+
+def _configure_logging(args: argparse.Namespace, cache: Path) -> None:
+    """Full detail (tracebacks, Prefect's logs) to a file locally, to stderr in a pod.
+
+    Locally the terminal belongs to the progress view and the summary, so Prefect's
+    console handler is silenced (before Prefect configures logging) and a file
+    handler on the root logger receives everything instead.
+    """
+    if not args.in_cluster:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    logging.getLogger("dioptra").setLevel(logging.INFO)
+    if args.in_cluster:
+        args.log_path = None
+        return
+    path = args.log_file or cache / "logs" / "dioptra-run.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    args.log_path = path
+
+
+def _cluster_reporter() -> Any:
+    from dioptra_runner.reporter import KubernetesStatusReporter
+
+    try:
+        return KubernetesStatusReporter.from_environment()
+    except Exception as error:  # the run must go on without status reporting
+        _LOG.error("status reporting disabled: %s", error)
+        from dioptra_runner.reporter import NullStatusReporter
+
+        return NullStatusReporter()

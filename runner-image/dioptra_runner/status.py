@@ -1,0 +1,131 @@
+"""Pure translations from a flow run to the Experiment's status fields and summaries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dioptra.flow import COMPLETED, FAILED, NOT_RUN, TaskOutcome
+
+FINISHED_STATES = frozenset({COMPLETED, FAILED, NOT_RUN})
+# A task output larger than this (as JSON) stays out of the status: etcd objects are
+# limited to ~1.5 MiB and `kubectl get -o yaml` must stay readable.
+MAX_OUTPUT_BYTES = 2048
+
+
+def iso(moment: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42s``, ``3m07s``, ``1h02m`` for printer columns and tables."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def task_entry(outcome: TaskOutcome) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": outcome.name, "task": outcome.task, "state": outcome.state}
+    if outcome.start_time:
+        entry["startTime"] = iso(outcome.start_time)
+    if outcome.end_time:
+        entry["endTime"] = iso(outcome.end_time)
+    if outcome.message:
+        entry["message"] = outcome.message[:500]
+    return entry
+
+
+def progress_fields(outcomes: Iterable[TaskOutcome]) -> dict[str, Any]:
+    """``tasks``, ``tasksTotal``, ``tasksDone`` and the ``progress`` printer column."""
+    entries = [task_entry(o) for o in outcomes]
+    done = sum(1 for e in entries if e["state"] in FINISHED_STATES)
+    return {
+        "tasks": entries,
+        "tasksTotal": len(entries),
+        "tasksDone": done,
+        "progress": f"{done}/{len(entries)}",
+    }
+
+
+def small_json(value: Any, limit: int = MAX_OUTPUT_BYTES) -> Any | None:
+    """``value`` when it is JSON data of at most ``limit`` bytes, else None.
+
+    Non-finite floats are not JSON; numpy scalars become plain numbers.
+    """
+    value = _plain(value)
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return value if len(text.encode()) <= limit else None
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        try:
+            return item()
+        except (TypeError, ValueError):
+            return value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def collect_results(
+    outcomes: Mapping[str, TaskOutcome], metrics: Mapping[str, float | int]
+) -> dict[str, Any]:
+    """``status.results``: logged metrics and the small outputs of completed tasks."""
+    outputs = {}
+    for name, outcome in outcomes.items():
+        if outcome.state == COMPLETED and outcome.result is not None:
+            small = small_json(outcome.result)
+            if small is not None:
+                outputs[name] = small
+    results: dict[str, Any] = {}
+    if metrics:
+        results["metrics"] = dict(metrics)
+    if outputs:
+        results["outputs"] = outputs
+    return results
+
+
+def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten results into (name, value) rows for the summary table."""
+    rows: list[tuple[str, str]] = []
+    for name, value in results.get("metrics", {}).items():
+        rows.append((name, _show(value)))
+    for task, value in results.get("outputs", {}).items():
+        if isinstance(value, dict):
+            rows.extend((f"{task}.{key}", _show(item)) for key, item in value.items())
+        else:
+            rows.append((task, _show(value)))
+    return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,166 @@
+"""The example Experiments: schema-valid, their flows well-formed, and their flows really run.
+
+Entry points are loaded with the runner's own loader (``dioptra_runner.entrypoint``) while the
+example's plugin folders are on the path, and run for real on Prefect 3 against the session's
+Prefect server. The task graph's steps are also checked against the registered plugins'
+signatures, which needs no engine.
+"""
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dioptra import pyplugs
+from dioptra.flow import Flow
+from dioptra.sdk.utilities.contexts import plugin_dirs
+from dioptra_runner.entrypoint import load_flow
+from dioptra_runner.experiment import Experiment, load_experiment_file, validate_document
+
+# dioptra_builtins is a plugin tree under runner-image/; an editable install made before the
+# folder existed does not map it yet, so put it on the path as DIOPTRA_PLUGIN_DIR would.
+if importlib.util.find_spec("dioptra_builtins") is None:
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "runner-image"))
+
+from dioptra_builtins.random.rng import init_rng
+from dioptra_builtins.random.sample import draw_random_integer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RUNNER_IMAGE = Path(__file__).resolve().parents[1] / "runner-image"
+PYTHON_EXAMPLES = [
+    "adversarial-digits.yaml",
+    "image-resizer.yaml",
+    "random-integer.yaml",
+    "module-entrypoint.yaml",
+]
+SUMMARY = "dioptra_builtins.metrics.report.summarize"
+_REFERENCE = re.compile(r"^\$(?:steps\.(?P<step>[A-Za-z_][\w-]*)|(?P<param>[A-Za-z_]\w*))")
+
+
+def _local_plugin_folders(experiment: Experiment) -> list[str]:
+    """The runner image's builtins plus the Experiment's local plugin folders (S3 ones skipped:
+    they hold the same builtins, which the runner image also ships)."""
+    local = [s for s in experiment.resolved_plugin_sources() if not s.startswith("s3://")]
+    return [str(RUNNER_IMAGE), *local]
+
+
+def _load_flow(experiment: Experiment) -> Flow:
+    return load_flow(experiment.spec["entryPoint"])
+
+
+@pytest.fixture
+def load_example() -> Iterator[Callable[[str], tuple[Experiment, Flow]]]:
+    """Load an example's Experiment and Flow with its plugin folders on the path for the test."""
+    with contextlib.ExitStack() as stack:
+
+        def load(name: str) -> tuple[Experiment, Flow]:
+            experiment = load_experiment_file(EXAMPLES / name)
+            stack.enter_context(plugin_dirs(dirs=_local_plugin_folders(experiment)))
+            return experiment, _load_flow(experiment)
+
+        yield load
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_a_valid_experiment(path: Path) -> None:
+    assert validate_document(yaml.safe_load(path.read_text())) == []
+
+
+def test_every_python_and_task_graph_example_is_covered_here() -> None:
+    mine = {p.name for p in EXAMPLES.glob("*.yaml")} - {"minimal.yaml"}
+    assert mine == {*PYTHON_EXAMPLES, "task-graph.yaml"}
+
+
+@pytest.mark.parametrize("name", PYTHON_EXAMPLES)
+def test_python_example_flows_find_their_plugins_and_accept_their_parameters(
+    name: str, load_example: Any
+) -> None:
+    experiment, flow = load_example(name)
+    flow.check(experiment.spec["parameters"])
+    assert flow.tasks
+
+
+def test_the_module_example_resolves_its_plugin_folder_next_to_the_file() -> None:
+    experiment = load_experiment_file(EXAMPLES / "module-entrypoint.yaml")
+    assert experiment.resolved_plugin_sources() == [str(EXAMPLES / "plugins")]
+
+
+def _task_graph() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    spec = load_experiment_file(EXAMPLES / "task-graph.yaml").spec
+    return spec["entryPoint"]["taskGraph"]["steps"], spec["parameters"]
+
+
+def test_task_graph_steps_call_registered_builtins_with_arguments_they_accept() -> None:
+    steps, _ = _task_graph()
+    for step in steps:
+        package, plugin, func = step["task"].rsplit(".", 2)
+        signature = inspect.signature(pyplugs.get(package, plugin, func))
+        signature.bind(**step.get("args", {}))
+
+
+def test_task_graph_references_name_parameters_and_earlier_steps() -> None:
+    steps, parameters = _task_graph()
+    seen: set[str] = set()
+    for step in steps:
+        for value in step.get("args", {}).values():
+            match = _REFERENCE.match(value) if isinstance(value, str) else None
+            if match and match["step"]:
+                assert match["step"] in seen, f"{step['name']} reads a later step"
+            elif match:
+                assert match["param"] in parameters, f"{step['name']} reads {value}"
+        seen.add(step["name"])
+
+
+def _run(load_example: Any, name: str) -> dict[str, Any]:
+    experiment, flow = load_example(name)
+    result = flow.run(experiment.spec["parameters"])
+    assert result.is_successful(), result.message
+    return {task: outcome.result for task, outcome in result.tasks.items()}
+
+
+def test_the_adversarial_digits_demo_reports_attack_and_defence_accuracies(
+    prefect_server_env: str, load_example: Any
+) -> None:
+    summary = _run(load_example, "adversarial-digits.yaml")[SUMMARY]
+    assert summary["epsilon"] == 0.2
+    assert summary["clean_accuracy"] >= 0.9
+    assert summary["adversarial_accuracy"] < summary["clean_accuracy"] - 0.3
+    assert summary["defended_accuracy"] > summary["adversarial_accuracy"]
+    assert summary["mean_linf_perturbation"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_the_image_resizer_rotates_generated_images_at_the_requested_size(
+    prefect_server_env: str, load_example: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the tasks' scratch folders
+    results = _run(load_example, "image-resizer.yaml")
+    assert results["dioptra_builtins.data.images.describe"] == {
+        "count": 6,
+        "sizes": [[28, 28]],
+        "formats": ["JPEG", "PNG"],
+    }
+    assert Path(results["dioptra_builtins.data.images.rotate"]).parent == tmp_path
+
+
+def test_the_random_integer_example_reports_its_seed_and_the_draw_it_reproduces(
+    prefect_server_env: str, load_example: Any
+) -> None:
+    summary = _run(load_example, "random-integer.yaml")[SUMMARY]
+    _, rng = init_rng(42)
+    assert summary == {"seed": 42, "value": draw_random_integer(rng, low=0, high=100)}
+
+
+def test_the_module_entry_point_runs_the_local_plugin_package(
+    prefect_server_env: str, load_example: Any
+) -> None:
+    report = _run(load_example, "module-entrypoint.yaml")["acme.ops.steps.report"]
+    assert report["n"] == 10 and report["seed"] == 7
+    assert report["total"] == report["first_half_sum"] + report["second_half_sum"]

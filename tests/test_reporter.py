@@ -1,0 +1,264 @@
+"""The runner's status reporter against the Kubernetes API emulator."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import socket
+import time
+from typing import Any
+
+import kubernetes.client
+import pytest
+from dioptra_runner.reporter import (
+    KubernetesStatusReporter,
+    NullStatusReporter,
+    StatusReporterError,
+    changed_fields,
+    to_json_value,
+)
+from support.k8s_emulator import K8sApi, RecordedRequest, wait_until
+
+NAME = "exp-1"
+EXPERIMENT = {
+    "apiVersion": "dioptra.dev/v1alpha1",
+    "kind": "Experiment",
+    "metadata": {"name": NAME},
+    "spec": {"flow": "demo"},
+}
+
+
+def _status_patches(api: K8sApi) -> list[RecordedRequest]:
+    return [r for r in api.requests if r.method == "PATCH"]
+
+
+def _reporter(api: K8sApi, **kwargs: Any) -> KubernetesStatusReporter:
+    return KubernetesStatusReporter(NAME, "default", api_client=api.api_client(), **kwargs)
+
+
+def _task(index: int, state: str) -> dict[str, Any]:
+    return {"name": f"t{index}", "task": "noop", "state": state}
+
+
+@pytest.fixture()
+def experiment(k8s_api: K8sApi) -> dict[str, Any]:
+    created: dict[str, Any] = k8s_api.create(EXPERIMENT)
+    k8s_api.clear_requests()
+    return created
+
+
+@pytest.mark.parametrize(
+    ("sent", "wanted", "expected"),
+    [
+        ({}, {"phase": "Running"}, {"phase": "Running"}),
+        ({"phase": "Running"}, {"phase": "Running"}, {}),
+        (
+            {"phase": "Running", "tasksDone": 1},
+            {"phase": "Running", "tasksDone": 2},
+            {"tasksDone": 2},
+        ),
+        (
+            {"tasks": [{"state": "Pending"}]},
+            {"tasks": [{"state": "Done"}]},
+            {"tasks": [{"state": "Done"}]},
+        ),
+        ({}, {"message": None}, {"message": None}),
+    ],
+)
+def test_changed_fields_keeps_only_keys_whose_values_changed(
+    sent: dict[str, Any], wanted: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert changed_fields(sent, wanted) == expected
+
+
+def test_datetimes_become_rfc3339_utc_strings() -> None:
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert to_json_value({"startTime": moment}) == {"startTime": "2026-01-02T03:04:05Z"}
+
+
+def test_patches_go_to_the_status_subresource_and_never_touch_spec(
+    k8s_api: K8sApi, experiment: dict[str, Any]
+) -> None:
+    reporter = _reporter(k8s_api)
+    reporter.update(phase="Running", message="started")
+    reporter.close()
+
+    patches = _status_patches(k8s_api)
+    stored = k8s_api.get("experiments", NAME)
+    assert patches and all(p.path.endswith(f"/experiments/{NAME}/status") for p in patches)
+    assert all(set(p.body) == {"status"} for p in patches)
+    assert stored["spec"] == EXPERIMENT["spec"]
+    assert stored["metadata"]["generation"] == experiment["metadata"]["generation"]
+
+
+def test_phases_arrive_in_order_and_the_final_status_has_every_field(
+    k8s_api: K8sApi, experiment: dict[str, Any]
+) -> None:
+    reporter = _reporter(k8s_api, min_interval=0.05)
+    reporter.update(phase="Running", startTime="2026-01-01T00:00:00Z", tasksTotal=2, tasksDone=0)
+    wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+    reporter.update(
+        phase="Succeeded",
+        tasks=[_task(0, "Completed"), _task(1, "Completed")],
+        tasksDone=2,
+        progress="2/2",
+        results={"accuracy": 0.9},
+        plugins={"sources": []},
+        message="done",
+        completionTime="2026-01-01T00:01:00Z",
+        duration="1m0s",
+    )
+    reporter.close()
+
+    phases = [
+        p.body["status"]["phase"] for p in _status_patches(k8s_api) if "phase" in p.body["status"]
+    ]
+    status = k8s_api.get("experiments", NAME)["status"]
+    assert phases == ["Running", "Succeeded"]
+    assert status == {
+        "phase": "Succeeded",
+        "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z",
+        "duration": "1m0s",
+        "tasksTotal": 2,
+        "tasksDone": 2,
+        "progress": "2/2",
+        "tasks": [_task(0, "Completed"), _task(1, "Completed")],
+        "results": {"accuracy": 0.9},
+        "plugins": {"sources": []},
+        "message": "done",
+    }
+
+
+def test_a_later_patch_carries_only_the_fields_that_changed(
+    k8s_api: K8sApi, experiment: dict[str, Any]
+) -> None:
+    reporter = _reporter(k8s_api, min_interval=0.05)
+    reporter.update(phase="Running", tasksTotal=3, tasksDone=0)
+    wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+    reporter.update(phase="Running", tasksTotal=3, tasksDone=1)
+    reporter.close()
+
+    bodies = [p.body["status"] for p in _status_patches(k8s_api)]
+    assert bodies == [{"phase": "Running", "tasksTotal": 3, "tasksDone": 0}, {"tasksDone": 1}]
+
+
+def test_hundreds_of_rapid_updates_are_coalesced_into_a_few_patches(
+    k8s_api: K8sApi, experiment: dict[str, Any]
+) -> None:
+    min_interval = 0.1
+    reporter = _reporter(k8s_api, min_interval=min_interval)
+    started = time.monotonic()
+    tasks = [_task(i, "Pending") for i in range(200)]
+    reporter.update(phase="Running", tasksTotal=200, tasksDone=0, tasks=tasks)
+    for i in range(200):
+        tasks[i] = _task(i, "Completed")
+        reporter.update(tasks=tasks, tasksDone=i + 1, progress=f"{i + 1}/200")
+        time.sleep(0.001)
+    reporter.update(phase="Succeeded")
+    reporter.close()
+    elapsed = time.monotonic() - started
+
+    bound = min(10, math.ceil(elapsed / min_interval) + 2)
+    status = k8s_api.get("experiments", NAME)["status"]
+    assert len(_status_patches(k8s_api)) <= bound
+    assert status["tasksDone"] == 200 and status["phase"] == "Succeeded"
+    assert [t["state"] for t in status["tasks"]] == ["Completed"] * 200
+
+
+def test_server_errors_are_retried_until_the_status_arrives(
+    k8s_api: K8sApi, experiment: dict[str, Any]
+) -> None:
+    k8s_api.fail("PATCH", r"/status$", status=500, times=2)
+    reporter = _reporter(k8s_api, min_interval=0.01)
+    reporter.update(phase="Running")
+    reporter.update(phase="Succeeded", tasksDone=1)
+    reporter.close(timeout=10)
+
+    assert len(_status_patches(k8s_api)) == 3
+    assert k8s_api.get("experiments", NAME)["status"] == {"phase": "Succeeded", "tasksDone": 1}
+
+
+def test_an_unreachable_api_never_raises_and_close_returns_within_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{dead_port}"
+    configuration.api_key = {"authorization": "Bearer secret-token-123"}
+    reporter = KubernetesStatusReporter(
+        NAME, "default", api_client=kubernetes.client.ApiClient(configuration), min_interval=0.01
+    )
+
+    with caplog.at_level(logging.DEBUG, logger="dioptra_runner.reporter"):
+        reporter.update(phase="Running")
+        started = time.monotonic()
+        reporter.close(timeout=1.0)
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 1.5
+    assert "secret-token-123" not in caplog.text
+
+
+def test_a_status_update_is_dropped_with_a_warning_after_max_attempts(
+    k8s_api: K8sApi, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    k8s_api.fail("PATCH", r"/status$", status=503, times=2)
+    reporter = _reporter(k8s_api, min_interval=0.01, max_attempts=2)
+    with caplog.at_level(logging.WARNING, logger="dioptra_runner.reporter"):
+        reporter.update(phase="Running")
+        reporter.close(timeout=5)
+
+    assert "after 2 failed attempts" in caplog.text
+    assert "status" not in k8s_api.get("experiments", NAME)
+
+
+def test_a_deleted_experiment_stops_reporting_with_one_log_line(
+    k8s_api: K8sApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = _reporter(k8s_api, min_interval=0.01)
+    with caplog.at_level(logging.INFO, logger="dioptra_runner.reporter"):
+        reporter.update(phase="Running")
+        wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+        reporter.update(phase="Succeeded")
+        reporter.close(timeout=2)
+
+    assert len(_status_patches(k8s_api)) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "Experiment default/exp-1 no longer exists: status reporting stopped"
+    ]
+
+
+def test_from_environment_reports_through_the_kubeconfig(
+    k8s_api: K8sApi, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig_path))
+    monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAME", NAME)
+    monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAMESPACE", "default")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    reporter = KubernetesStatusReporter.from_environment()
+    reporter.update(phase="Running")
+    reporter.close()
+
+    assert k8s_api.get("experiments", NAME)["status"] == {"phase": "Running"}
+
+
+def test_from_environment_without_the_experiment_name_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DIOPTRA_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAMESPACE", "default")
+    with pytest.raises(StatusReporterError, match="DIOPTRA_EXPERIMENT_NAME is not set"):
+        KubernetesStatusReporter.from_environment()
+
+
+def test_the_null_reporter_accepts_updates_and_closes_at_once() -> None:
+    reporter = NullStatusReporter()
+    reporter.update(phase="Running", tasks=[])
+    started = time.monotonic()
+    reporter.close(timeout=0)
+    assert time.monotonic() - started < 0.1
