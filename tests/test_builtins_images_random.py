@@ -72,7 +72,7 @@ def test_resize_without_an_output_dir_writes_to_a_new_temporary_folder(samples: 
         output.rmdir()
 
 
-@pytest.mark.parametrize("image_size", [[28], [28, 0], [28, 2.5], "28x28"])
+@pytest.mark.parametrize("image_size", [[28], [28, 0], [28, 2.5], ["a", "b"], "28x28", 28])
 def test_resize_rejects_an_image_size_that_is_not_two_positive_integers(
     samples: Path, image_size: object
 ) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,14 @@ def test_every_rendered_manifest_is_valid_against_the_kubernetes_schemas(
 ) -> None:
     for doc in render(helm, mode):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_kubernetes_validation_rejects_an_unknown_field(helm: Helm) -> None:
+    (deployment,) = of_kind(render(helm, "default"), "Deployment")
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -393,3 +402,23 @@ def test_every_value_is_documented_in_values_yaml() -> None:
 
 def test_the_documentation_check_catches_an_undocumented_value() -> None:
     assert documented_problems("# a\na: 1\nb: 2\n") == ["line 3: b"]
+
+
+def test_the_packaged_chart_carries_the_crds_content_not_a_link(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [find_helm(), "package", str(CHART), "--destination", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=helm_env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("dioptra-operator-*.tgz")
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("dioptra-operator/files/experiments.dioptra.dev.yaml")
+        assert member.isfile()
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        assert extracted.read() == CRD_PATH.read_bytes()

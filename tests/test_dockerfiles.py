@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -171,3 +172,12 @@ def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path)
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert found.stdout.strip() == str(site / "dioptra_runner" / crd.name), found.stderr
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_the_extras_and_console_script_exist_in_pyproject(image: str) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = EXPECTED[image]["extras"].strip("[]").split(",")
+    assert set(extras) <= set(project["optional-dependencies"])
+    script = EXPECTED[image]["entrypoint"].strip('[]"')
+    assert script in project["scripts"]

@@ -14,6 +14,7 @@ from dioptra_runner.experiment import (
     experiment_from_env,
     load_experiment_file,
     load_experiment_text,
+    validate_status,
 )
 
 VALID = textwrap.dedent(
@@ -250,3 +251,33 @@ def test_the_crd_is_found_in_the_dev_checkout() -> None:
     assert crd_schema.find_crd_path() == Path(__file__).resolve().parents[1] / "crds" / (
         "experiments.dioptra.dev.yaml"
     )
+
+
+def test_a_status_in_the_documented_shape_is_valid() -> None:
+    status = {
+        "phase": "Running",
+        "progress": "1/2",
+        "tasksDone": 1,
+        "tasksTotal": 2,
+        "tasks": [{"name": "a", "task": "p.m.f", "state": "Completed"}],
+        "results": {"accuracy": 0.9},
+        "conditions": [
+            {
+                "type": "JobCreated",
+                "status": "True",
+                "reason": "JobCreated",
+                "message": "created",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+    assert validate_status(status) == []
+
+
+def test_a_status_with_a_wrong_phase_or_a_numeric_duration_is_reported() -> None:
+    problems = validate_status({"phase": "Done", "duration": 1.5, "tasks": [{"nme": "a"}]})
+    assert [problem.split(":")[0] for problem in problems] == [
+        "status.duration",
+        "status.phase",
+        "status.tasks[0].nme",
+    ]

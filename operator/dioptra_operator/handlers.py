@@ -37,13 +37,24 @@ def pods_by_job(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any
     job = _owner_job(body)
     if job is None:
         return {}
-    return {(namespace, job): {"metadata": dict(body.metadata), "status": dict(body.status)}}
+    # Keep only what status mapping reads: the index lives as long as the Pod does.
+    meta = {key: body.metadata.get(key) for key in ("name", "creationTimestamp")}
+    return {(namespace, job): {"metadata": meta, "status": dict(body.status)}}
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
 def jobs_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Our Jobs, kept in memory by name, for mapping a Pod event to its Job's state."""
-    return {(namespace, name): {k: body.get(k) for k in ("metadata", "spec", "status")}}
+    return {(namespace, name): _job_essence(body)}
+
+
+def _job_essence(body: kopf.Body) -> dict[str, Any]:
+    """The parts of a Job that status mapping reads (its name, suspend flag and status)."""
+    return {
+        "metadata": {"name": body.metadata.get("name")},
+        "spec": {"suspend": body.spec.get("suspend", False)},
+        "status": dict(body.status),
+    }
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, c.PLURAL)
@@ -51,6 +62,7 @@ def jobs_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any)
 @kopf.on.update(c.GROUP, c.VERSION, c.PLURAL, field="spec")
 def experiment_changed(
     *,
+    reason: str,
     body: kopf.Body,
     namespace: str | None,
     logger: kopf.Logger,
@@ -68,7 +80,8 @@ def experiment_changed(
     job = (experiment["status"] or {}).get("jobName")
     pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
     try:
-        reconcile.ensure_job(experiment, SETTINGS, pods, logger)
+        # On create nobody else has written status yet, so the body is fresh; otherwise re-read.
+        reconcile.ensure_job(experiment, SETTINGS, pods, logger, reread=reason != "create")
     except InvalidSpecError as exc:
         RECONCILE_ERRORS.labels("experiment", "permanent").inc()
         try:
@@ -105,7 +118,9 @@ def job_changed(
     **_: Any,
 ) -> None:
     """Mirror the Job's state (or its disappearance) into the Experiment's status."""
-    job = None if type == "DELETED" else {k: body.get(k) for k in ("metadata", "spec", "status")}
+    if type != "DELETED" and not body.status:
+        return  # a Job nobody has started yet: ensure_job already recorded what it implies
+    job = None if type == "DELETED" else _job_essence(body)
     pods = list(pods_by_job.get((namespace, name), [])) if pods_by_job else []
     _sync(namespace or "", labels[c.LABEL_EXPERIMENT], name, job, pods, logger)
 

@@ -280,6 +280,8 @@ class Flow:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: TaskOptions | None = None,
+        *,
+        name: str | None = None,
     ) -> TaskNode:
         """Record a call of a registered plugin; a missing plugin is noted, not raised.
 
@@ -293,8 +295,12 @@ class Flow:
         try:
             info = pyplugs.info(package, plugin, func)
         except pyplugs.PyplugsError as error:
-            return self.add_task(None, qualified, args, kwargs, problem=str(error), options=options)
-        return self.add_task(info.func, info.qualified_name, args, kwargs, options=options)
+            return self.add_task(
+                None, qualified, args, kwargs, name=name, problem=str(error), options=options
+            )
+        return self.add_task(
+            info.func, info.qualified_name, args, kwargs, name=name, options=options
+        )
 
     def add_task(
         self,

@@ -30,6 +30,7 @@ __all__ = [
     "load_experiment_file",
     "load_experiment_text",
     "validate_document",
+    "validate_status",
 ]
 
 GROUP = "dioptra.dev"
@@ -200,6 +201,21 @@ def validate_document(document: Any) -> list[str]:
     found.extend(crd_schema.cel_violations(openapi, body))
     unique = sorted(set(found), key=lambda item: (item[0], item[1]))
     return [f"{path}: {message}" if path else message for path, message in unique]
+
+
+def validate_status(status: Any) -> list[str]:
+    """Return every problem of a `status` object (or merge patch) against the CRD's schema.
+
+    For tests of the runner's and operator's status writes: the API server rejects a patch whose
+    result does not match the schema, and the emulator used in tests does not check it.
+    """
+    _, json_schema = _schemas()
+    validator = jsonschema.Draft202012Validator(json_schema["properties"]["status"])
+    found: list[tuple[str, str]] = []
+    for error in validator.iter_errors(status):
+        for path, message in _describe(error):
+            found.append((f"status.{path}" if path else "status", message))
+    return [f"{path}: {message}" for path, message in sorted(set(found))]
 
 
 def experiment_from_document(document: Any, source_path: Path | None = None) -> Experiment:

@@ -298,14 +298,15 @@ def _print_summary(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, highlight=False)
+    # Soft wrapping keeps a long failure message on one line for grep and CI logs.
+    console = Console(file=out, highlight=False, soft_wrap=True)
     if rows:
         table = Table(title=f"results of {name}", title_justify="left")
         table.add_column("name")
         table.add_column("value", justify="right")
         for key, value in rows:
             table.add_row(key, value)
-        console.print(table)
+        console.print(table, soft_wrap=False)
     took = format_duration(elapsed)
     if result.is_successful():
         console.print(f"[green]Succeeded[/] {name}: {len(result.tasks)} tasks in {took}")

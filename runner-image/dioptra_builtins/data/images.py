@@ -11,6 +11,7 @@ that disappears with the pod.
 import os
 import tempfile
 from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -120,12 +121,16 @@ def describe(data: ImageSource) -> dict[str, object]:
 
 def _image_size(value: Sequence[int], name: str) -> tuple[int, int]:
     """Validate a ``[width, height]`` pair of positive integers (YAML gives lists)."""
-    if isinstance(value, str | bytes) or len(value) != 2:
-        raise ValueError(f"{name} must be a [width, height] pair, got {value!r}")
-    width, height = (int(v) for v in value)
-    if width < 1 or height < 1 or (width, height) != tuple(value):
-        raise ValueError(f"{name} must hold two positive integers, got {value!r}")
-    return width, height
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(
+            f"{name} must be a [width, height] pair of positive integers, got {value!r}"
+        )
+    return int(value[0]), int(value[1])
 
 
 def _output_folder(output_dir: str | None, prefix: str) -> Path:

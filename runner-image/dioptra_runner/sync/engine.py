@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dioptra_runner.sync.backend import Backend, make_backend
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.local import copy_file, list_local, walk_files
 from dioptra_runner.sync.manifest import (
@@ -118,14 +119,14 @@ def sync_sources(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SyncError(f"{dest}: cannot create the destination ({error.strerror})") from None
-    client = _client_if_needed(parsed, endpoint_url, workers)
-    listings, skipped = _list_all(parsed, client, allow_empty)
+    backend = _backend_if_needed(parsed, endpoint_url, workers)
+    listings, skipped = _list_all(parsed, backend, allow_empty)
     previous = read_manifest(dest)
     plan = make_plan(listings, previous, lambda path: _local_state(dest, path))
 
     progress = Progress("syncing", len(plan.download), progress_stream)
     fresh = _run_parallel(
-        plan.download, workers, lambda remote: _fetch(client, remote, dest, progress)
+        plan.download, workers, lambda remote: _fetch(backend, remote, dest, progress)
     )
     progress.finish()
     for path in plan.delete:
@@ -151,25 +152,26 @@ def sync_sources(
     )
 
 
-def _client_if_needed(parsed: list[Source], endpoint_url: str | None, workers: int) -> Any:
+def _backend_if_needed(
+    parsed: list[Source], endpoint_url: str | None, workers: int
+) -> Backend | None:
     if not any(isinstance(source, S3Source) for source in parsed):
-        return None  # local folders only: never import or configure boto3
-    from dioptra_runner.sync.s3 import make_client
-
-    return make_client(endpoint_url, workers)
+        return None  # local folders only: never import or configure an S3 client
+    return make_backend(endpoint_url, workers)
 
 
 def _list_all(
-    parsed: list[Source], client: Any, allow_empty: bool
+    parsed: list[Source], backend: Backend | None, allow_empty: bool
 ) -> tuple[list[list[RemoteFile]], int]:
     def one(source: Source) -> tuple[list[RemoteFile], int]:
         if isinstance(source, LocalSource):
             files = list_local(source)
             skipped = 0
         else:
-            from dioptra_runner.sync.s3 import list_source
-
-            files, skipped = _guard(client, source, None, lambda: list_source(client, source))
+            assert backend is not None
+            files, skipped = _guard(
+                backend.endpoint, source, None, lambda: backend.list_files(source)
+            )
         if not files and not allow_empty:
             where = f"prefix {source.prefix!r}" if isinstance(source, S3Source) else "the folder"
             raise SyncError(
@@ -182,14 +184,13 @@ def _list_all(
     return [files for files, _ in results], sum(skipped for _, skipped in results)
 
 
-def _guard(client: Any, source: Source | str, key: str | None, work: Callable[[], T]) -> T:
-    """Run `work`, turning any boto3/OS error into a one-line `SyncError`."""
+def _guard(endpoint: str, source: Source | str, key: str | None, work: Callable[[], T]) -> T:
+    """Run `work`, turning any S3 or OS error into a one-line `SyncError`."""
     try:
         return work()
     except SyncError:
         raise
     except Exception as error:  # every failure must become one line, never a traceback
-        endpoint = str(client.meta.endpoint_url) if client is not None else "-"
         raise explain(error, source=str(source), endpoint=endpoint, key=key) from None
 
 
@@ -201,21 +202,22 @@ def _local_state(dest: Path, relative: str) -> tuple[int, int] | None:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _fetch(client: Any, remote: RemoteFile, dest: Path, progress: Progress) -> ManifestEntry:
+def _fetch(
+    backend: Backend | None, remote: RemoteFile, dest: Path, progress: Progress
+) -> ManifestEntry:
     target = _safe_target(dest, remote)
     if remote.local:
         sha256 = _guard(
-            None, remote.source, remote.key, lambda: copy_file(remote, target, progress.add_bytes)
+            "-", remote.source, remote.key, lambda: copy_file(remote, target, progress.add_bytes)
         )
         entry = ManifestEntry(remote.path, remote.source, remote.key, remote.size, sha256)
     else:
-        from dioptra_runner.sync.s3 import download
-
+        assert backend is not None
         sha256, etag, version_id = _guard(
-            client,
+            backend.endpoint,
             remote.source,
             remote.key,
-            lambda: download(client, remote, target, progress.add_bytes),
+            lambda: backend.download(remote, target, progress.add_bytes),
         )
         entry = ManifestEntry(
             remote.path, remote.source, remote.key, remote.size, sha256, etag, version_id
@@ -305,7 +307,8 @@ def push_folder(
     from dioptra_runner.sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
 
     client = make_client(endpoint_url, workers)
-    remote = _guard(client, target, None, lambda: list_for_push(client, target))
+    endpoint = str(client.meta.endpoint_url)
+    remote = _guard(endpoint, target, None, lambda: list_for_push(client, target))
 
     def changed(item: tuple[str, Path, os.stat_result]) -> bool:
         relative, path, stat = item
@@ -318,7 +321,10 @@ def push_folder(
     def put(item: tuple[str, Path, os.stat_result]) -> int:
         relative, path, stat = item
         _guard(
-            client, target, target.prefix + relative, lambda: upload(client, target, relative, path)
+            endpoint,
+            target,
+            target.prefix + relative,
+            lambda: upload(client, target, relative, path),
         )
         progress.add_bytes(stat.st_size)
         progress.file_done()
@@ -329,7 +335,7 @@ def push_folder(
     names = {relative for relative, _, _ in local}
     extra = sorted(relative for relative in remote if relative not in names)
     if delete and extra:
-        _guard(client, target, None, lambda: delete_keys(client, target, extra))
+        _guard(endpoint, target, None, lambda: delete_keys(client, target, extra))
     return PushReport(
         destination=str(target),
         uploaded=len(todo),

@@ -1,0 +1,133 @@
+"""End to end with every real part: operator, kubelet, `dioptra plugins sync`, `dioptra run`.
+
+An Experiment from `examples/` goes through the operator's Job, the real plugin sync from a
+moto S3 server, the real runner on Prefect 3 (the session's Prefect server, passed to the Job
+through the chart's DIOPTRA_PREFECT_API_URL) and the runner's status write-back.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dioptra_operator import constants as c
+from support.k8s_emulator import K8sApi, wait_until
+from support.kubelet import OperatorProcess, TestKubelet
+from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+REPO = Path(__file__).resolve().parents[1]
+BUILTINS = REPO / "runner-image" / "dioptra_builtins"
+
+
+def credentials_secret(api: K8sApi, name: str, key: str, secret: str) -> None:
+    def b64(value: str) -> str:
+        return base64.b64encode(value.encode()).decode()
+
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {"AWS_ACCESS_KEY_ID": b64(key), "AWS_SECRET_ACCESS_KEY": b64(secret)},
+        }
+    )
+
+
+def example(name: str, bucket: str, endpoint: str) -> dict[str, Any]:
+    """An example Experiment, its S3 sources pointed at the test bucket."""
+    manifest = yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["namespace"] = "default"
+    plugins = manifest["spec"].setdefault("plugins", {})
+    plugins["sources"] = [
+        f"s3://{bucket}/{source.split('/', 3)[3]}" for source in plugins.get("sources") or []
+    ]
+    plugins.update(
+        endpointURL=endpoint, region=REGION, credentialsSecretRef={"name": "s3-credentials"}
+    )
+    return dict(manifest)
+
+
+def push_builtins(s3: S3Server, bucket: str) -> None:
+    files = {
+        f"dioptra_builtins/{path.relative_to(BUILTINS)}": path.read_bytes()
+        for path in BUILTINS.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    s3.put_files(bucket, "dioptra_builtins", files)
+
+
+def status(api: K8sApi, name: str) -> dict[str, Any]:
+    return dict(api.get("experiments", name).get("status") or {})
+
+
+def condition(current: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(cond for cond in current.get("conditions") or [] if cond["type"] == type_)
+
+
+@pytest.fixture()
+def runner_operator(
+    k8s_api: K8sApi, prefect_api_url: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(
+        k8s_api, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_an_example_experiment_succeeds_with_progress_and_results(
+    k8s_api: K8sApi,
+    runner_operator: OperatorProcess,
+    kubelet: TestKubelet,
+    s3_server: S3Server,
+) -> None:
+    bucket = s3_server.new_bucket()
+    push_builtins(s3_server, bucket)
+    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    k8s_api.create(example("random-integer", bucket, s3_server.endpoint_url))
+
+    final = wait_until(
+        lambda: (s := status(k8s_api, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
+        timeout=150,
+        what="the experiment to finish",
+    )
+    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs)
+    assert final["tasksTotal"] == final["tasksDone"] == 3
+    assert {task["state"] for task in final["tasks"]} == {"Completed"}
+    assert final["results"]
+    assert final["plugins"], "the synced plugin versions are recorded"
+    assert condition(final, c.ConditionType.COMPLETE)["status"] == "True"
+    assert condition(final, c.ConditionType.PLUGINS_SYNCED)["status"] == "True"
+
+
+def test_bad_s3_credentials_fail_the_plugin_sync(
+    k8s_api: K8sApi, operator_process: OperatorProcess, kubelet: TestKubelet
+) -> None:
+    strict = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # enforce credentials
+    try:
+        credentials_secret(k8s_api, "s3-credentials", "AKIDWRONG", "wrong-secret")
+        k8s_api.create(example("random-integer", "plugins", strict.endpoint_url))
+        final = wait_until(
+            lambda: (s := status(k8s_api, "random-integer")).get("phase") == c.Phase.FAILED and s,
+            timeout=60,
+            what="the experiment to fail",
+        )
+    finally:
+        strict.stop()
+    failed = condition(final, c.ConditionType.FAILED)
+    assert failed["reason"] == c.Reason.PLUGIN_SYNC_FAILED
+    assert condition(final, c.ConditionType.PLUGINS_SYNCED)["status"] == "False"
+    assert "Traceback" not in final["message"]
+    assert "wrong-secret" not in str(final)
+    sync_logs = [log for name, log in kubelet.logs.items() if name.endswith("/sync")]
+    assert sync_logs and "Traceback" not in sync_logs[0]
