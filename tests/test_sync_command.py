@@ -123,9 +123,10 @@ class AuthServer:
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[AuthServer]:
-    # The first 5 requests run unauthenticated: they create a user with an access key and an
-    # s3:* policy, a bucket and one object. Every later request must be signed by that user.
-    server = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "5"})
+    # The first 6 requests run unauthenticated: they create a user with an access key and an
+    # s3:* policy, a bucket and two objects. Every later request must be signed by that user,
+    # and moto then checks the signature, so these tests also prove our SigV4 signing right.
+    server = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "6"})
     try:
         import boto3
 
@@ -142,6 +143,7 @@ def auth_server() -> Iterator[AuthServer]:
         client = server.client()
         client.create_bucket(Bucket="secured")
         client.put_object(Bucket="secured", Key="plugins/a.py", Body=b"a = 1\n")
+        client.put_object(Bucket="secured", Key="plugins/odd dir/\u00fc+%.py", Body=b"u = 1\n")
         yield AuthServer(server, "secured", key["AccessKeyId"], key["SecretAccessKey"])
     finally:
         server.stop()
@@ -156,13 +158,18 @@ def _client_kwargs(server: S3Server) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("client", ["auto", "botocore"])
 def test_valid_credentials_sync_from_a_server_that_enforces_auth(
-    auth_server: AuthServer, tmp_path: Path
+    auth_server: AuthServer, tmp_path: Path, client: str
 ) -> None:
-    env = auth_server.server.env(auth_server.key_id, auth_server.secret)
+    env = {
+        **auth_server.server.env(auth_server.key_id, auth_server.secret),
+        "DIOPTRA_S3_CLIENT": client,
+    }
     result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.py").read_text() == "a = 1\n"
+    assert (tmp_path / "odd dir/\u00fc+%.py").read_text() == "u = 1\n"
 
 
 @pytest.mark.parametrize(
@@ -172,12 +179,17 @@ def test_valid_credentials_sync_from_a_server_that_enforces_auth(
         ("wrong secret", "the secret key is wrong; check AWS_SECRET_ACCESS_KEY"),
     ],
 )
+@pytest.mark.parametrize("client", ["auto", "botocore"])
 def test_bad_credentials_end_with_one_line_that_names_the_cause_and_no_secret(
-    auth_server: AuthServer, tmp_path: Path, which: str, expected: str
+    auth_server: AuthServer, tmp_path: Path, which: str, expected: str, client: str
 ) -> None:
     key_id = "AKIAUNKNOWNKEY000000" if which == "unknown key" else auth_server.key_id
     secret = "wrong-secret-value-123"
-    env = {**auth_server.server.env(key_id, secret), "AWS_MAX_ATTEMPTS": "1"}
+    env = {
+        **auth_server.server.env(key_id, secret),
+        "AWS_MAX_ATTEMPTS": "1",
+        "DIOPTRA_S3_CLIENT": client,
+    }
     result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins", env=env)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [

@@ -1,4 +1,7 @@
-"""`sync_sources` against a real S3 server (moto_server): what lands on disk and what is fetched."""
+"""`sync_sources` against a real S3 server (moto_server): what lands on disk and what is fetched.
+
+Every test runs twice: with the fast standard-library client and with botocore.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,14 @@ TREE = {
     "acme/data/loaders.py": "def load():\n    return [1, 2, 3]\n",
     "acme/data/tables/schema.json": '{"columns": []}\n',
 }
+
+
+@pytest.fixture(autouse=True, params=["auto", "botocore"], ids=["fast-client", "botocore"])
+def s3_client_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test with both S3 clients: the fast one (chosen automatically when the
+    endpoint and static keys are in the environment, as here) and botocore."""
+    monkeypatch.setenv("DIOPTRA_S3_CLIENT", request.param)
+    return str(request.param)
 
 
 def object_gets(requests: list[RecordedRequest]) -> list[str]:
@@ -235,3 +246,23 @@ def test_load_manifest_returns_the_document_the_runner_copies_into_status(
 ) -> None:
     report = sync_sources([plugins], tmp_path)
     assert load_manifest(tmp_path) == report.manifest
+
+
+def test_keys_with_spaces_and_non_ascii_characters_sync_to_the_same_names(
+    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    odd = {"acme/data/my file (1).txt": "a\n", "acme/data/\u00fcber+%41.txt": "b\n"}
+    s3_server.put_files(s3_bucket, "p", odd)
+    sync_sources([f"s3://{s3_bucket}/p"], tmp_path)
+    assert files_under(tmp_path) == odd
+
+
+def test_a_listing_of_more_than_one_page_is_read_to_the_end(
+    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    many = {f"pkg/m{i:04d}.py": f"i = {i}\n" for i in range(1005)}
+    client = s3_server.client()
+    for path, text in many.items():
+        client.put_object(Bucket=s3_bucket, Key=f"p/{path}", Body=text.encode())
+    report = sync_sources([f"s3://{s3_bucket}/p"], tmp_path)
+    assert report.downloaded == 1005

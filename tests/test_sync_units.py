@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from dioptra_runner.sync.backend import fast_client_settings
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.manifest import ManifestEntry
 from dioptra_runner.sync.messages import explain
 from dioptra_runner.sync.plan import RemoteFile, make_plan, merge
 from dioptra_runner.sync.progress import Progress
+from dioptra_runner.sync.sigv4 import Credentials, sign
 from dioptra_runner.sync.uri import LocalSource, S3Source, check_relative_key, parse_source
 
 
@@ -177,3 +180,49 @@ def test_progress_off_a_terminal_writes_nothing() -> None:
     progress.file_done()
     progress.finish()
     assert stream.getvalue() == ""
+
+
+def test_the_fast_client_is_chosen_for_an_endpoint_with_static_keys() -> None:
+    environ = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "k"}
+    environ["AWS_SECRET_ACCESS_KEY"] = "s"
+    assert fast_client_settings(None, environ) == ("http://minio:9000", "k", "s", None, "us-east-1")
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},  # AWS itself: botocore
+        {"AWS_ENDPOINT_URL": "http://minio:9000"},  # credentials from a profile or IRSA
+        {
+            "AWS_ENDPOINT_URL": "http://minio:9000",
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_PROFILE": "team",  # a named profile outranks the variables in botocore
+        },
+    ],
+)
+def test_botocore_is_chosen_whenever_the_fast_client_might_differ(
+    environ: dict[str, str],
+) -> None:
+    assert fast_client_settings(None, environ) is None
+
+
+def test_a_session_token_is_sent_and_signed() -> None:
+    headers = sign(
+        "GET",
+        "127.0.0.1:9000",
+        "/bucket",
+        {"list-type": "2"},
+        Credentials("AKID", "secret", "token-1"),
+        "us-east-1",
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    assert headers["x-amz-security-token"] == "token-1"
+    assert headers["authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=AKID/20260102/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature="
+    )
+
+
+def test_credentials_never_show_their_secret_when_printed() -> None:
+    assert "secret" not in repr(Credentials("AKID", "secret", "token"))

@@ -258,7 +258,7 @@ def _finish(
 
     fields: dict[str, Any] = {
         "phase": phase,
-        "message": message.splitlines()[0][:1000] if message else "",
+        "message": _one_line(message)[:1000],
         "completionTime": _iso(started + dt.timedelta(seconds=elapsed)),
         "duration": format_duration(elapsed),
     }
@@ -323,6 +323,14 @@ def _print_error(message: str, args: argparse.Namespace) -> None:
 
 
 # -- plumbing ---------------------------------------------------------------------------------
+
+
+def _one_line(message: str) -> str:
+    """A multi-line problem list as one status line: ``head problem; problem``."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} {'; '.join(lines[1:])}"
 
 
 def _iso(moment: dt.datetime) -> str:

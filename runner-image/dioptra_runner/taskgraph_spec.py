@@ -131,7 +131,7 @@ def _parse_step(index: int, raw: Any, problems: list[str]) -> Step | None:
     if not valid_name:
         what = "is missing" if name is None else f"{name!r} is not a valid step name"
         problems.append(f"{path}.name: {what} (a letter or '_' then letters, digits, '_' or '-')")
-    step = Step(index=index, name=name if valid_name else "")
+    step = Step(index=index, name=name if isinstance(name, str) and valid_name else "")
     task = raw.get("task")
     if not isinstance(task, str) or _TASK.fullmatch(task) is None:
         what = "is missing" if task is None else f"{task!r} is malformed"

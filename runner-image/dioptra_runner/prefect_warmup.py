@@ -1,0 +1,362 @@
+"""Make Prefect 3's temporary API server cheap enough for a pod (DESIGN.md section 8).
+
+Without ``PREFECT_API_URL`` Prefect 3 starts a temporary API server (uvicorn + SQLite under
+``$PREFECT_HOME``) on the first API call: it migrates a fresh database (~4 CPU-seconds),
+registers block types, and the client that spawns it first imports the whole server package
+just to build the command line. Measured in ``docs/prefect-startup.md``, the wins are:
+
+- a database migrated at image build time (``build_template``) and copied into an empty
+  ``$PREFECT_HOME`` (``prepare_prefect_home``), so migrations and block registration are
+  skipped;
+- starting that same server ourselves at the very beginning of ``dioptra run``
+  (``start_background_warmup``) with stdlib only, so it boots while the runner imports Prefect,
+  loads the Experiment and imports the plugins; the runner then talks to it through
+  ``PREFECT_API_URL`` like to any Prefect server, and flows and task runs land in its API.
+
+When ``PREFECT_API_URL`` is set (the chart's Prefect server, or a user's), all of this is a
+no-op. This module imports nothing from Prefect at module level: it must run before Prefect is
+imported, to overlap with that import.
+
+Image build: ``python -m dioptra_runner.prefect_warmup build-template /opt/dioptra/prefect-template``
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "TEMPLATE_ENV",
+    "Warmup",
+    "WarmupError",
+    "build_template",
+    "prepare_prefect_home",
+    "quiet_server_settings",
+    "start_background_warmup",
+    "uses_external_server",
+]
+
+TEMPLATE_ENV = "DIOPTRA_PREFECT_TEMPLATE"
+DEFAULT_TEMPLATE = Path("/opt/dioptra/prefect-template")
+DATABASE_NAME = "prefect.db"
+STAMP_NAME = "dioptra-template.json"
+SERVER_LOG_NAME = "dioptra-prefect-server.log"
+_DB_URL_KEYS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+class WarmupError(RuntimeError):
+    """The temporary Prefect server did not come up; the message is one line for the user."""
+
+
+# -- where things are -------------------------------------------------------------------------
+
+
+def prefect_home(env: Mapping[str, str] = os.environ) -> Path:
+    """``$PREFECT_HOME`` as Prefect resolves it (default ``~/.prefect``)."""
+    return Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
+def _profile_api_url(env: Mapping[str, str]) -> str | None:
+    """The ``PREFECT_API_URL`` of the active Prefect profile, read without importing Prefect."""
+    path = Path(env.get("PREFECT_PROFILES_PATH") or prefect_home(env) / "profiles.toml")
+    try:
+        document = tomllib.loads(path.expanduser().read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = env.get("PREFECT_PROFILE") or document.get("active") or "ephemeral"
+    profile = document.get("profiles", {}).get(active, {})
+    value = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+    return str(value) if value else None
+
+
+def uses_external_server(env: Mapping[str, str] = os.environ) -> bool:
+    """True when Prefect will talk to a server someone runs (env or active profile)."""
+    return bool(env.get("PREFECT_API_URL") or _profile_api_url(env))
+
+
+def _prefect_version() -> str:
+    return importlib.metadata.version("prefect")
+
+
+# -- the pre-migrated database ----------------------------------------------------------------
+
+
+def build_template(dest: Path) -> None:
+    """Create a migrated Prefect database with its block types registered, in ``dest``.
+
+    Runs Prefect's own migrations in a child process whose ``PREFECT_HOME`` is a scratch
+    folder, then moves the database into ``dest`` with a stamp naming the Prefect version,
+    so a later Prefect upgrade never gets a database from another schema.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prefect-template-", dir=dest.parent) as scratch:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env["PREFECT_HOME"] = scratch
+        env["PREFECT_PROFILES_PATH"] = str(Path(scratch) / "profiles.toml")
+        code = "from dioptra_runner.prefect_warmup import _populate_database; _populate_database()"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise WarmupError(f"could not build the Prefect template database: {last}")
+        staged = Path(scratch) / "template"
+        staged.mkdir()
+        shutil.move(str(Path(scratch) / DATABASE_NAME), staged / DATABASE_NAME)
+        stamp = {"prefect": _prefect_version()}
+        (staged / STAMP_NAME).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+        if dest.exists():
+            shutil.rmtree(dest)
+        staged.rename(dest)
+
+
+def _populate_database() -> None:
+    """Run migrations and block registration against ``$PREFECT_HOME`` (child of build_template)."""
+    import asyncio
+
+    from prefect.server.database import provide_database_interface
+    from prefect.server.models.block_registration import run_block_auto_registration
+
+    async def populate() -> None:
+        db = provide_database_interface()
+        await db.create_db()
+        async with await db.session() as session:
+            await run_block_auto_registration(session=session)
+            await session.commit()
+
+    asyncio.run(populate())
+
+
+def _usable_template(template: Path) -> bool:
+    try:
+        stamp = json.loads((template / STAMP_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (template / DATABASE_NAME).is_file() and stamp.get("prefect") == _prefect_version()
+
+
+def prepare_prefect_home(
+    template: Path | None = None, env: MutableMapping[str, str] = os.environ
+) -> bool:
+    """Copy the pre-migrated database into an empty ``$PREFECT_HOME``; True if it did.
+
+    Does nothing when an external server is configured, when the user chose another database
+    URL, when ``$PREFECT_HOME`` already has a database (a laptop's ``~/.prefect`` keeps its
+    history), or when no template for this Prefect version exists (Prefect then migrates as
+    usual: slower, never wrong).
+    """
+    if uses_external_server(env) or any(env.get(key) for key in _DB_URL_KEYS):
+        return False
+    if template is None:
+        template = Path(env.get(TEMPLATE_ENV) or DEFAULT_TEMPLATE)
+    home = prefect_home(env)
+    target = home / DATABASE_NAME
+    if target.exists() or not _usable_template(template):
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{DATABASE_NAME}.{os.getpid()}.partial")
+    shutil.copyfile(template / DATABASE_NAME, partial)
+    partial.replace(target)
+    return True
+
+
+# -- the temporary server ---------------------------------------------------------------------
+
+
+def quiet_server_settings(templated: bool = False) -> dict[str, str]:
+    """Settings for the temporary server that measurably shorten its start (see the docs).
+
+    Analytics would resolve an outside host name at start (a DNS wait in a pod without
+    egress). With a database copied from a template of the same Prefect version, migrations
+    and block registration have already run, so the server skips both.
+    """
+    settings = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if templated:
+        settings["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+        settings["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
+    return settings
+
+
+class Warmup:
+    """A temporary Prefect API server that started booting in the background.
+
+    ``api_url`` is None when nothing was started (an external server is configured).
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes] | None = None,
+        api_url: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.process = process
+        self.api_url = api_url
+        self.log_path = log_path
+        self._ready = process is None
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the server answers ``/health``; raises WarmupError after ``timeout`` s."""
+        if self._ready:
+            return
+        assert self.process is not None and self.api_url is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise WarmupError(
+                    f"the temporary Prefect server exited with code {self.process.returncode}"
+                    f"{self._log_hint()}"
+                )
+            if _healthy(self.api_url):
+                self._ready = True
+                return
+            time.sleep(0.05)
+        raise WarmupError(
+            f"the temporary Prefect server did not answer within {timeout:.0f} s"
+            f"{self._log_hint()}"
+        )
+
+    def stop(self) -> None:
+        """Stop the server this warmup started, and stop pointing Prefect at it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if os.environ.get("PREFECT_API_URL") == self.api_url:
+            del os.environ["PREFECT_API_URL"]
+            _refresh_prefect_settings()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def _log_hint(self) -> str:
+        return f" (server log: {self.log_path})" if self.log_path else ""
+
+
+def start_background_warmup(
+    template: Path | None = None, server_settings: Mapping[str, str] | None = None
+) -> Warmup:
+    """Start Prefect's temporary API server now, and point this process's Prefect at it.
+
+    Call it first thing in the runner, before Prefect is imported: the server boots while
+    the runner does its own work; call ``Warmup.wait()`` before the first flow run. A no-op
+    when ``PREFECT_API_URL`` (or the active profile) names a server. The server is the one
+    Prefect itself would start (same app, same ``$PREFECT_HOME`` database), only earlier and
+    without the client importing the server package to launch it.
+    """
+    if uses_external_server(os.environ):
+        return Warmup()
+    templated = prepare_prefect_home(template)
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {
+        **os.environ,
+        **quiet_server_settings(templated),
+        **(server_settings or {}),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+    log_path = home / SERVER_LOG_NAME
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            _server_command(port),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    api_url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = api_url
+    _refresh_prefect_settings()
+    warmup = Warmup(process, api_url, log_path)
+    atexit.register(warmup.stop)
+    return warmup
+
+
+def _server_command(port: int) -> list[str]:
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None, "prefect is not installed"
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(Path(spec.origin).parent.parent),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _refresh_prefect_settings() -> None:
+    """Prefect snapshots its settings at import; re-read them if it was imported already."""
+    context = sys.modules.get("prefect.context")
+    if context is not None:
+        context.refresh_global_settings_context()
+
+
+# -- command line (image build) ---------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dioptra_runner.prefect_warmup",
+        description="Prepare Prefect's temporary server for fast starts.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build-template", help="write a pre-migrated Prefect database")
+    build.add_argument("dest", type=Path, help=f"target folder (default used: {DEFAULT_TEMPLATE})")
+    args = parser.parse_args(argv)
+    try:
+        build_template(args.dest)
+    except (WarmupError, OSError) as error:
+        sys.stderr.write(f"prefect_warmup: {error}\n")
+        return 1
+    sys.stdout.write(f"Prefect {_prefect_version()} template database written to {args.dest}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

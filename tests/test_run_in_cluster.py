@@ -1,0 +1,184 @@
+"""`dioptra run --in-cluster`: the Job's main container reports to the Experiment's status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.k8s_emulator import K8sApi
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+BIN = Path(sys.executable).parent
+
+PLUGIN = '''
+from dioptra import pyplugs, metrics
+
+@pyplugs.register
+def square(x: int) -> int:
+    return x * x
+
+@pyplugs.register
+def report(values: list) -> dict:
+    metrics.log_metric("count", len(values))
+    return {"sum": sum(values)}
+
+@pyplugs.register
+def explode() -> None:
+    raise ValueError("bad calibration")
+'''
+
+SCRIPT = '''
+from dioptra import pyplugs
+from dioptra.flow import Flow, Parameter
+
+with Flow("Squares") as flow:
+    width = Parameter("width")
+    squares = [pyplugs.call_task("clusterpkg", "maths", "square", x=i) for i in range(WIDTH)]
+    pyplugs.call_task("clusterpkg", "maths", "report", values=squares)
+'''
+
+
+def experiment_document(script: str, width: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "dioptra.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "squares", "namespace": "default"},
+        "spec": {
+            "entryPoint": {"script": script.replace("WIDTH", str(width))},
+            "parameters": {"width": width},
+            "plugins": {"sources": ["s3://dioptra-plugins/clusterpkg"]},
+        },
+    }
+
+
+@pytest.fixture
+def synced_plugins(tmp_path: Path) -> Path:
+    """What the init container leaves behind: a plugin folder with its manifest."""
+    source = tmp_path / "source" / "clusterpkg"
+    source.mkdir(parents=True)
+    (source / "__init__.py").write_text("")
+    (source / "maths.py").write_text(PLUGIN)
+    dest = tmp_path / "plugins"
+    subprocess.run(
+        [str(BIN / "dioptra"), "plugins", "sync", "--dest", str(dest), f"{tmp_path / 'source'}/"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return dest
+
+
+def run_in_pod(
+    k8s_api: K8sApi, document: dict[str, Any], plugin_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    k8s_api.create(document)
+    env = {
+        **os.environ,
+        **k8s_api.env(),
+        "DIOPTRA_EXPERIMENT": json.dumps(document),
+        "DIOPTRA_EXPERIMENT_NAME": document["metadata"]["name"],
+        "DIOPTRA_EXPERIMENT_NAMESPACE": "default",
+        "DIOPTRA_PLUGIN_DIR": str(plugin_dir),
+    }
+    return subprocess.run(
+        [str(BIN / "dioptra"), "run", "--in-cluster"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+
+
+def status_patches(k8s_api: K8sApi) -> list[dict[str, Any]]:
+    return [
+        r.body["status"]
+        for r in k8s_api.requests
+        if r.method == "PATCH" and r.path.endswith("/experiments/squares/status")
+    ]
+
+
+def test_the_runner_reports_phases_progress_results_and_plugin_versions(
+    k8s_api: K8sApi, synced_plugins: Path
+) -> None:
+    done = run_in_pod(k8s_api, experiment_document(SCRIPT, 3), synced_plugins)
+
+    assert done.returncode == 0, done.stderr
+    phases = [p["phase"] for p in status_patches(k8s_api) if "phase" in p]
+    assert phases == ["Running", "Succeeded"]
+    status = k8s_api.get("experiments", "squares")["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["progress"] == "4/4"
+    assert {t["state"] for t in status["tasks"]} == {"Completed"}
+    assert all("startTime" in t and "endTime" in t for t in status["tasks"])
+    assert status["results"]["metrics"] == {"count": 3}
+    assert status["results"]["outputs"]["clusterpkg.maths.report"] == {"sum": 5}
+    assert sorted(f["path"] for f in status["plugins"]) == [
+        "clusterpkg/__init__.py",
+        "clusterpkg/maths.py",
+    ]
+    assert all(len(f["sha256"]) == 64 for f in status["plugins"])
+    assert status["completionTime"] >= status["startTime"]
+
+
+def test_patches_touch_only_the_status_subresource(k8s_api: K8sApi, synced_plugins: Path) -> None:
+    run_in_pod(k8s_api, experiment_document(SCRIPT, 2), synced_plugins)
+
+    writes = [r for r in k8s_api.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
+    experiment_writes = [r for r in writes if "/experiments" in r.path and r.method != "POST"]
+    assert experiment_writes
+    assert all(r.path.endswith("/status") for r in experiment_writes)
+
+
+def test_a_200_task_flow_is_reported_in_a_few_coalesced_patches(
+    k8s_api: K8sApi, synced_plugins: Path
+) -> None:
+    done = run_in_pod(k8s_api, experiment_document(SCRIPT, 200), synced_plugins)
+
+    assert done.returncode == 0, done.stderr
+    status = k8s_api.get("experiments", "squares")["status"]
+    assert status["progress"] == "201/201"
+    patches = status_patches(k8s_api)
+    # 201 tasks change state 402 times; the reporter sends at most ~4 patches a second.
+    assert len(patches) < 60, len(patches)
+    assert len(patches) < 402 // 5
+
+
+def test_a_failing_task_ends_failed_with_the_task_named(
+    k8s_api: K8sApi, synced_plugins: Path
+) -> None:
+    script = SCRIPT.replace(
+        'pyplugs.call_task("clusterpkg", "maths", "report", values=squares)',
+        'pyplugs.call_task("clusterpkg", "maths", "explode", upstream_tasks=squares)',
+    )
+    document = experiment_document(script, 1)
+    document["spec"]["parameters"] = {"width": 1}
+
+    done = run_in_pod(k8s_api, document, synced_plugins)
+
+    assert done.returncode == 1
+    status = k8s_api.get("experiments", "squares")["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"] == "task clusterpkg.maths.explode failed: ValueError: bad calibration"
+    assert "Traceback" in done.stderr  # the pod's log keeps the full traceback
+
+
+def test_an_invalid_snapshot_fails_the_experiment_with_the_reason(
+    k8s_api: K8sApi, synced_plugins: Path
+) -> None:
+    document = experiment_document(SCRIPT, 1)
+    document["spec"]["parameters"] = {}
+
+    done = run_in_pod(k8s_api, document, synced_plugins)
+
+    assert done.returncode == 2
+    status = k8s_api.get("experiments", "squares")["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith("the flow cannot start")
+    assert status["message"].endswith("missing parameter(s): width")
