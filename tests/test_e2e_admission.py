@@ -84,8 +84,17 @@ def test_a_malformed_experiment_is_rejected_before_the_operator_sees_it(
     assert k8s_api.list("jobs", "default") == []
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_every_example_is_admitted_and_gets_a_job(
+def _laptop_only(manifest: dict[str, Any]) -> bool:
+    sources = manifest["spec"].get("plugins", {}).get("sources", [])
+    return any(not source.startswith("s3://") for source in sources)
+
+
+CLUSTER_EXAMPLES = [p for p in EXAMPLES if not _laptop_only(yaml.safe_load(p.read_text()))]
+LAPTOP_EXAMPLES = [p for p in EXAMPLES if p not in CLUSTER_EXAMPLES]
+
+
+@pytest.mark.parametrize("path", CLUSTER_EXAMPLES, ids=[p.stem for p in CLUSTER_EXAMPLES])
+def test_every_cluster_example_is_admitted_and_gets_a_job(
     k8s_api: K8sApi, operator_process: OperatorProcess, path: Path
 ) -> None:
     manifest = yaml.safe_load(path.read_text())
@@ -97,3 +106,20 @@ def test_every_example_is_admitted_and_gets_a_job(
         what=f"the Job of {path.name}",
     )
     assert k8s_api.exists("jobs", f"{name}-g1")
+
+
+@pytest.mark.parametrize("path", LAPTOP_EXAMPLES, ids=[p.stem for p in LAPTOP_EXAMPLES])
+def test_an_example_with_local_plugin_folders_is_admitted_but_refused_by_the_operator(
+    k8s_api: K8sApi, operator_process: OperatorProcess, path: Path
+) -> None:
+    manifest = yaml.safe_load(path.read_text())
+    manifest["metadata"]["namespace"] = "default"
+    apply(k8s_api, manifest)
+    name = manifest["metadata"]["name"]
+    status = wait_until(
+        lambda: (s := k8s_api.get("experiments", name).get("status", {})).get("phase") and s,
+        what=f"the operator's verdict on {path.name}",
+    )
+    assert status["phase"] == "Failed"
+    assert "s3://" in status["message"]
+    assert not k8s_api.exists("jobs", f"{name}-g1")

@@ -340,3 +340,18 @@ def test_s3_credentials_reach_the_sync_only_through_the_secret(
     job = jobs_of(k8s_api, "secretive")[0]
     assert "AKIDEXAMPLE" not in str(job)
     assert "AKIDEXAMPLE" not in str(k8s_api.get("experiments", "secretive"))
+
+
+def test_changing_parameters_replaces_the_running_job_with_one_for_the_new_generation(
+    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+) -> None:
+    k8s_api.create(experiment("tuned", parameters={"epsilon": 0.1}))
+    wait_phase(k8s_api, "tuned", c.Phase.RUNNING)
+    k8s_api.patch("experiments", "tuned", {"spec": {"parameters": {"epsilon": 0.2}}})
+    current = wait_until(
+        lambda: (s := status(k8s_api, "tuned")).get("jobName") == "tuned-g2" and s,
+        what="the new generation's Job",
+    )
+    assert current["observedGeneration"] == 2
+    wait_until(lambda: [j["metadata"]["name"] for j in jobs_of(k8s_api, "tuned")] == ["tuned-g2"])
+    wait_phase(k8s_api, "tuned", c.Phase.RUNNING)

@@ -135,6 +135,8 @@ class TaskNode:
         return list(found.values())
 
     def __iter__(self) -> Iterator[ItemRef]:
+        if self.problem:
+            raise FlowDefinitionError(f"cannot unpack the output of task {self.name!r}: {self.problem}")
         if self.nout is None:
             raise FlowDefinitionError(
                 f"cannot unpack the output of task {self.name!r}: its plugin does not declare "

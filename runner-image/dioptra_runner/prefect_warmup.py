@@ -117,6 +117,7 @@ def build_template(dest: Path) -> None:
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise WarmupError(f"could not build the Prefect template database: {last}")
+        _checkpoint(Path(scratch) / DATABASE_NAME)
         staged = Path(scratch) / "template"
         staged.mkdir()
         shutil.move(str(Path(scratch) / DATABASE_NAME), staged / DATABASE_NAME)
@@ -125,6 +126,18 @@ def build_template(dest: Path) -> None:
         if dest.exists():
             shutil.rmtree(dest)
         staged.rename(dest)
+
+
+def _checkpoint(database: Path) -> None:
+    """Fold SQLite's write-ahead log into the database file, so the file alone is complete."""
+    import sqlite3
+
+    connection = sqlite3.connect(database)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        connection.close()
 
 
 def _populate_database() -> None:
