@@ -4,20 +4,11 @@ One digits split and one trained classifier are shared by the module (training t
 but every test reads the same fixed-seed numbers, which keeps the assertions comparable).
 """
 
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-# dioptra_builtins is a plugin tree under runner-image/; an editable install made before the
-# folder existed does not map it yet, so put it on the path as DIOPTRA_PLUGIN_DIR would.
-if importlib.util.find_spec("dioptra_builtins") is None:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "runner-image"))
-
 from dioptra_builtins.attacks.evasion import fgsm, pgd
 from dioptra_builtins.datasets.arrays import ArrayDataset
 from dioptra_builtins.datasets.digits import load_digits_split

@@ -7,11 +7,8 @@ signatures, which needs no engine.
 """
 
 import contextlib
-import importlib
-import importlib.util
 import inspect
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,19 +19,12 @@ import yaml
 from dioptra import pyplugs
 from dioptra.flow import Flow
 from dioptra.sdk.utilities.contexts import plugin_dirs
+from dioptra_builtins.random.rng import init_rng
+from dioptra_builtins.random.sample import draw_random_integer
 from dioptra_runner.entrypoint import load_flow
 from dioptra_runner.experiment import Experiment, load_experiment_file, validate_document
 
-# dioptra_builtins is a plugin tree under runner-image/; an editable install made before the
-# folder existed does not map it yet, so put it on the path as DIOPTRA_PLUGIN_DIR would.
-if importlib.util.find_spec("dioptra_builtins") is None:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "runner-image"))
-
-from dioptra_builtins.random.rng import init_rng
-from dioptra_builtins.random.sample import draw_random_integer
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RUNNER_IMAGE = Path(__file__).resolve().parents[1] / "runner-image"
 PYTHON_EXAMPLES = [
     "adversarial-digits.yaml",
     "image-resizer.yaml",
@@ -46,10 +36,9 @@ _REFERENCE = re.compile(r"^\$(?:steps\.(?P<step>[A-Za-z_][\w-]*)|(?P<param>[A-Za
 
 
 def _local_plugin_folders(experiment: Experiment) -> list[str]:
-    """The runner image's builtins plus the Experiment's local plugin folders (S3 ones skipped:
-    they hold the same builtins, which the runner image also ships)."""
-    local = [s for s in experiment.resolved_plugin_sources() if not s.startswith("s3://")]
-    return [str(RUNNER_IMAGE), *local]
+    """The Experiment's local plugin folders. The S3 sources of the examples hold the builtins,
+    which are installed here as in the runner image, so they need no sync in these tests."""
+    return [s for s in experiment.resolved_plugin_sources() if not s.startswith("s3://")]
 
 
 @pytest.fixture

@@ -1,21 +1,13 @@
 """The image-folder and random-number builtins, called directly on real files and generators."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-# dioptra_builtins is a plugin tree under runner-image/; an editable install made before the
-# folder existed does not map it yet, so put it on the path as DIOPTRA_PLUGIN_DIR would.
-if importlib.util.find_spec("dioptra_builtins") is None:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "runner-image"))
-
 from dioptra_builtins.data.images import describe, make_sample_images, resize, rotate
 from dioptra_builtins.random.rng import init_rng
 from dioptra_builtins.random.sample import draw_random_integer
+from PIL import Image
 
 
 @pytest.fixture

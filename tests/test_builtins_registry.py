@@ -5,28 +5,18 @@ forgets ``@pyplugs.register`` or a docstring fails these tests.
 """
 
 import importlib
-import importlib.util
 import inspect
 import os
 import pkgutil
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import dioptra_builtins
 import pytest
 from dioptra import pyplugs
 from dioptra.flow import Flow
-
-# dioptra_builtins is a plugin tree under runner-image/; an editable install made before the
-# folder existed does not map it yet, so put it on the path as DIOPTRA_PLUGIN_DIR would.
-if importlib.util.find_spec("dioptra_builtins") is None:
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "runner-image"))
-
-import dioptra_builtins
-
-RUNNER_IMAGE = Path(__file__).resolve().parents[1] / "runner-image"
 
 
 def _public_functions() -> list[tuple[str, str, str, Callable[..., Any]]]:
@@ -116,7 +106,7 @@ def test_importing_the_art_plugins_prints_no_pytorch_warning_but_keeps_others() 
         "import dioptra_builtins.metrics.performance\n"
         "warnings.warn('a real warning')\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(RUNNER_IMAGE), PYTHONWARNINGS="default")
+    env = dict(os.environ, PYTHONWARNINGS="default")
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )

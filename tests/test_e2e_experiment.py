@@ -106,6 +106,15 @@ def test_an_example_experiment_succeeds_with_progress_and_results(
     assert {task["state"] for task in final["tasks"]} == {"Completed"}
     assert final["results"]
     assert final["plugins"], "the synced plugin versions are recorded"
+
+    # The runner reports Succeeded first; the operator then mirrors the completed Job.
+    def completed() -> dict[str, Any] | None:
+        current = status(k8s_api, "random-integer")
+        types = {cond["type"] for cond in current.get("conditions", [])}
+        return current if c.ConditionType.COMPLETE in types else None
+
+    final = wait_until(completed, what="the Complete condition")
+    assert final["phase"] == c.Phase.SUCCEEDED
     assert condition(final, c.ConditionType.COMPLETE)["status"] == "True"
     assert condition(final, c.ConditionType.PLUGINS_SYNCED)["status"] == "True"
 

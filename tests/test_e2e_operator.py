@@ -355,3 +355,14 @@ def test_changing_parameters_replaces_the_running_job_with_one_for_the_new_gener
     assert current["observedGeneration"] == 2
     wait_until(lambda: [j["metadata"]["name"] for j in jobs_of(k8s_api, "tuned")] == ["tuned-g2"])
     wait_phase(k8s_api, "tuned", c.Phase.RUNNING)
+
+
+def test_an_api_error_while_creating_the_job_is_retried(
+    k8s_api: K8sApi, operator_process: OperatorProcess
+) -> None:
+    k8s_api.fail("POST", r"/namespaces/default/jobs$", status=503, times=1)
+    k8s_api.create(experiment("flaky"))
+    wait_until(lambda: status(k8s_api, "flaky").get("jobName"), timeout=15, what="the retry")
+    assert [j["metadata"]["name"] for j in jobs_of(k8s_api, "flaky")] == ["flaky-g1"]
+    assert "Handler 'experiment_changed' failed temporarily" in operator_process.log
+    assert "Traceback" not in operator_process.log

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from dioptra import pyplugs
 from dioptra.flow import Flow, FlowDefinitionError, FlowValidationError, Parameter, TaskOutcome
 from dioptra.sdk.utilities.contexts import plugin_dirs
@@ -109,7 +108,9 @@ def test_an_output_passed_as_argument_is_a_data_edge(ops: tuple[str, object]) ->
     assert result.result[made].result == [0, 1, 2, 3, 4]
 
 
-def test_upstream_tasks_orders_without_passing_data(ops: tuple[str, object], tmp_path: Path) -> None:
+def test_upstream_tasks_orders_without_passing_data(
+    ops: tuple[str, object], tmp_path: Path
+) -> None:
     pkg, module = ops
     marker = str(tmp_path / "marker.txt")
     with Flow("ordering") as flow:
@@ -240,7 +241,7 @@ def test_task_nout_lets_a_flow_unpack_a_node(ops: tuple[str, object]) -> None:
 def test_unpacking_a_node_without_task_nout_explains_the_fix(ops: tuple[str, object]) -> None:
     pkg, _ = ops
     with Flow("bad unpack"), pytest.raises(FlowDefinitionError, match="task_nout"):
-        a, b = pyplugs.call_task(pkg, "ops", "make", n=2)
+        _a, _b = pyplugs.call_task(pkg, "ops", "make", n=2)
 
 
 def test_an_element_or_key_of_an_output_can_be_passed_on(ops: tuple[str, object]) -> None:
@@ -317,7 +318,8 @@ def test_plugins_are_found_in_a_dioptra_plugin_dir_folder(
     (plugin_root / "envpkg_flow" / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
     (package / "arith.py").write_text(
-        "from dioptra import pyplugs\n@pyplugs.register\ndef double(x: int) -> int:\n    return 2 * x\n"
+        "from dioptra import pyplugs\n"
+        "@pyplugs.register\ndef double(x: int) -> int:\n    return 2 * x\n"
     )
     monkeypatch.setenv("DIOPTRA_PLUGIN_DIR", str(plugin_root))
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dioptra.sdk.utilities.contexts import plugin_dirs
 
 
@@ -29,7 +28,11 @@ def test_env_dirs_then_argument_dirs_go_right_after_the_first_entry(
 
     with plugin_dirs([str(folders["local"])]):
         assert sys.path[0] == first
-        assert sys.path[1:4] == [str(folders["env_a"]), str(folders["env_b"]), str(folders["local"])]
+        assert sys.path[1:4] == [
+            str(folders["env_a"]),
+            str(folders["env_b"]),
+            str(folders["local"]),
+        ]
 
 
 def test_default_argument_adds_the_current_directory(folders: dict[str, Path]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dioptra import pyplugs
 from support.plugin_tree import PluginTree
 
@@ -60,8 +59,14 @@ def test_plugins_are_imported_lazily_on_first_use(plugin_tree: PluginTree) -> No
 
 def test_names_lists_plugins_by_sort_value(plugin_tree: PluginTree) -> None:
     pkg = plugin_tree.package()
-    plugin_tree.module(f"{pkg}.zeta", "from dioptra import pyplugs\n@pyplugs.register(sort_value=0)\ndef f(): pass\n")
-    plugin_tree.module(f"{pkg}.alpha", "from dioptra import pyplugs\n@pyplugs.register(sort_value=5)\ndef f(): pass\n")
+    plugin_tree.module(
+        f"{pkg}.zeta",
+        "from dioptra import pyplugs\n@pyplugs.register(sort_value=0)\ndef f(): pass\n",
+    )
+    plugin_tree.module(
+        f"{pkg}.alpha",
+        "from dioptra import pyplugs\n@pyplugs.register(sort_value=5)\ndef f(): pass\n",
+    )
     plugin_tree.module(f"{pkg}.helpers", "X = 1\n")
 
     assert pyplugs.names(pkg) == ["zeta", "alpha"]
@@ -80,7 +85,9 @@ def test_info_describes_a_plugin_from_its_docstring(plugin_tree: PluginTree) -> 
     assert record.func(x=1) == 2
 
 
-def test_info_without_a_function_name_gives_the_first_by_sort_value(plugin_tree: PluginTree) -> None:
+def test_info_without_a_function_name_gives_the_first_by_sort_value(
+    plugin_tree: PluginTree,
+) -> None:
     pkg = plugin_tree.package()
     plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)
 

@@ -35,7 +35,7 @@ def explode(data: dict) -> None:
     raise RuntimeError("the detector overheated")
 '''
 
-FLOWS = '''
+FLOWS = """
 from dioptra import pyplugs
 from dioptra.flow import Flow, Parameter
 
@@ -43,7 +43,7 @@ with Flow("Totals") as flow:
     n = Parameter("n")
     items = pyplugs.call_task("runpkg.ops", "steps", "make_items", n=n)
     pyplugs.call_task("runpkg.ops", "steps", "total", data=items)
-'''
+"""
 
 
 @pytest.fixture
@@ -69,7 +69,9 @@ def experiment(folder: Path, entry_point: dict[str, Any], **spec: Any) -> Path:
     return path
 
 
-def dioptra_run(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def dioptra_run(
+    path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [DIOPTRA, "run", str(path), "--plugin-cache", str(path.parent / "cache"), *args],
         capture_output=True,
@@ -178,7 +180,9 @@ def test_a_failing_task_is_summarised_and_its_traceback_goes_to_the_log(workspac
     done = dioptra_run(path, "--log-file", str(log))
 
     assert done.returncode == 1
-    assert "task runpkg.ops.steps.explode failed: RuntimeError: the detector overheated" in done.stdout
+    assert (
+        "task runpkg.ops.steps.explode failed: RuntimeError: the detector overheated" in done.stdout
+    )
     assert "Traceback" not in done.stdout + done.stderr
     assert "Traceback" in log.read_text()
     assert 'raise RuntimeError("the detector overheated")' in log.read_text()

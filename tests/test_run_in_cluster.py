@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.k8s_emulator import K8sApi
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
 BIN = Path(sys.executable).parent
 
-PLUGIN = '''
+PLUGIN = """
 from dioptra import pyplugs, metrics
 
 @pyplugs.register
@@ -32,9 +31,9 @@ def report(values: list) -> dict:
 @pyplugs.register
 def explode() -> None:
     raise ValueError("bad calibration")
-'''
+"""
 
-SCRIPT = '''
+SCRIPT = """
 from dioptra import pyplugs
 from dioptra.flow import Flow, Parameter
 
@@ -42,7 +41,7 @@ with Flow("Squares") as flow:
     width = Parameter("width")
     squares = [pyplugs.call_task("clusterpkg", "maths", "square", x=i) for i in range(WIDTH)]
     pyplugs.call_task("clusterpkg", "maths", "report", values=squares)
-'''
+"""
 
 
 def experiment_document(script: str, width: int) -> dict[str, Any]:

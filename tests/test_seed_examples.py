@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server_env")
 
 # The seed's Image Resizer, with `from prefect import Flow, Parameter` changed to our import
 # (and the seed's typos fixed: closing parentheses, `training_dir` -> `data_dir`).
-IMAGE_RESIZER = '''
+IMAGE_RESIZER = """
 from dioptra.flow import Flow, Parameter
 from dioptra import pyplugs
 
@@ -31,14 +31,20 @@ with Flow("Image Resizer") as flow:
         data=resize_output,            # Named argument of rotate()
         image_size=image_size,         # Named argument of rotate()
     )
-'''
+"""
 
 
 def test_the_image_resizer_flow_resizes_then_rotates_real_images(tmp_path: Path) -> None:
     from dioptra import pyplugs
 
-    images = pyplugs.call("dioptra_builtins.data", "images", "make_sample_images",
-                          output_dir=str(tmp_path / "images"), count=3, size=[40, 30])
+    images = pyplugs.call(
+        "dioptra_builtins.data",
+        "images",
+        "make_sample_images",
+        output_dir=str(tmp_path / "images"),
+        count=3,
+        size=[40, 30],
+    )
     namespace: dict[str, object] = {}
     exec(compile(IMAGE_RESIZER, "<seed>", "exec"), namespace)
     flow = namespace["flow"]
@@ -62,8 +68,9 @@ def test_draw_random_integer_is_registered_and_callable_directly() -> None:
     from dioptra import pyplugs
 
     seed, rng = pyplugs.call("dioptra_builtins.random", "rng", "init_rng", seed=7)
-    value = pyplugs.call("dioptra_builtins.random", "sample", "draw_random_integer", rng=rng,
-                         low=0, high=100)
+    value = pyplugs.call(
+        "dioptra_builtins.random", "sample", "draw_random_integer", rng=rng, low=0, high=100
+    )
 
     assert seed == 7
     assert 0 <= value < 100

@@ -18,7 +18,7 @@ from dioptra_operator.settings import Settings
 
 # Loaded once by the startup handler in __main__; tests may replace it before the operator runs.
 SETTINGS = Settings()
-RETRY_DELAY = 5  # seconds; the API server or the network will usually be back by then
+RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
 OWNED = {c.LABEL_EXPERIMENT: kopf.PRESENT}
 
 

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prefect import flow as prefect_flow
-from prefect import task as prefect_task
+from prefect import Flow as PrefectFlow
+from prefect import Task as PrefectTask
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, wait
@@ -71,11 +71,13 @@ def run_on_prefect(
         if failed:
             raise _TaskFailures(f"{len(failed)} task(s) failed: {', '.join(failed)}")
 
-    runner = ThreadPoolTaskRunner(max_workers=max_workers) if max_workers else ThreadPoolTaskRunner()
-    run = prefect_flow(
+    runner: ThreadPoolTaskRunner[Any] = (
+        ThreadPoolTaskRunner(max_workers=max_workers) if max_workers else ThreadPoolTaskRunner()
+    )
+    run: PrefectFlow[[dict[str, Any]], None] = PrefectFlow(
         entry_point,
         name=flow.name,
-        task_runner=runner,  # type: ignore[arg-type]
+        task_runner=runner,  # type: ignore[arg-type]  # Prefect's own annotation is narrower
         validate_parameters=False,
         persist_result=False,
     )
@@ -114,7 +116,7 @@ def _submit(
     args = substitute(node.args, to_input)
     kwargs = substitute(node.kwargs, to_input)
     options = node.options
-    task = prefect_task(
+    task: PrefectTask[..., Any] = PrefectTask(
         _invoker(node, outcome, notify),
         name=node.name,
         retries=options.retries,
@@ -199,4 +201,4 @@ def _is_final_attempt(node: TaskNode) -> bool:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)

@@ -136,7 +136,9 @@ class TaskNode:
 
     def __iter__(self) -> Iterator[ItemRef]:
         if self.problem:
-            raise FlowDefinitionError(f"cannot unpack the output of task {self.name!r}: {self.problem}")
+            raise FlowDefinitionError(
+                f"cannot unpack the output of task {self.name!r}: {self.problem}"
+            )
         if self.nout is None:
             raise FlowDefinitionError(
                 f"cannot unpack the output of task {self.name!r}: its plugin does not declare "
@@ -271,7 +273,9 @@ class Flow:
     def add_parameter(self, parameter: Parameter) -> None:
         known = self.parameters.get(parameter.name)
         if known is not None and known is not parameter:
-            raise FlowDefinitionError(f"flow {self.name!r} declares parameter {parameter.name!r} twice")
+            raise FlowDefinitionError(
+                f"flow {self.name!r} declares parameter {parameter.name!r} twice"
+            )
         self.parameters[parameter.name] = parameter
 
     def add_plugin_task(
@@ -383,7 +387,8 @@ class Flow:
         if unknown:
             declared = ", ".join(sorted(self.parameters)) or "none"
             problems.append(
-                f"unknown parameter(s): {', '.join(unknown)} (flow {self.name!r} declares: {declared})"
+                f"unknown parameter(s): {', '.join(unknown)} "
+                f"(flow {self.name!r} declares: {declared})"
             )
         if problems:
             raise FlowValidationError(problems)
@@ -504,4 +509,3 @@ def describe_error(error: BaseException) -> tuple[str, str]:
     summary = f"{type(error).__name__}: {error}".strip().splitlines()
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return (summary[0] if summary else type(error).__name__), text
-

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dioptra",
-        description="Run Dioptra-style experiments: sync task plugins, run entry points on Prefect 3.",
+        description="Run Dioptra-style experiments: sync task plugins, run flows on Prefect 3.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

@@ -76,9 +76,7 @@ class ProgressBoard:
             if duration is None and outcome.state == RUNNING and outcome.start_time:
                 import datetime as dt
 
-                duration = (dt.datetime.now(dt.timezone.utc) - outcome.start_time).total_seconds()
+                duration = (dt.datetime.now(dt.UTC) - outcome.start_time).total_seconds()
             style = _STYLES.get(outcome.state, "dim")
-            table.add_row(
-                outcome.name, f"[{style}]{outcome.state}[/]", format_duration(duration)
-            )
+            table.add_row(outcome.name, f"[{style}]{outcome.state}[/]", format_duration(duration))
         return table

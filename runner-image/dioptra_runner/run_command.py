@@ -68,7 +68,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``dioptra run`` command; returns the process exit code."""
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
     out = sys.stdout
     from dioptra_runner.reporter import NullStatusReporter, StatusReporter
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         manifest = _manifest(plugin_dir)
         if manifest is not None:
             reporter.update(plugins=manifest.get("files", []))
-        result, metrics = _run_flow(experiment, plugin_dir, parameters, reporter, args, out)
+        result, metrics, final_tasks = _run_flow(
+            experiment, plugin_dir, parameters, reporter, args, out
+        )
     except RunAborted as aborted:
         _LOG.error("%s", aborted)
         elapsed = time.monotonic() - clock
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         _finish(reporter, "Succeeded", message, started, elapsed, results=results)
     else:
         _finish(reporter, "Failed", result.message, started, elapsed, results=results)
-    _print_summary(args, experiment.name, result, results, result_rows(results), elapsed, out)
+    rows = result_rows(results, final_tasks)
+    _print_summary(args, experiment.name, result, results, rows, elapsed, out)
     return EXIT_OK if result.is_successful() else EXIT_FAILED
 
 
@@ -194,7 +197,7 @@ def _run_flow(
     reporter: Any,
     args: argparse.Namespace,
     out: IO[str],
-) -> tuple[Any, dict[str, float | int]]:
+) -> tuple[Any, dict[str, float | int], list[str]]:
     from dioptra import metrics
     from dioptra.flow import FlowValidationError, TaskOutcome
     from dioptra.sdk.utilities.contexts import plugin_dirs
@@ -241,7 +244,9 @@ def _run_flow(
         for outcome in result.failed_tasks:
             if outcome.traceback:
                 _LOG.error("task %s failed:\n%s", outcome.name, outcome.traceback)
-        return result, metrics.logged_metrics()
+        upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
+        final_tasks = [node.name for node in flow.tasks if node.name not in upstream]
+        return result, metrics.logged_metrics(), final_tasks
 
 
 def _finish(

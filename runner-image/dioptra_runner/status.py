@@ -20,7 +20,7 @@ def iso(moment: dt.datetime | None) -> str | None:
     """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
     if moment is None:
         return None
-    return moment.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -29,7 +29,7 @@ def format_duration(seconds: float | None) -> str:
         return ""
     if seconds < 10:
         return f"{seconds:.1f}s"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole < 60:
         return f"{whole}s"
     minutes, secs = divmod(whole, 60)
@@ -111,12 +111,21 @@ def collect_results(
     return results
 
 
-def result_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Flatten results into (name, value) rows for the summary table."""
+def result_rows(
+    results: Mapping[str, Any], tasks: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """Flatten results into (name, value) rows for the summary table.
+
+    ``tasks`` limits the task outputs shown (the runner passes the flow's final tasks:
+    intermediate outputs stay in the status and the JSON output, not in the table).
+    """
+    shown = None if tasks is None else set(tasks)
     rows: list[tuple[str, str]] = []
     for name, value in results.get("metrics", {}).items():
         rows.append((name, _show(value)))
     for task, value in results.get("outputs", {}).items():
+        if shown is not None and task not in shown:
+            continue
         if isinstance(value, dict):
             rows.extend((f"{task}.{key}", _show(item)) for key, item in value.items())
         else:

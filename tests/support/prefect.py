@@ -66,7 +66,7 @@ def _drain_prefect_workers() -> None:
 
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
-    """Start ``prefect server start`` on a free port; export its URL to this process and children."""
+    """Start ``prefect server start`` on a free port; export its URL to us and to children."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     home = Path(_PREFECT_HOME) / "server"

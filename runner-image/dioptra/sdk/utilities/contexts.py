@@ -37,8 +37,8 @@ def plugin_dirs(dirs: Iterable[str | os.PathLike[str]] = (".",)) -> Iterator[Non
         if resolved not in on_path:
             on_path.add(resolved)
             added.append(resolved)
-    for candidate in dirs:
-        path = Path(candidate)
+    for entry in dirs:
+        path = Path(entry)
         if not path.is_dir():
             continue
         resolved = str(path.resolve())
@@ -55,7 +55,9 @@ def plugin_dirs(dirs: Iterable[str | os.PathLike[str]] = (".",)) -> Iterator[Non
 
 def _env_dirs() -> list[str]:
     raw = os.environ.get(PLUGIN_DIR_ENV, "")
-    return [entry for entry in raw.split(os.pathsep) if os.path.isabs(entry) and os.path.isdir(entry)]
+    return [
+        entry for entry in raw.split(os.pathsep) if os.path.isabs(entry) and os.path.isdir(entry)
+    ]
 
 
 def _resolved(entry: str) -> str:
