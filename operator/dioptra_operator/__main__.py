@@ -43,6 +43,8 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
 def main(argv: list[str] | None = None) -> None:
     """Console script: `dioptra-operator [kopf run options]`."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["run"]:  # `dioptra-operator run ...` reads like `kopf run ...`: accept both
+        args = args[1:]
     try:
         kopf_cli.main(args=["run", *args], prog_name="dioptra-operator", standalone_mode=True)
     except KeyboardInterrupt:
