@@ -11,6 +11,8 @@ Modes (see docs/prefect-startup.md):
   a-fresh         no PREFECT_API_URL, empty PREFECT_HOME: Prefect migrates a new database
   b-template      no PREFECT_API_URL, PREFECT_HOME holding the pre-migrated template database
   c-external      PREFECT_API_URL of a `prefect server start` already running (the chart's server)
+  d-thread        b-template plus quiet settings, Prefect's own SubprocessASGIServer().start()
+                  called in a background thread first thing (the runner imports the server)
   d-warmup        b-template plus dioptra_runner.prefect_warmup: the server starts first thing,
                   with quiet settings, overlapping the runner's own start
 Each mode gets a fresh PREFECT_HOME per run. The machine's load is printed: on a shared
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-MODES = ("import-prefect", "a-fresh", "b-template", "c-external", "d-warmup")
+MODES = ("import-prefect", "a-fresh", "b-template", "c-external", "d-thread", "d-warmup")
 
 EXPERIMENT = """\
 apiVersion: dioptra.dev/v1alpha1
@@ -92,6 +94,28 @@ import dioptra.flow
 _run = dioptra.flow.Flow.run
 def run(self, *args, **kwargs):
     warmup.wait()
+    return _run(self, *args, **kwargs)
+dioptra.flow.Flow.run = run
+from dioptra_runner.cli import main
+main(sys.argv[1:])
+"""
+
+# The alternative to prefect_warmup's stdlib spawn: Prefect's own launcher in a thread.
+THREAD_LAUNCHER = """\
+import os, sys, threading
+from dioptra_runner.prefect_warmup import prepare_prefect_home, quiet_server_settings
+os.environ.update(quiet_server_settings(prepare_prefect_home()))
+def start():
+    from prefect.server.api.server import SubprocessASGIServer
+    SubprocessASGIServer().start()
+thread = threading.Thread(target=start, daemon=True)
+thread.start()
+# Without this join, the flow's own get_client() sees the half-started singleton
+# (running=True, no process yet) and fails: Prefect's launcher is not thread-safe.
+import dioptra.flow
+_run = dioptra.flow.Flow.run
+def run(self, *args, **kwargs):
+    thread.join()
     return _run(self, *args, **kwargs)
 dioptra.flow.Flow.run = run
 from dioptra_runner.cli import main
@@ -172,7 +196,9 @@ def timed(command: list[str], env: dict[str, str], mark: Path | None) -> dict[st
     return {"first": first, "total": total, "cpu": cpu}
 
 
-def run_mode(mode: str, root: Path, experiment: Path, template: Path, api_url: str | None) -> dict[str, float]:  # fmt: skip
+def run_mode(
+    mode: str, root: Path, experiment: Path, template: Path, api_url: str | None
+) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=root))
     home = work / "prefect-home"
     mark = work / "mark"
@@ -191,6 +217,8 @@ def run_mode(mode: str, root: Path, experiment: Path, template: Path, api_url: s
     if mode == "c-external":
         assert api_url is not None
         env["PREFECT_API_URL"] = api_url
+    if mode == "d-thread":
+        return timed([sys.executable, "-c", THREAD_LAUNCHER, *run_args], env, mark)
     if mode == "d-warmup":
         return timed([sys.executable, "-c", WARMUP_LAUNCHER, *run_args], env, mark)
     return timed([str(BIN / "dioptra"), *run_args], env, mark)

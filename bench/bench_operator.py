@@ -73,6 +73,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -103,6 +109,8 @@ def run(count: int, clients: int) -> dict[str, Any]:
                 api.create(experiment(name))
                 created[name] = time.monotonic()
 
+            pid = operator.process.pid  # type: ignore[union-attr]
+            cpu_operator, cpu_here = cpu_seconds(pid), time.process_time()
             start = time.monotonic()
             with ThreadPoolExecutor(clients) as pool:
                 list(pool.map(create, names))
@@ -115,10 +123,11 @@ def run(count: int, clients: int) -> dict[str, Any]:
                     raise SystemExit(f"{missing} Jobs still missing after 600 s")
                 time.sleep(0.05)
             all_jobs = max(watcher.seen[job] for job in jobs) - start
+            cpu_operator = cpu_seconds(pid) - cpu_operator
+            cpu_here = time.process_time() - cpu_here
             latencies = [watcher.seen[f"{n}-g1"] - created[n] for n in names]
             # Let the status writes finish, then measure the peak.
             time.sleep(2)
-            pid = operator.process.pid  # type: ignore[union-attr]
             return {
                 "experiments": count,
                 "client_threads": clients,
@@ -129,7 +138,10 @@ def run(count: int, clients: int) -> dict[str, Any]:
                 "create_to_job_max_s": round(max(latencies), 3),
                 "operator_rss_idle_mib": round(rss_idle, 1),
                 "operator_peak_rss_mib": round(peak_rss_mib(pid), 1),
+                "operator_cpu_s": round(cpu_operator, 1),
+                "emulator_and_clients_cpu_s": round(cpu_here, 1),
                 "cpus": os.cpu_count(),
+                "load_average_1m": round(os.getloadavg()[0], 1),
             }
         finally:
             operator.stop()
@@ -153,6 +165,11 @@ def main() -> None:
     print(
         f"create -> Job latency   p50 {r['create_to_job_p50_s']} s, "
         f"p99 {r['create_to_job_p99_s']} s, max {r['create_to_job_max_s']} s"
+    )
+    print(
+        f"CPU until all Jobs      operator {r['operator_cpu_s']} s, "
+        f"emulator + clients {r['emulator_and_clients_cpu_s']} s "
+        f"({r['cpus']} CPUs, load average {r['load_average_1m']})"
     )
     print(
         f"operator peak RSS       {r['operator_peak_rss_mib']} MiB "

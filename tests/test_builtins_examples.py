@@ -1,14 +1,11 @@
 """The example Experiments: schema-valid, their flows well-formed, and their flows really run.
 
 Entry points are loaded with the runner's own loader (``dioptra_runner.entrypoint``) while the
-example's plugin folders are on the path, and run for real on Prefect 3 against the session's
-Prefect server. The task graph's steps are also checked against the registered plugins'
-signatures, which needs no engine.
+example's plugin folders are on the path, checked (plugins found, arguments bind, parameters
+complete) and run for real on Prefect 3 against the session's Prefect server.
 """
 
 import contextlib
-import inspect
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,23 +13,24 @@ from typing import Any
 
 import pytest
 import yaml
-from dioptra import pyplugs
 from dioptra.flow import Flow
 from dioptra.sdk.utilities.contexts import plugin_dirs
 from dioptra_builtins.random.rng import init_rng
 from dioptra_builtins.random.sample import draw_random_integer
 from dioptra_runner.entrypoint import load_flow
 from dioptra_runner.experiment import Experiment, load_experiment_file, validate_document
+from dioptra_runner.sweep import expand_sweep
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-PYTHON_EXAMPLES = [
+EXAMPLE_FLOWS = [
     "adversarial-digits.yaml",
     "image-resizer.yaml",
     "random-integer.yaml",
     "module-entrypoint.yaml",
+    "task-graph.yaml",
+    "epsilon-sweep.yaml",
 ]
 SUMMARY = "dioptra_builtins.metrics.report.summarize"
-_REFERENCE = re.compile(r"^\$(?:steps\.(?P<step>[A-Za-z_][\w-]*)|(?P<param>[A-Za-z_]\w*))")
 
 
 def _local_plugin_folders(experiment: Experiment) -> list[str]:
@@ -59,8 +57,8 @@ def test_every_example_is_a_valid_experiment(path: Path) -> None:
     assert validate_document(yaml.safe_load(path.read_text())) == []
 
 
-@pytest.mark.parametrize("name", PYTHON_EXAMPLES)
-def test_python_example_flows_find_their_plugins_and_accept_their_parameters(
+@pytest.mark.parametrize("name", EXAMPLE_FLOWS)
+def test_example_flows_find_their_plugins_and_accept_their_parameters(
     name: str, load_example: Any
 ) -> None:
     experiment, flow = load_example(name)
@@ -73,35 +71,9 @@ def test_the_module_example_resolves_its_plugin_folder_next_to_the_file() -> Non
     assert experiment.resolved_plugin_sources() == [str(EXAMPLES / "plugins")]
 
 
-def _task_graph() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    spec = load_experiment_file(EXAMPLES / "task-graph.yaml").spec
-    return spec["entryPoint"]["taskGraph"]["steps"], spec["parameters"]
-
-
-def test_task_graph_steps_call_registered_builtins_with_arguments_they_accept() -> None:
-    steps, _ = _task_graph()
-    for step in steps:
-        package, plugin, func = step["task"].rsplit(".", 2)
-        signature = inspect.signature(pyplugs.get(package, plugin, func))
-        signature.bind(**step.get("args", {}))
-
-
-def test_task_graph_references_name_parameters_and_earlier_steps() -> None:
-    steps, parameters = _task_graph()
-    seen: set[str] = set()
-    for step in steps:
-        for value in step.get("args", {}).values():
-            match = _REFERENCE.match(value) if isinstance(value, str) else None
-            if match and match["step"]:
-                assert match["step"] in seen, f"{step['name']} reads a later step"
-            elif match:
-                assert match["param"] in parameters, f"{step['name']} reads {value}"
-        seen.add(step["name"])
-
-
-def _run(load_example: Any, name: str) -> dict[str, Any]:
+def _run(load_example: Any, name: str, **overrides: Any) -> dict[str, Any]:
     experiment, flow = load_example(name)
-    result = flow.run(experiment.spec["parameters"])
+    result = flow.run({**experiment.spec["parameters"], **overrides})
     assert result.is_successful(), result.message
     return {task: outcome.result for task, outcome in result.tasks.items()}
 
@@ -149,10 +121,29 @@ def test_the_module_entry_point_runs_the_local_plugin_package(
 def test_the_task_graph_example_runs_the_builtins_as_declared(
     prefect_server_env: str, load_example: Any
 ) -> None:
-    pytest.importorskip("dioptra_runner.taskgraph", reason="the task graph engine is not there yet")
     summary = _run(load_example, "task-graph.yaml")["summary"]
     assert summary["seed"] == 0 and summary["epsilon"] == 0.2
     assert summary["clean_accuracy"] >= 0.9
     assert summary["adversarial_accuracy"] < summary["clean_accuracy"] - 0.3
     assert 0.0 <= summary["smoothed_accuracy"] <= 1.0
     assert summary["mean_l2_perturbation"] > 0.0
+
+
+def test_the_epsilon_sweep_expands_to_one_run_per_epsilon_the_flow_accepts(
+    load_example: Any,
+) -> None:
+    experiment, flow = load_example("epsilon-sweep.yaml")
+    sweep = experiment.spec["sweep"]
+    points = expand_sweep(sweep, experiment.spec["parameters"], known_parameters=flow.parameters)
+    assert [p.values for p in points] == [{"epsilon": e} for e in sweep["grid"]["epsilon"]]
+    for point in points:
+        assert flow.check(point.parameters)["epsilon"] == point.values["epsilon"]
+
+
+def test_the_epsilon_sweep_loses_accuracy_as_epsilon_grows(
+    prefect_server_env: str, load_example: Any
+) -> None:
+    none = _run(load_example, "epsilon-sweep.yaml", epsilon=0.0)["summary"]
+    large = _run(load_example, "epsilon-sweep.yaml", epsilon=0.3)["summary"]
+    assert none["adversarial_accuracy"] == none["clean_accuracy"] >= 0.9
+    assert large["adversarial_accuracy"] < none["adversarial_accuracy"] - 0.3

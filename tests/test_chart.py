@@ -7,12 +7,17 @@ operator's code makes (needs the operator's client module to list its calls).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import tarfile
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,40 @@ MODES: dict[str, dict[str, Any]] = {
         },
         "podAnnotations": {"example.com/team": "red"},
         "priorityClassName": "system-cluster-critical",
+    },
+    "prefect-server": {"prefect": {"server": {"enabled": True}}},
+    "prefect-server-everything-set": {
+        "prefect": {
+            "server": {
+                "enabled": True,
+                "image": {"repository": "prefecthq/prefect", "tag": "3.9.1-python3.11"},
+                "uiApiUrl": "https://prefect.example.com/api",
+                "service": {"port": 8080},
+                "persistence": {"enabled": True, "storageClass": "fast-ssd", "size": "5Gi"},
+                "databaseUrlSecret": {"name": "prefect-db", "key": "url"},
+                "podAnnotations": {"example.com/team": "red"},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 1,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {
+                                        "matchLabels": {"app.kubernetes.io/name": "x"}
+                                    },
+                                },
+                            }
+                        ]
+                    }
+                },
+            }
+        }
+    },
+    "prefect-server-with-external-url": {
+        "prefect": {"apiUrl": "http://prefect.shared:4200/api", "server": {"enabled": True}}
     },
 }
 
@@ -184,8 +223,9 @@ def test_the_operator_and_test_pods_meet_the_restricted_pod_security_profile(
     docs = render(helm, mode)
     pods = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment")]
     pods += [d["spec"] for d in of_kind(docs, "Pod")]
-    assert len(pods) == 2
-    assert [restricted_violations(pod) for pod in pods] == [[], []]
+    with_prefect_server = MODES[mode].get("prefect", {}).get("server", {}).get("enabled", False)
+    assert len(pods) == (3 if with_prefect_server else 2)
+    assert [restricted_violations(pod) for pod in pods] == [[] for _ in pods]
 
 
 def test_the_restricted_check_catches_a_privileged_root_container() -> None:
@@ -241,7 +281,11 @@ def test_the_crd_is_left_out_when_disabled(helm: Helm) -> None:
 
 
 def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (deployment,) = of_kind(docs, "Deployment")
+    (deployment,) = [
+        d
+        for d in of_kind(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
     assert deployment["spec"]["replicas"] == 1
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return dict(container)
@@ -422,3 +466,406 @@ def test_the_packaged_chart_carries_the_crds_content_not_a_link(
         extracted = tar.extractfile(member)
         assert extracted is not None
         assert extracted.read() == CRD_PATH.read_bytes()
+
+
+# --- The optional Prefect server (prefect.server.*) -------------------------------------------
+
+
+def prefect_server(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Prefect server's Deployment and Service, found by their component label."""
+
+    def is_prefect(doc: dict[str, Any]) -> bool:
+        return bool(
+            doc["metadata"]["labels"].get("app.kubernetes.io/component") == "prefect-server"
+        )
+
+    (deployment,) = [d for d in of_kind(docs, "Deployment") if is_prefect(d)]
+    (service,) = [d for d in of_kind(docs, "Service") if is_prefect(d)]
+    return deployment, service
+
+
+def prefect_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment, _ = prefect_server(docs)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_default_values_render_no_prefect_server(helm: Helm) -> None:
+    docs = render(helm, "default")
+    components = {d["metadata"]["labels"].get("app.kubernetes.io/component") for d in docs}
+    assert "prefect-server" not in components
+    assert of_kind(docs, "PersistentVolumeClaim") == []
+    assert operator_env(docs)["DIOPTRA_PREFECT_API_URL"] == ""
+
+
+def test_the_prefect_server_runs_prefect_server_start_in_the_runner_image(helm: Helm) -> None:
+    docs = render(helm, "prefect-server")
+    container = prefect_container(docs)
+    assert container["image"] == operator_env(docs)["DIOPTRA_RUNNER_IMAGE"]
+    assert container["command"] == [
+        "prefect", "server", "start", "--host", "0.0.0.0", "--port", "4200"
+    ]  # fmt: skip
+    assert container["ports"] == [{"name": "http", "containerPort": 4200, "protocol": "TCP"}]
+
+
+def test_the_operator_points_runners_at_the_prefect_service_by_its_cluster_dns_name(
+    helm: Helm,
+) -> None:
+    for mode in ("prefect-server", "prefect-server-everything-set"):
+        docs = render(helm, mode)
+        _, service = prefect_server(docs)
+        (port,) = service["spec"]["ports"]
+        url = f"http://{service['metadata']['name']}.dioptra-system.svc:{port['port']}/api"
+        assert operator_env(docs)["DIOPTRA_PREFECT_API_URL"] == url
+
+
+def test_an_explicit_prefect_api_url_wins_over_the_charts_server(helm: Helm) -> None:
+    env = operator_env(render(helm, "prefect-server-with-external-url"))
+    assert env["DIOPTRA_PREFECT_API_URL"] == "http://prefect.shared:4200/api"
+
+
+def test_the_prefect_service_routes_to_the_prefect_pod_only(helm: Helm) -> None:
+    docs = render(helm, "prefect-server")
+    deployment, service = prefect_server(docs)
+    prefect_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (operator,) = [d for d in of_kind(docs, "Deployment") if d is not deployment]
+    operator_labels = operator["spec"]["template"]["metadata"]["labels"]
+    (operator_service,) = [s for s in of_kind(docs, "Service") if s is not service]
+    assert selects(service["spec"]["selector"], prefect_labels)
+    assert selects(deployment["spec"]["selector"]["matchLabels"], prefect_labels)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert not selects(service["spec"]["selector"], operator_labels)
+    assert not selects(operator["spec"]["selector"]["matchLabels"], prefect_labels)
+    assert not selects(operator_service["spec"]["selector"], prefect_labels)
+
+
+def test_the_prefect_server_probes_check_its_health_endpoint(helm: Helm) -> None:
+    container = prefect_container(render(helm, "prefect-server"))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/api/health", "port": "http"}
+
+
+def test_the_prefect_server_writes_only_to_its_volumes(helm: Helm) -> None:
+    deployment, _ = prefect_server(render(helm, "prefect-server"))
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for path in (env["PREFECT_HOME"], env["PREFECT_SERVER_UI_STATIC_DIRECTORY"], env["HOME"]):
+        mount = next(m for m in mounts if path == m or path.startswith(m + "/"))
+        assert "emptyDir" in volumes[mounts[mount]]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_persistence_keeps_prefect_home_in_a_claim(helm: Helm) -> None:
+    docs = render(helm, "prefect-server-everything-set")
+    deployment, _ = prefect_server(docs)
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = deployment["spec"]["template"]["spec"]
+    (data,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert data["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == data["name"]]
+    assert mount["mountPath"] == env["PREFECT_HOME"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_an_existing_claim_is_mounted_without_creating_one(helm: Helm) -> None:
+    values = {
+        "prefect": {
+            "server": {"enabled": True, "persistence": {"enabled": True, "existingClaim": "old"}}
+        }
+    }
+    result = helm("template", values)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert of_kind(docs, "PersistentVolumeClaim") == []
+    deployment, _ = prefect_server(docs)
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["old"]
+
+
+def test_the_database_url_comes_from_a_secret_never_from_values(helm: Helm) -> None:
+    env = prefect_container(render(helm, "prefect-server-everything-set"))["env"]
+    (database,) = [e for e in env if "DATABASE" in e["name"]]
+    assert database == {
+        "name": "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-db", "key": "url"}},
+    }
+    plain = prefect_container(render(helm, "prefect-server"))["env"]
+    assert [e for e in plain if "DATABASE" in e["name"]] == []
+
+
+def test_the_prefect_server_takes_its_scheduling_and_image_settings(helm: Helm) -> None:
+    values = MODES["prefect-server-everything-set"]["prefect"]["server"]
+    deployment, _ = prefect_server(render(helm, "prefect-server-everything-set"))
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == values["nodeSelector"]
+    assert pod["tolerations"] == values["tolerations"]
+    assert pod["affinity"] == values["affinity"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == values["podAnnotations"]
+    assert pod["containers"][0]["image"] == "prefecthq/prefect:3.9.1-python3.11"
+
+
+def test_the_prefect_resource_names_stay_dns_labels_for_long_release_names(helm: Helm) -> None:
+    values = {
+        "fullnameOverride": "x" * 63,
+        "prefect": {"server": {"enabled": True, "persistence": {"enabled": True}}},
+    }
+    result = helm("template", values)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    names = [d["metadata"]["name"] for d in docs if "prefect" in d["metadata"]["name"]]
+    assert len(names) == 3
+    assert all(len(n) <= 63 and n.endswith("-prefect") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("server", "complaint"),
+    [
+        ({"enabled": "yes"}, "prefect.server.enabled: Invalid type"),
+        ({"service": {"port": "4200"}}, "prefect.server.service.port: Invalid type"),
+        ({"persistence": {"size": 2}}, "prefect.server.persistence.size: Invalid type"),
+        ({"persistence": {"accessModes": ["ReadOnlyMany"]}}, "accessModes.0"),
+        ({"uiApiUrl": "localhost:4200"}, "prefect.server.uiApiUrl: Does not match pattern"),
+        (
+            {"databaseUrl": "postgresql+asyncpg://u:p@db/prefect"},
+            "Additional property databaseUrl is not allowed",
+        ),
+    ],
+    ids=["bool-as-string", "port-as-string", "size-as-number", "access-mode", "url", "literal-db"],
+)
+def test_the_values_schema_rejects_wrong_prefect_server_values(
+    helm: Helm, server: dict[str, Any], complaint: str
+) -> None:
+    result = helm("template", {"prefect": {"server": server}})
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def container_settings(container: dict[str, Any]) -> dict[str, str]:
+    """The container's literal env values (Secret references left out)."""
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_prefect_reads_every_setting_the_chart_gives_its_server(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import Settings
+
+    env = container_settings(prefect_container(render(helm, "prefect-server-everything-set")))
+    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.home == Path(env["PREFECT_HOME"])
+    assert settings.server.analytics_enabled is False
+    assert settings.server.ui.enabled is True
+    assert settings.server.ui.api_url == "https://prefect.example.com/api"
+    assert settings.server.ui.static_directory == env["PREFECT_SERVER_UI_STATIC_DIRECTORY"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_command(container: dict[str, Any], port: int) -> list[str]:
+    """The container's command, bound to 127.0.0.1:<port> instead of 0.0.0.0:4200 (pure)."""
+    command = list(container["command"])
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    return command
+
+
+def local_env(container: dict[str, Any], folders: Path) -> dict[str, str]:
+    """The container's env with each mounted path moved into `folders/<volume>` (pure)."""
+    mounts = sorted(container["volumeMounts"], key=lambda m: -len(m["mountPath"]))
+    env = {}
+    for name, value in container_settings(container).items():
+        for mount in mounts:
+            if value == mount["mountPath"] or value.startswith(mount["mountPath"] + "/"):
+                value = str(folders / mount["name"]) + value[len(mount["mountPath"]) :]
+                break
+        env[name] = value
+    return env
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], seconds: float) -> bytes:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the Prefect server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bytes(response.read())
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {seconds} s")
+
+
+class LocalPrefectServer:
+    """The rendered Prefect server container, run here with the real Prefect."""
+
+    def __init__(self, base_url: str, env: dict[str, str], process: subprocess.Popen[bytes]):
+        self.base_url = base_url
+        self.env = env
+        self.process = process
+
+
+@pytest.fixture(scope="module")
+def local_prefect_server(
+    helm: Helm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalPrefectServer]:
+    """Starts the rendered container's command and env (volumes as temp folders, bound to
+    127.0.0.1 on a free port) once for the tests that need a live server; stops it after."""
+    container = prefect_container(render(helm, "prefect-server"))
+    folders = tmp_path_factory.mktemp("prefect-volumes")
+    for mount in container["volumeMounts"]:
+        (folders / mount["name"]).mkdir()
+    port = free_port()
+    env = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
+        **local_env(container, folders),
+    }
+    process = subprocess.Popen(
+        local_command(container, port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield LocalPrefectServer(f"http://127.0.0.1:{port}", env, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.timeout(120)
+def test_the_rendered_prefect_server_starts_and_passes_its_probe(
+    helm: Helm, local_prefect_server: LocalPrefectServer
+) -> None:
+    server = local_prefect_server
+    probe = prefect_container(render(helm, "prefect-server"))["readinessProbe"]["httpGet"]
+    assert wait_for_http(server.base_url + probe["path"], server.process, 90) == b"true"
+    ui_settings = json.loads(wait_for_http(server.base_url + "/ui-settings", server.process, 5))
+    assert ui_settings["api_url"] == server.env["PREFECT_SERVER_UI_API_URL"]
+    assert (Path(server.env["PREFECT_HOME"]) / "prefect.db").is_file()
+    ui_folder = Path(server.env["PREFECT_SERVER_UI_STATIC_DIRECTORY"])
+    assert sorted(p.name for p in ui_folder.iterdir()) == ["v1", "v2"]
+
+
+FLOW_SCRIPT = """
+from prefect import flow, task
+from prefect.runtime import flow_run
+
+@task
+def double(x):
+    return 2 * x
+
+@flow(name="chart-check")
+def check():
+    assert double(21) == 42
+    print(flow_run.id)
+
+check()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_flow_run_against_the_rendered_server_is_recorded_in_its_api(
+    local_prefect_server: LocalPrefectServer, tmp_path: Path
+) -> None:
+    server = local_prefect_server
+    wait_for_http(server.base_url + "/api/health", server.process, 90)
+    runner_env = {
+        "PATH": server.env["PATH"],
+        "HOME": str(tmp_path),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": server.base_url + "/api",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", FLOW_SCRIPT],
+        env=runner_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1]
+    flow_run = json.loads(
+        wait_for_http(f"{server.base_url}/api/flow_runs/{run_id}", server.process, 5)
+    )
+    assert flow_run["state_type"] == "COMPLETED"
+
+
+def rendered_notes(helm_env: dict[str, str], tmp_path: Path, values: dict[str, Any]) -> str:
+    """NOTES.txt as `helm install` prints it: `helm template` skips NOTES.txt, so a copy of the
+    chart wraps it in a named template and renders that into a ConfigMap."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart, symlinks=False)
+    notes = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "notes" -}}\n' + notes.read_text() + "{{- end }}\n"
+    )
+    notes.unlink()
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes" . | quote }}\n'
+    )
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    args = [find_helm(), "template", "dioptra", str(chart), "--namespace", "dioptra-system"]
+    args += ["--values", str(values_file), "--show-only", "templates/notes.yaml"]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env=helm_env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["data"]["notes"])
+
+
+def test_the_install_notes_say_how_to_open_the_prefect_ui(
+    helm: Helm, helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    _, service = prefect_server(render(helm, "prefect-server"))
+    notes = rendered_notes(helm_env, tmp_path, MODES["prefect-server"])
+    forward = f"kubectl -n dioptra-system port-forward svc/{service['metadata']['name']} 4200:4200"
+    assert forward in notes
+    assert "http://localhost:4200" in notes
+
+
+def test_the_install_notes_without_a_prefect_server_suggest_one(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    notes = rendered_notes(helm_env, tmp_path, {})
+    assert "port-forward" not in notes
+    assert "prefect.server.enabled=true" in notes

@@ -35,11 +35,17 @@ def status(api: K8sApi, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
-def condition(api: K8sApi, name: str, type_: str) -> dict[str, Any] | None:
+def maybe_condition(api: K8sApi, name: str, type_: str) -> dict[str, Any] | None:
     for cond in status(api, name).get("conditions") or []:
         if cond["type"] == type_:
             return dict(cond)
     return None
+
+
+def condition(api: K8sApi, name: str, type_: str) -> dict[str, Any]:
+    found = maybe_condition(api, name, type_)
+    assert found is not None, f"{name} has no {type_} condition: {status(api, name)}"
+    return found
 
 
 def wait_phase(api: K8sApi, name: str, phase: str, timeout: float = 15) -> dict[str, Any]:
@@ -120,7 +126,7 @@ def test_an_experiment_gets_one_job_owned_by_it(
     assert current["phase"] == c.Phase.PENDING
     assert (
         condition(k8s_api, "owned", c.ConditionType.JOB_CREATED)["reason"] == c.Reason.JOB_CREATED
-    )  # type: ignore[index]
+    )
 
 
 def test_a_job_creation_is_announced_with_an_event(
@@ -144,7 +150,7 @@ def test_a_finished_stand_in_run_succeeds_with_timings(
     final = wait_phase(k8s_api, "quick", c.Phase.SUCCEEDED)
     assert final["completionTime"] >= final["startTime"]
     assert final["duration"].endswith("s")
-    assert condition(k8s_api, "quick", c.ConditionType.COMPLETE)["status"] == "True"  # type: ignore[index]
+    assert condition(k8s_api, "quick", c.ConditionType.COMPLETE)["status"] == "True"
 
 
 def test_restarting_the_operator_mid_run_creates_no_second_job(
@@ -175,7 +181,7 @@ def test_a_runner_killed_for_memory_fails_with_oom_killed(
     stand_in.kill("oom-g1", reason="OOMKilled")
     final = wait_phase(k8s_api, "oom", c.Phase.FAILED)
     failed = condition(k8s_api, "oom", c.ConditionType.FAILED)
-    assert failed is not None and failed["reason"] == c.Reason.OOM_KILLED
+    assert failed and failed["reason"] == c.Reason.OOM_KILLED
     assert "OOMKilled" in final["message"]
     warning = wait_until(
         lambda: [e for e in events_for(k8s_api, "oom") if e["reason"] == c.Reason.OOM_KILLED]
@@ -196,7 +202,7 @@ def test_a_suspended_experiment_runs_only_once_resumed(
     wait_phase(k8s_api, "held", c.Phase.SUCCEEDED)
     assert [j["metadata"]["name"] for j in jobs_of(k8s_api, "held")] == ["held-g1"]
     resumed = condition(k8s_api, "held", c.ConditionType.SUSPENDED)
-    assert resumed is not None and resumed["reason"] == c.Reason.RESUMED
+    assert resumed and resumed["reason"] == c.Reason.RESUMED
 
 
 def test_suspending_a_running_experiment_stops_its_pod(
@@ -219,7 +225,7 @@ def test_a_job_deleted_under_a_running_experiment_fails_it_with_job_missing(
     final = wait_phase(k8s_api, "orphan", c.Phase.FAILED)
     assert "orphan-g1" in final["message"]
     failed = condition(k8s_api, "orphan", c.ConditionType.FAILED)
-    assert failed is not None and failed["reason"] == c.Reason.JOB_MISSING
+    assert failed and failed["reason"] == c.Reason.JOB_MISSING
 
 
 def test_deleting_an_experiment_is_not_blocked_and_leaves_the_job_to_the_gc(
@@ -257,7 +263,7 @@ def test_a_missing_secret_stalls_the_experiment_with_secret_not_found(
         )
     )
     stalled = wait_until(
-        lambda: (cond := condition(k8s_api, "nosecret", c.ConditionType.STALLED)) and cond,
+        lambda: maybe_condition(k8s_api, "nosecret", c.ConditionType.STALLED),
         what="a Stalled condition",
     )
     assert stalled["reason"] == c.Reason.SECRET_NOT_FOUND
@@ -272,7 +278,7 @@ def test_an_unrunnable_spec_is_rejected_with_invalid_spec_and_no_job(
     k8s_api.create(experiment("local", plugins={"sources": ["./plugins"]}))
     final = wait_phase(k8s_api, "local", c.Phase.FAILED)
     accepted = condition(k8s_api, "local", c.ConditionType.ACCEPTED)
-    assert accepted is not None and accepted["reason"] == c.Reason.INVALID_SPEC
+    assert accepted and accepted["reason"] == c.Reason.INVALID_SPEC
     assert "./plugins" in final["message"]
     warning = wait_until(
         lambda: [e for e in events_for(k8s_api, "local") if e["reason"] == c.Reason.INVALID_SPEC]
@@ -366,3 +372,54 @@ def test_an_api_error_while_creating_the_job_is_retried(
     assert [j["metadata"]["name"] for j in jobs_of(k8s_api, "flaky")] == ["flaky-g1"]
     assert "Handler 'experiment_changed' failed temporarily" in operator_process.log
     assert "Traceback" not in operator_process.log
+
+
+def test_a_finished_run_whose_job_expired_is_not_run_again_after_a_restart(
+    k8s_api: K8sApi, operator_process: OperatorProcess, quick_stand_in: TestKubelet
+) -> None:
+    k8s_api.create(experiment("expired", ttlSecondsAfterFinished=0))
+    wait_phase(k8s_api, "expired", c.Phase.SUCCEEDED)
+    wait_until(lambda: maybe_condition(k8s_api, "expired", c.ConditionType.COMPLETE))
+    k8s_api.delete("jobs", "expired-g1")  # what the TTL controller does
+    operator_process.restart()
+    wait_until(
+        lambda: (
+            "Handler 'experiment_changed' succeeded"
+            in operator_process.log.split("dioptra-operator started")[-1]
+        ),
+        what="the resume handler",
+    )
+    assert jobs_of(k8s_api, "expired") == []
+    assert status(k8s_api, "expired")["phase"] == c.Phase.SUCCEEDED
+
+
+def test_a_run_past_its_deadline_fails_with_deadline_exceeded(
+    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+) -> None:
+    k8s_api.create(experiment("late", activeDeadlineSeconds=1))
+    wait_phase(k8s_api, "late", c.Phase.FAILED)
+    assert (
+        condition(k8s_api, "late", c.ConditionType.FAILED)["reason"] == c.Reason.DEADLINE_EXCEEDED
+    )
+
+
+def test_the_liveness_endpoint_answers_as_the_chart_probes_it(
+    k8s_api: K8sApi, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--all-namespaces", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"]
+    process = OperatorProcess(k8s_api, {}, tmp_path / "operator.log", args=args).start()
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, what="/healthz to answer 200")
+    finally:
+        process.stop()

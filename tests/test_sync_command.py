@@ -288,3 +288,23 @@ def test_push_then_sync_on_the_command_line_round_trips_a_folder(
     synced = dioptra_plugins("sync", "--dest", str(tmp_path / "out"), uri, env=s3_server.env())
     assert synced.returncode == 0, synced.stderr
     assert (tmp_path / "out/acme/y.py").read_text() == "y = 2\n"
+
+
+def test_a_sync_through_the_fast_client_imports_neither_botocore_nor_prefect(
+    s3_server: S3Server, source: str, tmp_path: Path
+) -> None:
+    script = (
+        "import sys\n"
+        "from dioptra_runner.sync.command import main\n"
+        f"code = main(['sync', '--dest', {str(tmp_path)!r}, {source!r}])\n"
+        "heavy = {'botocore', 'boto3', 'prefect', 'kubernetes', 'rich'} & set(sys.modules)\n"
+        "print(code, sorted(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **s3_server.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.splitlines()[-1] == "0 []", result.stderr

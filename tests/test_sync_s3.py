@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dioptra_runner.sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources
+from dioptra_runner.sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources, uri
 from support.s3 import FlakyProxy, RecordedRequest, S3Server
 
 TREE = {
@@ -257,12 +257,24 @@ def test_keys_with_spaces_and_non_ascii_characters_sync_to_the_same_names(
     assert files_under(tmp_path) == odd
 
 
-def test_a_listing_of_more_than_one_page_is_read_to_the_end(
-    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
+def test_a_listing_of_several_pages_is_read_to_the_end(
+    plugins: str, tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    many = {f"pkg/m{i:04d}.py": f"i = {i}\n" for i in range(1005)}
-    client = s3_server.client()
-    for path, text in many.items():
-        client.put_object(Bucket=s3_bucket, Key=f"p/{path}", Body=text.encode())
-    report = sync_sources([f"s3://{s3_bucket}/p"], tmp_path)
-    assert report.downloaded == 1005
+    monkeypatch.setattr(uri, "LIST_PAGE_SIZE", 2)  # five objects, three pages
+    with s3_server.recording() as requests:
+        sync_sources([plugins], tmp_path)
+    assert len(listings(requests)) == 3
+    assert files_under(tmp_path) == TREE
+
+
+def test_a_symlinked_folder_in_the_destination_cannot_lead_files_outside(
+    plugins: str, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "acme").symlink_to(outside)
+    with pytest.raises(SyncError, match="is a symlink"):
+        sync_sources([plugins], dest)
+    assert list(outside.iterdir()) == []

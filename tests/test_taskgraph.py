@@ -22,6 +22,7 @@ ATTEMPTS: dict[str, int] = {}
 LOCK = threading.Lock()
 ACTIVE = [0]
 PEAK = [0]
+BARRIER = threading.Barrier(2, timeout=5)
 
 @pyplugs.register
 def make_items(n: int) -> dict:
@@ -68,6 +69,11 @@ def busy(label: str) -> str:
     time.sleep(0.3)
     with LOCK:
         ACTIVE[0] -= 1
+    return label
+
+@pyplugs.register
+def rendezvous(label: str) -> str:
+    BARRIER.wait()
     return label
 
 @pyplugs.register
@@ -274,6 +280,28 @@ def test_independent_steps_never_exceed_max_parallel_tasks(steps: tuple[str, Any
 
 
 @pytest.mark.usefixtures("prefect_server_env")
+def test_a_step_waiting_for_its_input_does_not_hold_back_an_independent_step(
+    steps: tuple[str, Any],
+) -> None:
+    """With two workers, ``a`` and ``c`` must run together (they meet at a barrier), even
+    though ``b``, which waits for ``a``, is written before ``c``."""
+    prefix, _ = steps
+    flow = flow_from_task_graph(
+        graph(
+            {"name": "a", "task": f"{prefix}.rendezvous", "args": {"label": "a"}},
+            {"name": "b", "task": f"{prefix}.echo", "args": {"value": "$steps.a"}},
+            {"name": "c", "task": f"{prefix}.rendezvous", "args": {"label": "c"}},
+        ),
+        max_parallel_tasks=2,
+    )
+
+    result = flow.run()
+
+    assert result.is_successful(), result.message
+    assert result["b"].result == "a"
+
+
+@pytest.mark.usefixtures("prefect_server_env")
 def test_the_runner_loads_a_task_graph_entry_point(steps: tuple[str, Any]) -> None:
     prefix, _ = steps
 
@@ -301,6 +329,22 @@ def test_steps_become_nodes_in_dependency_order_named_after_the_steps(
         f"{prefix}.report",
     ]
     assert (flow.name, flow.max_parallel_tasks) == ("demo", 3)
+
+
+def test_nodes_are_recorded_level_by_level_keeping_file_order_within_a_level(
+    steps: tuple[str, Any],
+) -> None:
+    prefix, _ = steps
+    flow = flow_from_task_graph(
+        graph(
+            {"name": "a1", "task": f"{prefix}.echo"},
+            {"name": "a2", "task": f"{prefix}.echo", "args": {"value": "$steps.a1"}},
+            {"name": "b1", "task": f"{prefix}.echo"},
+            {"name": "b2", "task": f"{prefix}.echo", "dependsOn": ["b1"]},
+        )
+    )
+
+    assert [node.name for node in flow.tasks] == ["a1", "b1", "a2", "b2"]
 
 
 def test_retries_and_timeouts_become_task_options(steps: tuple[str, Any]) -> None:

@@ -63,6 +63,7 @@ def _job_essence(body: kopf.Body) -> dict[str, Any]:
 def experiment_changed(
     *,
     reason: str,
+    diff: kopf.Diff,
     body: kopf.Body,
     namespace: str | None,
     logger: kopf.Logger,
@@ -81,7 +82,14 @@ def experiment_changed(
     pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
     try:
         # On create nobody else has written status yet, so the body is fresh; otherwise re-read.
-        reconcile.ensure_job(experiment, SETTINGS, pods, logger, reread=reason != "create")
+        reconcile.ensure_job(
+            experiment,
+            SETTINGS,
+            pods,
+            logger,
+            reread=reason != "create",
+            suspend_only=bool(diff) and all(d.field == ("suspend",) for d in diff),
+        )
     except InvalidSpecError as exc:
         RECONCILE_ERRORS.labels("experiment", "permanent").inc()
         try:

@@ -99,10 +99,13 @@ def ensure_job(
     log: kopf.Logger,
     *,
     reread: bool = True,
+    suspend_only: bool = False,
 ) -> None:
     """Make the Job for this generation exist (created or adopted) and record it in status.
 
-    Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
+    `suspend_only` says the update changed nothing but `spec.suspend`, which never calls for a
+    new Job. Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API
+    trouble.
     """
     meta = experiment["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -117,6 +120,11 @@ def ensure_job(
         status = dict(fresh.get("status") or {})
         recorded = status.get("jobName")
         current = k8s.read_job(namespace, recorded) if recorded else None
+        if recorded and current is None and (recorded == desired_name or suspend_only):
+            # This run's Job existed and is gone (removed by its TTL after the run, or deleted
+            # by someone). A generation never runs twice: record the loss unless it was over.
+            _record_missing_job(fresh, status, recorded)
+            return
         base: dict[str, Any] = {"observedGeneration": generation}
         now = k8s.now()
         conditions = status.get("conditions") or []
@@ -178,6 +186,22 @@ def ensure_job(
     _post_events(fresh, [*changed, *observed_changed])
 
 
+def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_name: str) -> None:
+    """Mark a run whose Job vanished as Failed/JobMissing (call with the lock held)."""
+    if status.get("phase") in P.TERMINAL:
+        return
+    meta = experiment["metadata"]
+    observation = observe(None, [], generation=status.get("observedGeneration"))
+    message = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+    for cond in observation.conditions:
+        cond["message"] = message
+    observation.message = message
+    patch, changed = status_patch(status, observation, k8s.now())
+    if patch:
+        k8s.patch_experiment_status(meta["namespace"], meta["name"], patch)
+    _post_events(experiment, changed)
+
+
 def sync_status(
     namespace: str,
     experiment_name: str,
@@ -193,13 +217,11 @@ def sync_status(
         status = experiment.get("status") or {}
         if status.get("jobName") != job_name:
             return  # a superseded Job, or ensure_job has not recorded this one yet
-        if job is None and status.get("phase") in P.TERMINAL:
-            return  # removed by ttlSecondsAfterFinished after the run ended: not news
-        observation = observe(job, pods, generation=status.get("observedGeneration"))
         if job is None:
-            for cond in observation.conditions:
-                cond["message"] = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
-            observation.message = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+            # Removed by ttlSecondsAfterFinished after the run ended is not news; else it is.
+            _record_missing_job(experiment, status, job_name)
+            return
+        observation = observe(job, pods, generation=status.get("observedGeneration"))
         patch, changed = status_patch(status, observation, k8s.now())
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)

@@ -17,7 +17,9 @@ When ``PREFECT_API_URL`` is set (the chart's Prefect server, or a user's), all o
 no-op. This module imports nothing from Prefect at module level: it must run before Prefect is
 imported, to overlap with that import.
 
-Image build: ``python -m dioptra_runner.prefect_warmup build-template /opt/dioptra/prefect-template``
+Image build (run once, as root, in the runner image)::
+
+    python -m dioptra_runner.prefect_warmup build-template /opt/dioptra/prefect-template
 """
 
 from __future__ import annotations
@@ -241,8 +243,7 @@ class Warmup:
                 return
             time.sleep(0.05)
         raise WarmupError(
-            f"the temporary Prefect server did not answer within {timeout:.0f} s"
-            f"{self._log_hint()}"
+            f"the temporary Prefect server did not answer within {timeout:.0f} s{self._log_hint()}"
         )
 
     def stop(self) -> None:

@@ -120,7 +120,7 @@ def max_concurrent(sweep: Mapping[str, Any]) -> int:
 
 def summarize_points(
     points: Sequence[SweepPoint],
-    outcomes: Mapping[int | str, Mapping[str, Any]],
+    outcomes: Mapping[Any, Mapping[str, Any]],
     *,
     max_rows: int = 100,
 ) -> dict[str, Any]:

@@ -29,6 +29,7 @@ functions, and arguments the plugin's signature does not accept or requires.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,11 @@ from dioptra.flow import Flow, ItemRef, Parameter, TaskNode, TaskOptions
 
 from dioptra_runner.entrypoint import EntryPointError
 from dioptra_runner.taskgraph_refs import Reference
-from dioptra_runner.taskgraph_spec import Step, order_steps, parse_task_graph
+from dioptra_runner.taskgraph_spec import BASE, Step, order_steps, parse_task_graph
 
 __all__ = ["TaskGraphError", "flow_from_task_graph"]
+
+_STEP_PATH = re.compile(re.escape(BASE) + r"\.steps\[(\d+)\]")
 
 
 class TaskGraphError(EntryPointError):
@@ -64,8 +67,16 @@ def flow_from_task_graph(
     ordered, cycle_problems = order_steps(steps)
     problems.extend(cycle_problems)
     if problems:
-        raise TaskGraphError(problems)
+        raise TaskGraphError(sorted(problems, key=_position))
     return _build(ordered, name, max_parallel_tasks)
+
+
+def _position(problem: str) -> tuple[int, int]:
+    """Sort key: graph-level problems, then each step's in file order, then cycles."""
+    step = _STEP_PATH.match(problem)
+    if step is not None:
+        return 1, int(step.group(1))
+    return (2, 0) if problem.startswith(f"{BASE}.steps:") else (0, 0)
 
 
 def _plugin_function(step: Step, problems: list[str]) -> Callable[..., Any] | None:

@@ -91,23 +91,29 @@ def parse_task_graph(task_graph: Any) -> tuple[list[Step], list[str]]:
 
 
 def order_steps(steps: list[Step]) -> tuple[list[Step], list[str]]:
-    """Steps in an order where every step follows those it waits for, or the cycles found.
+    """Steps level by level (all steps that wait for nothing, then all that wait only for
+    those, ...), or the cycles found; file order is kept within a level.
 
-    Among steps that are ready at the same time the file order is kept, so a graph written in
-    order runs in that order. A reference to a later step is fine; only cycles are errors.
+    A reference to a later step is fine; only cycles are errors. Level order matters for
+    speed, not correctness: Prefect's thread pool gives a submitted task a worker thread
+    even while the task still waits for its inputs, so submitting a chain's steps one after
+    the other would fill ``maxParallelTasks`` threads with steps waiting on each other,
+    while a level's steps are independent of each other and can all run.
     """
     by_name = {step.name: step for step in steps}
     waits_for = {s.name: [u for u in s.upstream if u in by_name] for s in steps}
     done: set[str] = set()
     ordered: list[Step] = []
-    progress = True
-    while progress:
-        progress = False
-        for step in steps:
-            if step.name not in done and all(u in done for u in waits_for[step.name]):
-                done.add(step.name)
-                ordered.append(step)
-                progress = True
+    while True:
+        level = [
+            step
+            for step in steps
+            if step.name not in done and all(u in done for u in waits_for[step.name])
+        ]
+        if not level:
+            break
+        done.update(step.name for step in level)
+        ordered.extend(level)
     if len(ordered) == len(steps):
         return ordered, []
     left = [s.name for s in steps if s.name not in done]

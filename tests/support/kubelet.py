@@ -494,8 +494,15 @@ class OperatorProcess:
     (SIGKILL, like a crashed pod) and starts a new one.
     """
 
-    def __init__(self, api: K8sApi, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        api: K8sApi,
+        env: Mapping[str, str],
+        log_path: Path,
+        args: Sequence[str] = ("--all-namespaces", "--standalone"),
+    ) -> None:
         self.api = api
+        self.args = list(args)
         self.env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -509,7 +516,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "dioptra-operator"), "--all-namespaces", "--standalone"],
+                [str(VENV_BIN / "dioptra-operator"), *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

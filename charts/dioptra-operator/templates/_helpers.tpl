@@ -116,3 +116,54 @@ and the per-namespace Roles. Each rule says why it exists; nothing uses "*".
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- end }}
+
+{{/*
+Name of the Prefect server's Deployment, Service and claim: "<fullname>-prefect", with the full
+name cut so the result stays a 63-character DNS label.
+*/}}
+{{- define "dioptra-operator.prefectName" -}}
+{{- printf "%s-prefect" (include "dioptra-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Labels that select the Prefect server's Pods. Its own app.kubernetes.io/name, because the
+operator's Deployment and Service select on name + instance alone: sharing them would make the
+operator's selectors match the Prefect Pod too.
+*/}}
+{{- define "dioptra-operator.prefectSelectorLabels" -}}
+app.kubernetes.io/name: prefect-server
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on every Prefect server resource. */}}
+{{- define "dioptra-operator.prefectLabels" -}}
+helm.sh/chart: {{ include "dioptra-operator.chart" . }}
+{{ include "dioptra-operator.prefectSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dioptra
+app.kubernetes.io/component: prefect-server
+{{- end }}
+
+{{/* Prefect server image: the runner image unless prefect.server.image names another. */}}
+{{- define "dioptra-operator.prefectImage" -}}
+{{- $image := .Values.prefect.server.image }}
+{{- if $image.repository }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- else }}
+{{- printf "%s:%s" .Values.runner.image.repository (default (default .Chart.AppVersion .Values.runner.image.tag) $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The PREFECT_API_URL runners get: an explicit prefect.apiUrl always wins; else the chart's Prefect
+server by its fully qualified Service name (runner Pods run in other namespaces in cluster-wide
+mode); else empty (each runner starts Prefect's ephemeral API).
+*/}}
+{{- define "dioptra-operator.prefectApiUrl" -}}
+{{- if .Values.prefect.apiUrl }}
+{{- .Values.prefect.apiUrl }}
+{{- else if .Values.prefect.server.enabled }}
+{{- printf "http://%s.%s.svc:%d/api" (include "dioptra-operator.prefectName" .) .Release.Namespace (int .Values.prefect.server.service.port) }}
+{{- end }}
+{{- end }}

@@ -69,11 +69,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=None,
         metavar="N",
         help="parallel transfers (default: 16)",
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def run_sync(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError as BotoReadTimeoutError,
 )
 
+from dioptra_runner.sync import uri
 from dioptra_runner.sync.atomic import write_atomically
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.plan import RemoteFile, remote_files_from_listing
@@ -134,7 +135,11 @@ class BotoBackend:
 
 def list_objects(client: S3Client, source: S3Source) -> Iterator[dict[str, Any]]:
     paginator = client.get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=source.bucket, Prefix=source.prefix)
+    pages = paginator.paginate(
+        Bucket=source.bucket,
+        Prefix=source.prefix,
+        PaginationConfig={"PageSize": uri.LIST_PAGE_SIZE},
+    )
     for page in pages:
         yield from page.get("Contents", [])  # type: ignore[misc]
 

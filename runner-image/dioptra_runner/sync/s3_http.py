@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
+from dioptra_runner.sync import uri
 from dioptra_runner.sync.atomic import write_atomically
 from dioptra_runner.sync.plan import RemoteFile, remote_files_from_listing
 from dioptra_runner.sync.sigv4 import Credentials, sign, uri_encode
@@ -133,7 +134,12 @@ class HttpBackend:
 
     def _list(self, source: S3Source) -> Iterator[tuple[str, int, str]]:
         path = f"/{uri_encode(source.bucket, keep_slash=False)}"
-        params = {"list-type": "2", "prefix": source.prefix, "encoding-type": "url"}
+        params = {
+            "list-type": "2",
+            "prefix": source.prefix,
+            "encoding-type": "url",
+            "max-keys": str(uri.LIST_PAGE_SIZE),
+        }
         while True:
             page = dict(params)
 

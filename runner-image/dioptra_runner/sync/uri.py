@@ -16,6 +16,9 @@ from dioptra_runner.sync.errors import SyncError
 MANIFEST_NAME = ".dioptra-plugins.json"
 """The manifest's file name at the top of the destination folder."""
 
+LIST_PAGE_SIZE = 1000
+"""Keys per S3 listing page (S3's maximum); tests lower it to cover pagination cheaply."""
+
 TEMP_MARKER = ".dioptra-tmp-"
 """Part of the name of a file being written; never a plugin file (it starts with a dot)."""
 
