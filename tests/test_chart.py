@@ -574,6 +574,7 @@ def test_persistence_keeps_prefect_home_in_a_claim(helm: Helm) -> None:
     assert claim["spec"]["storageClassName"] == "fast-ssd"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     pod = deployment["spec"]["template"]["spec"]
     (data,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert data["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -644,6 +645,7 @@ def test_the_prefect_resource_names_stay_dns_labels_for_long_release_names(helm:
         ({"enabled": "yes"}, "prefect.server.enabled: Invalid type"),
         ({"service": {"port": "4200"}}, "prefect.server.service.port: Invalid type"),
         ({"persistence": {"size": 2}}, "prefect.server.persistence.size: Invalid type"),
+        ({"persistence": {"size": "2 GB"}}, "prefect.server.persistence.size: Does not match"),
         ({"persistence": {"accessModes": ["ReadOnlyMany"]}}, "accessModes.0"),
         ({"uiApiUrl": "localhost:4200"}, "prefect.server.uiApiUrl: Does not match pattern"),
         (
@@ -651,7 +653,15 @@ def test_the_prefect_resource_names_stay_dns_labels_for_long_release_names(helm:
             "Additional property databaseUrl is not allowed",
         ),
     ],
-    ids=["bool-as-string", "port-as-string", "size-as-number", "access-mode", "url", "literal-db"],
+    ids=[
+        "bool-as-string",
+        "port-as-string",
+        "size-as-number",
+        "size-unit",
+        "access-mode",
+        "url",
+        "literal-db",
+    ],
 )
 def test_the_values_schema_rejects_wrong_prefect_server_values(
     helm: Helm, server: dict[str, Any], complaint: str

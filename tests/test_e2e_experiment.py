@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,5 +139,25 @@ def test_bad_s3_credentials_fail_the_plugin_sync(
     assert condition(final, c.ConditionType.PLUGINS_SYNCED)["status"] == "False"
     assert "Traceback" not in final["message"]
     assert "wrong-secret" not in str(final)
+    assert "InvalidAccessKeyId" in final["message"]
     sync_logs = [log for name, log in kubelet.logs.items() if name.endswith("/sync")]
     assert sync_logs and "Traceback" not in sync_logs[0]
+
+
+def test_a_failed_plugin_sync_is_announced_by_one_warning_event(
+    k8s_api: K8sApi, operator_process: OperatorProcess, kubelet: TestKubelet
+) -> None:
+    strict = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # enforce credentials
+    try:
+        credentials_secret(k8s_api, "s3-credentials", "AKIDWRONG", "wrong-secret")
+        k8s_api.create(example("random-integer", "plugins", strict.endpoint_url))
+        wait_until(
+            lambda: status(k8s_api, "random-integer").get("phase") == c.Phase.FAILED,
+            timeout=60,
+            what="the experiment to fail",
+        )
+    finally:
+        strict.stop()
+    time.sleep(0.5)  # let kopf's event poster flush
+    reasons = [event["reason"] for event in k8s_api.list("events", "default")]
+    assert reasons.count(c.Reason.PLUGIN_SYNC_FAILED) == 1

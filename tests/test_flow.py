@@ -64,6 +64,10 @@ def record(x: object = None, **kwargs: object) -> dict:
     return {"x": x, "kwargs": sorted(kwargs)}
 
 @pyplugs.register
+def nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+@pyplugs.register
 def meta() -> dict:
     return {"values": [10, 20, 30], "name": "meta"}
 '''
@@ -336,3 +340,35 @@ def test_plugins_are_found_in_a_dioptra_plugin_dir_folder(
         pyplugs._PLUGINS.pop("envpkg_flow.maths", None)
 
     assert result[doubled].result == 42
+
+
+def test_tasks_waiting_for_inputs_do_not_hold_the_bounded_worker_pool(
+    ops: tuple[str, object],
+) -> None:
+    """With 2 workers, a chain waiting on its head must not keep the independent task out."""
+    pkg, _ = ops
+    with Flow("bounded") as flow:
+        head = pyplugs.call_task(pkg, "ops", "rendezvous", label="head")
+        middle = pyplugs.call_task(pkg, "ops", "record", x=head)
+        pyplugs.call_task(pkg, "ops", "record", x=middle)
+        independent = pyplugs.call_task(pkg, "ops", "rendezvous", label="independent")
+
+    result = flow.run(max_parallel_tasks=2)
+
+    assert result.is_successful(), result.message
+    assert result[independent].result == "independent"
+
+
+def test_a_task_stopped_at_its_timeout_says_so(ops: tuple[str, object]) -> None:
+    from dioptra.flow import TaskOptions
+
+    pkg, _ = ops
+    with Flow("timeout") as flow:
+        slow = flow.add_plugin_task(
+            pkg, "ops", "nap", (), {"seconds": 5}, options=TaskOptions(timeout_seconds=1)
+        )
+
+    result = flow.run()
+
+    assert result[slow].state == "Failed"
+    assert result[slow].message == "timed out after 1 s (timeoutSeconds)"

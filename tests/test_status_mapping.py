@@ -255,3 +255,30 @@ def test_resumed_is_reported_after_a_suspension() -> None:
 )
 def test_durations_read_like_kubectl(end: str, expected: str) -> None:
     assert format_duration("2026-01-01T00:00:00Z", end) == expected
+
+
+def test_a_later_pod_report_refines_the_operators_own_failure_message() -> None:
+    job_only = observe(job(condition=("Failed", "BackoffLimitExceeded")), [])
+    first, _ = status_patch({"phase": P.RUNNING}, job_only, NOW)
+    with_pod = observe(
+        job(condition=("Failed", "BackoffLimitExceeded")),
+        [
+            pod(
+                init=state("terminated", exitCode=0),
+                main=state("terminated", exitCode=137, reason="OOMKilled"),
+            )
+        ],
+    )
+    second, changed = status_patch({"phase": P.RUNNING, **first}, with_pod, NOW)
+    assert [c["reason"] for c in changed] == [R.OOM_KILLED]
+    assert "OOMKilled" in second["message"]
+
+
+def test_a_later_pod_report_keeps_the_runners_failure_message() -> None:
+    runner_said = {"phase": P.FAILED, "message": "task b failed: ValueError: bad input"}
+    with_pod = observe(
+        job(condition=("Failed", "BackoffLimitExceeded")),
+        [pod(init=state("terminated", exitCode=0), main=state("terminated", exitCode=1))],
+    )
+    patch, _ = status_patch(runner_said, with_pod, NOW)
+    assert "message" not in patch

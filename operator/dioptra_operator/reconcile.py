@@ -55,15 +55,24 @@ def _apply(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _post_events(experiment: dict[str, Any], changed: Iterable[Condition]) -> None:
+def _post_events(
+    experiment: dict[str, Any], changed: Iterable[Condition], before: Iterable[Condition] = ()
+) -> None:
     """One Event per condition that changed, reusing its reason and message.
 
     A spec becoming accepted is the normal case and says nothing `JobCreated` does not, so
-    it gets no Event of its own (one less API call per Experiment in a burst).
+    it gets no Event of its own (one less API call per Experiment in a burst). Two conditions
+    telling the same news (PluginsSynced=False, then Failed, both PluginSyncFailed with the
+    same message) make one Event: news already told, here or before `changed`, is skipped.
     """
+    told = {(cond.get("reason"), cond.get("message")) for cond in before}
     for cond in changed:
         if cond["type"] == C.ACCEPTED and cond["status"] == "True":
             continue
+        news = (cond.get("reason"), cond.get("message"))
+        if news in told:
+            continue
+        told.add(news)
         bad = (cond["status"] == "True" and cond["type"] in c.WARNING_WHEN_TRUE) or (
             cond["status"] == "False" and cond["type"] in c.WARNING_WHEN_FALSE
         )
@@ -118,6 +127,7 @@ def ensure_job(
         # Re-read: the status in the handler's body may predate our own last write.
         fresh = (k8s.read_experiment(namespace, name) if reread else None) or experiment
         status = dict(fresh.get("status") or {})
+        conditions_before = list(status.get("conditions") or [])
         recorded = status.get("jobName")
         current = k8s.read_job(namespace, recorded) if recorded else None
         if recorded and current is None and (recorded == desired_name or suspend_only):
@@ -183,7 +193,7 @@ def ensure_job(
         patch = {**base, **observed}
         k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
-    _post_events(fresh, [*changed, *observed_changed])
+    _post_events(fresh, [*changed, *observed_changed], before=conditions_before)
 
 
 def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_name: str) -> None:
@@ -199,7 +209,7 @@ def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_
     patch, changed = status_patch(status, observation, k8s.now())
     if patch:
         k8s.patch_experiment_status(meta["namespace"], meta["name"], patch)
-    _post_events(experiment, changed)
+    _post_events(experiment, changed, before=status.get("conditions") or [])
 
 
 def sync_status(
@@ -226,4 +236,4 @@ def sync_status(
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)
             PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))
-    _post_events(experiment, changed)
+    _post_events(experiment, changed, before=status.get("conditions") or [])

@@ -277,8 +277,18 @@ def status_patch(
     if phase != current:
         patch["phase"] = phase
     operator_decides = current not in P.TERMINAL and phase == observation.phase
-    if operator_decides and observation.message and observation.message != status.get("message"):
-        patch["message"] = observation.message
+    # Pod and Job events arrive on separate watches: a failure first explained by the Job
+    # alone (BackoffLimitExceeded) may be refined by the Pod's evidence (OOMKilled). Update
+    # the message then too, but only if it is still the operator's own (the runner's says more).
+    previous = find_condition(status.get("conditions"), C.FAILED) or {}
+    refining = (
+        current == P.FAILED
+        and observation.phase == P.FAILED
+        and status.get("message") == previous.get("message")
+    )
+    message = observation.message
+    if (operator_decides or refining) and message and message != status.get("message"):
+        patch["message"] = message
     if operator_decides and phase in P.TERMINAL:
         start = status.get("startTime") or observation.start_time
         end = status.get("completionTime") or observation.completion_time or now

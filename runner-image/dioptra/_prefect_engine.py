@@ -6,9 +6,12 @@ never imports Prefect; only running one does.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import functools
 import logging
+import queue
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +19,7 @@ from prefect import Flow as PrefectFlow
 from prefect import Task as PrefectTask
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dioptra.flow import (
@@ -38,6 +41,8 @@ from dioptra.flow import (
 
 _LOG = logging.getLogger("dioptra.flow")
 _PICK_KEY = "__dioptra_pick__"
+# What a task sees when Prefect stops it at its timeoutSeconds.
+_TIMEOUT_ERRORS = (TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError)
 
 
 class _TaskFailures(RuntimeError):
@@ -61,12 +66,11 @@ def run_on_prefect(
         context = FlowRunContext.get()
         if context is not None and context.flow_run is not None:
             flow_run_id["id"] = str(context.flow_run.id)
-        futures: dict[str, PrefectFuture[Any]] = {}
+        futures = _schedule(flow, parameters, outcomes, notify)
         for node in flow.tasks:
-            futures[node.name] = _submit(node, parameters, futures, outcomes[node.name], notify)
-        wait(list(futures.values()))
-        for node in flow.tasks:
-            _settle(outcomes[node.name], futures[node.name], notify)
+            future = futures.get(node.name)
+            if future is not None:
+                _settle(outcomes[node.name], future, notify)
         failed = [o.name for o in outcomes.values() if o.state == FAILED]
         if failed:
             raise _TaskFailures(f"{len(failed)} task(s) failed: {', '.join(failed)}")
@@ -93,6 +97,63 @@ def run_on_prefect(
     else:
         message = f"flow run ended {state.name}: {state.message or ''}".strip()
     return FlowRunResult(flow.name, FAILED, outcomes, message, flow_run_id.get("id"))
+
+
+def _schedule(
+    flow: Flow,
+    parameters: dict[str, Any],
+    outcomes: dict[str, TaskOutcome],
+    notify: Callable[[TaskOutcome], None],
+) -> dict[str, PrefectFuture[Any]]:
+    """Submit each node once everything it depends on has finished; return all futures.
+
+    Submitting a node only when it is ready (rather than all at once with ``wait_for``)
+    matters: Prefect's thread pool gives a submitted task a worker thread while it
+    waits for its inputs, so with a bounded pool, waiting tasks could starve ready ones.
+    A node whose upstream failed is never submitted: it is marked NotRun here.
+    """
+    nodes = {node.name: node for node in flow.tasks}
+    waiting = {node.name: {dep.name for dep in node.dependencies} for node in flow.tasks}
+    dependents: dict[str, list[str]] = {name: [] for name in nodes}
+    for node in flow.tasks:
+        for dep in node.dependencies:
+            dependents[dep.name].append(node.name)
+    futures: dict[str, PrefectFuture[Any]] = {}
+    finished: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def submit(name: str) -> None:
+        future = _submit(nodes[name], parameters, futures, outcomes[name], notify)
+        futures[name] = future
+        future.add_done_callback(lambda _, name=name: finished.put(name))  # type: ignore[misc]
+
+    def skip(name: str) -> None:
+        outcome = outcomes[name]
+        if outcome.state == NOT_RUN:
+            return
+        outcome.state, outcome.message = NOT_RUN, "not run: an upstream task failed"
+        notify(outcome)
+        for child in dependents[name]:
+            skip(child)
+
+    for name, deps in waiting.items():
+        if not deps:
+            submit(name)
+    in_flight = len(futures)
+    while in_flight:
+        name = finished.get()
+        in_flight -= 1
+        future = futures[name]
+        future.wait()
+        succeeded = future.state.is_completed()
+        for child in dependents[name]:
+            if not succeeded:
+                skip(child)
+                continue
+            waiting[child].discard(name)
+            if not waiting[child] and outcomes[child].state != NOT_RUN:
+                submit(child)
+                in_flight += 1
+    return futures
 
 
 def _submit(
@@ -146,6 +207,9 @@ def _invoker(
         except BaseException as error:
             outcome.end_time = _now()
             outcome.message, outcome.traceback = describe_error(error)
+            timeout = node.options.timeout_seconds
+            if timeout and isinstance(error, _TIMEOUT_ERRORS):
+                outcome.message = f"timed out after {timeout:g} s (timeoutSeconds)"
             if _is_final_attempt(node):
                 outcome.state, outcome.error = FAILED, error
             else:
