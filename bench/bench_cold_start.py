@@ -52,7 +52,7 @@ spec:
     n: 3
   plugins:
     sources:
-      - ./plugins
+      - ./plugins/
 """
 
 FLOW = """\

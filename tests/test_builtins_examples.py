@@ -68,7 +68,7 @@ def test_example_flows_find_their_plugins_and_accept_their_parameters(
 
 def test_the_module_example_resolves_its_plugin_folder_next_to_the_file() -> None:
     experiment = load_experiment_file(EXAMPLES / "module-entrypoint.yaml")
-    assert experiment.resolved_plugin_sources() == [str(EXAMPLES / "plugins")]
+    assert experiment.resolved_plugin_sources() == [f"{EXAMPLES / 'plugins'}/"]
 
 
 def _run(load_example: Any, name: str, **overrides: Any) -> dict[str, Any]:

@@ -206,6 +206,43 @@ def test_a_flow_runs_on_the_warmed_up_server_and_its_run_is_in_the_api(
         assert db.execute(query).fetchall() == t.execute(query).fetchall()
 
 
+BROKEN_SERVER = textwrap.dedent(
+    """
+    import os
+    from dioptra_runner.prefect_warmup import WarmupError, start_background_warmup
+
+    # A database the server cannot open: it exits during start-up.
+    bad = {"PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"}
+    warmup = start_background_warmup(server_settings=bad)
+    print(os.environ["PREFECT_API_URL"] == warmup.api_url)
+    try:
+        warmup.wait(timeout=90)
+    except WarmupError as error:
+        print(str(error))
+    warmup.stop()
+    print("PREFECT_API_URL" in os.environ)
+    """
+)
+
+
+def test_a_server_that_fails_to_start_is_reported_in_one_line_and_handed_back(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_SERVER],
+        env=_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=True,
+    )
+    pointed, message, still_set = done.stdout.strip().splitlines()
+    assert pointed == "True"
+    assert message.startswith("the temporary Prefect server exited with code")
+    assert "dioptra-prefect-server.log" in message
+    assert still_set == "False"  # Prefect falls back to starting its own server
+
+
 def test_the_module_imports_nothing_from_prefect() -> None:
     code = (
         "import sys, dioptra_runner.prefect_warmup; "

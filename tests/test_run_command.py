@@ -216,3 +216,37 @@ def test_a_file_that_does_not_exist_is_a_one_line_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "nope.yaml" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_sweep_runs_every_point_and_reports_each(workspace: Path, parallel: str) -> None:
+    path = experiment(
+        workspace,
+        {"module": "runpkg.flows:flow"},
+        parameters={"n": 1},
+        sweep={"grid": {"n": [2, 3, 4]}},
+    )
+
+    done = dioptra_run(path, "--output", "json", "--parallel", parallel)
+
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout[done.stdout.index("{") :])
+    assert document["phase"] == "Succeeded"
+    assert document["message"] == "3/3 sweep points succeeded"
+    totals = {p["label"]: p["results"]["metrics"]["total"] for p in document["points"]}
+    assert totals == {"n=2": 1, "n=3": 3, "n=4": 6}
+
+
+def test_a_sweep_over_an_unknown_parameter_is_rejected_before_running(workspace: Path) -> None:
+    path = experiment(
+        workspace,
+        {"module": "runpkg.flows:flow"},
+        parameters={"n": 1},
+        sweep={"grid": {"size": [2, 3]}},
+    )
+
+    done = dioptra_run(path)
+
+    assert done.returncode == 2
+    assert "invalid sweep" in done.stderr
+    assert "spec.sweep.grid.size" in done.stderr

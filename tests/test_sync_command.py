@@ -46,7 +46,7 @@ def dioptra_plugins(
 @pytest.fixture
 def source(s3_server: S3Server, s3_bucket: str) -> str:
     s3_server.put_files(s3_bucket, "plugins", {"acme/__init__.py": "", "acme/x.py": "x = 1\n"})
-    return f"s3://{s3_bucket}/plugins"
+    return f"s3://{s3_bucket}/plugins/"
 
 
 def test_a_sync_off_a_terminal_prints_one_summary_line(
@@ -79,7 +79,7 @@ def test_the_output_says_which_paths_a_later_source_overrides(
     s3_server: S3Server, s3_bucket: str, source: str, tmp_path: Path
 ) -> None:
     s3_server.put_files(s3_bucket, "custom", {"acme/x.py": "x = 2\n"})
-    override = f"s3://{s3_bucket}/custom"
+    override = f"s3://{s3_bucket}/custom/"
     result = dioptra_plugins("sync", "--dest", str(tmp_path), source, override, env=s3_server.env())
     assert result.returncode == 0, result.stderr
     assert f"later sources win: acme/x.py ({override} over {source})" in result.stdout
@@ -166,7 +166,7 @@ def test_valid_credentials_sync_from_a_server_that_enforces_auth(
         **auth_server.server.env(auth_server.key_id, auth_server.secret),
         "DIOPTRA_S3_CLIENT": client,
     }
-    result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins", env=env)
+    result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins/", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.py").read_text() == "a = 1\n"
     assert (tmp_path / "odd dir/\u00fc+%.py").read_text() == "u = 1\n"
@@ -252,7 +252,7 @@ def test_the_synced_folder_works_with_plugin_dirs_and_pyplugs(
     )
     dest = tmp_path / "plugins"
     synced = dioptra_plugins(
-        "sync", "--dest", str(dest), f"s3://{s3_bucket}/p", env=s3_server.env()
+        "sync", "--dest", str(dest), f"s3://{s3_bucket}/p/", env=s3_server.env()
     )
     assert synced.returncode == 0, synced.stderr
     script = (
@@ -287,7 +287,8 @@ def test_push_then_sync_on_the_command_line_round_trips_a_folder(
     assert pushed.stdout.startswith(f"pushed to {uri} in ")
     synced = dioptra_plugins("sync", "--dest", str(tmp_path / "out"), uri, env=s3_server.env())
     assert synced.returncode == 0, synced.stderr
-    assert (tmp_path / "out/acme/y.py").read_text() == "y = 2\n"
+    # Without a trailing slash the prefix lands as its own folder, as with rsync.
+    assert (tmp_path / "out/mine/acme/y.py").read_text() == "y = 2\n"
 
 
 def test_a_sync_through_the_fast_client_imports_neither_botocore_nor_prefect(
@@ -308,3 +309,34 @@ def test_a_sync_through_the_fast_client_imports_neither_botocore_nor_prefect(
         timeout=60,
     )
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr
+
+
+def test_a_prefix_holding_one_package_syncs_as_that_package_and_imports_by_its_name(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Dioptra's layout: s3://plugins/dioptra_builtins holds the package's own files."""
+    plugin = "from dioptra import pyplugs\n\n@pyplugs.register\ndef triple(x):\n    return 3 * x\n"
+    s3_server.put_files(
+        s3_bucket, "syncpkg_one", {"__init__.py": "", "ops/__init__.py": "", "ops/steps.py": plugin}
+    )
+    dest = tmp_path / "plugins"
+    synced = dioptra_plugins(
+        "sync", "--dest", str(dest), f"s3://{s3_bucket}/syncpkg_one", env=s3_server.env()
+    )
+    assert synced.returncode == 0, synced.stderr
+    assert (dest / "syncpkg_one" / "ops" / "steps.py").exists()
+    script = (
+        "from dioptra import pyplugs\n"
+        "from dioptra.sdk.utilities.contexts import plugin_dirs\n"
+        "with plugin_dirs([]):\n"
+        "    print(pyplugs.call('syncpkg_one.ops', 'steps', 'triple', x=14))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "DIOPTRA_PLUGIN_DIR": str(dest)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42"]

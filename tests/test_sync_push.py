@@ -51,7 +51,7 @@ def test_push_then_sync_gives_back_the_same_plugin_tree(
 ) -> None:
     push_folder(folder, f"s3://{s3_bucket}/custom")
     dest = tmp_path / "synced"
-    sync_sources([f"s3://{s3_bucket}/custom"], dest)
+    sync_sources([f"s3://{s3_bucket}/custom/"], dest)
     synced = {
         p.relative_to(dest).as_posix(): p.read_text()
         for p in dest.rglob("*")

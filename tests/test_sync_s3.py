@@ -51,7 +51,7 @@ def files_under(root: Path) -> dict[str, str]:
 def plugins(s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str]) -> str:
     """A bucket holding TREE under the prefix `plugins`; returns the source URI."""
     s3_server.put_files(s3_bucket, "plugins", TREE)
-    return f"s3://{s3_bucket}/plugins"
+    return f"s3://{s3_bucket}/plugins/"
 
 
 def test_a_cold_sync_writes_the_nested_tree_at_the_destinations_top(
@@ -117,7 +117,7 @@ def test_a_later_source_wins_on_the_same_path(
 ) -> None:
     s3_server.put_files(s3_bucket, "builtins", {"acme/x.py": "builtin\n", "acme/y.py": "y\n"})
     s3_server.put_files(s3_bucket, "custom", {"acme/x.py": "custom\n"})
-    first, second = f"s3://{s3_bucket}/builtins", f"s3://{s3_bucket}/custom"
+    first, second = f"s3://{s3_bucket}/builtins/", f"s3://{s3_bucket}/custom/"
     report = sync_sources([first, second], tmp_path)
     assert files_under(tmp_path) == {"acme/x.py": "custom\n", "acme/y.py": "y\n"}
     assert [(o.path, o.winner, o.loser) for o in report.overrides] == [("acme/x.py", second, first)]
@@ -130,7 +130,7 @@ def test_a_prefix_does_not_match_a_longer_sibling_prefix(
 ) -> None:
     s3_server.put_files(s3_bucket, "custom", {"a.py": "a\n"})
     s3_server.put_files(s3_bucket, "custom2", {"b.py": "b\n"})
-    sync_sources([f"s3://{s3_bucket}/custom"], tmp_path)
+    sync_sources([f"s3://{s3_bucket}/custom/"], tmp_path)
     assert files_under(tmp_path) == {"a.py": "a\n"}
 
 
@@ -141,7 +141,7 @@ def test_a_versioned_bucket_records_the_version_id_of_each_file(
     s3_server.put_files(bucket, "p", {"v.py": "one\n"})
     s3_server.put_files(bucket, "p", {"v.py": "two\n"})
     latest = s3_server.client().head_object(Bucket=bucket, Key="p/v.py")["VersionId"]
-    report = sync_sources([f"s3://{bucket}/p"], tmp_path)
+    report = sync_sources([f"s3://{bucket}/p/"], tmp_path)
     assert (tmp_path / "v.py").read_text() == "two\n"
     assert report.manifest["files"][0]["versionId"] == latest
 
@@ -154,7 +154,7 @@ def test_dotfiles_pycache_and_bytecode_are_not_synced(
         "p",
         {"a.py": "a\n", ".env": "X=1\n", "pkg/__pycache__/a.cpython-311.pyc": "c", "b.pyc": "c"},
     )
-    report = sync_sources([f"s3://{s3_bucket}/p"], tmp_path)
+    report = sync_sources([f"s3://{s3_bucket}/p/"], tmp_path)
     assert files_under(tmp_path) == {"a.py": "a\n"}
     assert report.skipped == 3
 
@@ -168,7 +168,7 @@ def test_a_key_that_would_leave_the_destination_is_refused_and_nothing_is_writte
     s3_server.put_files(s3_bucket, "", {"p/good.py": "good\n", key: "evil\n"})
     dest = tmp_path / "plugins"
     with pytest.raises(SyncError, match="refusing object key"):
-        sync_sources([f"s3://{s3_bucket}/p"], dest)
+        sync_sources([f"s3://{s3_bucket}/p/"], dest)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
@@ -234,9 +234,9 @@ def test_a_local_folder_syncs_like_a_bucket_and_resyncs_incrementally(tmp_path: 
         (source / path).parent.mkdir(parents=True, exist_ok=True)
         (source / path).write_text(text)
     dest = tmp_path / "dest"
-    first = sync_sources([f"file://{source}"], dest)
+    first = sync_sources([f"file://{source}/"], dest)
     (source / "acme/ops/steps.py").write_text("changed = True\n")
-    second = sync_sources([str(source)], dest)
+    second = sync_sources([f"{source}/"], dest)
     assert (first.downloaded, second.downloaded, second.unchanged) == (5, 1, 4)
     assert files_under(dest) == {**TREE, "acme/ops/steps.py": "changed = True\n"}
 
@@ -253,7 +253,7 @@ def test_keys_with_spaces_and_non_ascii_characters_sync_to_the_same_names(
 ) -> None:
     odd = {"acme/data/my file (1).txt": "a\n", "acme/data/\u00fcber+%41.txt": "b\n"}
     s3_server.put_files(s3_bucket, "p", odd)
-    sync_sources([f"s3://{s3_bucket}/p"], tmp_path)
+    sync_sources([f"s3://{s3_bucket}/p/"], tmp_path)
     assert files_under(tmp_path) == odd
 
 

@@ -19,26 +19,42 @@ from dioptra_runner.sync.uri import LocalSource, S3Source, check_relative_key, p
 
 
 @pytest.mark.parametrize(
-    ("text", "bucket", "prefix"),
+    ("text", "bucket", "prefix", "folder"),
     [
-        ("s3://plugins", "plugins", ""),
-        ("s3://plugins/", "plugins", ""),
-        ("s3://plugins/custom", "plugins", "custom/"),
-        ("s3://plugins/a/b/", "plugins", "a/b/"),
+        ("s3://plugins", "plugins", "", ""),
+        ("s3://plugins/", "plugins", "", ""),
+        ("s3://plugins/custom/", "plugins", "custom/", ""),
+        ("s3://plugins/a/b/", "plugins", "a/b/", ""),
     ],
 )
-def test_an_s3_uri_becomes_a_bucket_and_a_folder_prefix(
-    text: str, bucket: str, prefix: str
+def test_an_s3_uri_with_a_trailing_slash_lands_at_the_destinations_top(
+    text: str, bucket: str, prefix: str, folder: str
 ) -> None:
-    assert parse_source(text) == S3Source(bucket, prefix)
+    assert parse_source(text) == S3Source(bucket, prefix, folder)
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix", "folder"),
+    [
+        ("s3://plugins/dioptra_builtins", "dioptra_builtins/", "dioptra_builtins"),
+        ("s3://plugins/team/acme", "team/acme/", "acme"),
+    ],
+)
+def test_an_s3_uri_without_a_trailing_slash_lands_as_its_last_folder(
+    text: str, prefix: str, folder: str
+) -> None:
+    """As with rsync: a prefix holding one plugin package stays importable by its name."""
+    assert parse_source(text) == S3Source("plugins", prefix, folder)
 
 
 def test_a_relative_folder_resolves_against_the_given_base(tmp_path: Path) -> None:
-    assert parse_source("plugins", base=tmp_path) == LocalSource(tmp_path / "plugins")
+    assert parse_source("plugins/", base=tmp_path) == LocalSource(tmp_path / "plugins")
+    assert parse_source("acme", base=tmp_path) == LocalSource(tmp_path / "acme", "acme")
 
 
 def test_a_file_uri_becomes_a_local_folder(tmp_path: Path) -> None:
-    assert parse_source(f"file://{tmp_path}") == LocalSource(tmp_path)
+    assert parse_source(f"file://{tmp_path}/") == LocalSource(tmp_path)
+    assert parse_source(f"file://{tmp_path}") == LocalSource(tmp_path, tmp_path.name)
 
 
 @pytest.mark.parametrize("text", ["s3://", "s3://ab", "ftp://host/x", "s3://b/../x"])

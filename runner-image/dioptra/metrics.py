@@ -1,20 +1,39 @@
 """Record headline numbers from inside a plugin: ``dioptra.metrics.log_metric("accuracy", 0.93)``.
 
 The runner puts what is logged here into the Experiment's ``status.results.metrics``
-and the summary table of ``dioptra run``. Plain module-level state on purpose: tasks
-run in threads of one process, and a plugin must not need to receive a handle.
+and the summary table of ``dioptra run``. A plugin needs no handle: inside
+``collecting()`` (the runner wraps each flow run in one) numbers go to that run's own
+dict, found through a context variable that Prefect copies into task threads, so
+concurrent runs (sweep points) never mix; outside it they go to a process-wide dict.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Real
 
-__all__ = ["clear_metrics", "log_metric", "log_metrics", "logged_metrics"]
+__all__ = ["clear_metrics", "collecting", "log_metric", "log_metrics", "logged_metrics"]
 
 _LOCK = threading.Lock()
 _METRICS: dict[str, float | int] = {}
+_CURRENT: contextvars.ContextVar[dict[str, float | int] | None] = contextvars.ContextVar(
+    "dioptra_metrics", default=None
+)
+
+
+@contextmanager
+def collecting() -> Iterator[dict[str, float | int]]:
+    """Collect what is logged in this context (and tasks it starts) into a fresh dict."""
+    collected: dict[str, float | int] = {}
+    token = _CURRENT.set(collected)
+    try:
+        yield collected
+    finally:
+        _CURRENT.reset(token)
 
 
 def log_metric(name: str, value: float | int) -> None:
@@ -26,8 +45,9 @@ def log_metric(name: str, value: float | int) -> None:
     number = int(value) if isinstance(value, int) else float(value)
     if isinstance(number, float) and not math.isfinite(number):
         raise ValueError(f"metric {name!r} must be finite, got {number}")
+    target = _CURRENT.get()
     with _LOCK:
-        _METRICS[name] = number
+        (_METRICS if target is None else target)[name] = number
 
 
 def log_metrics(**values: float | int) -> None:

@@ -96,16 +96,18 @@ class Experiment:
         """Return an S3 URI unchanged and a local folder as an absolute path.
 
         `file:///abs` becomes `/abs`; `~` is expanded; a relative folder is taken relative to
-        the Experiment file's folder (so `./plugins` works from any working directory).
+        the Experiment file's folder (so `./plugins/` works from any working directory). A
+        trailing slash is kept: it means "the folder's contents" to the sync, as with rsync.
         """
         if source.startswith("s3://"):
             return source
+        slash = "/" if source.endswith("/") else ""
         if source.startswith("file://"):
-            return str(Path(source[len("file://") :]).resolve())
+            return str(Path(source[len("file://") :]).resolve()) + slash
         path = Path(source).expanduser()
         if not path.is_absolute():
             path = self.base_dir / path
-        return str(path.resolve())
+        return str(path.resolve()) + slash
 
     def resolved_plugin_sources(self) -> list[str]:
         """All plugin sources, local folders made absolute (see `resolve_plugin_source`)."""

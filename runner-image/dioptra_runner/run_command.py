@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +60,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-file", type=Path, help="where the full log goes (default: in the cache folder)"
     )
     parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with spec.sweep: run up to N points at once (default: one after another)",
+    )
+    parser.add_argument(
         "--in-cluster",
         action="store_true",
         help="run inside the Job's pod: no sync, report status to the Kubernetes API",
@@ -86,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = _manifest(plugin_dir)
         if manifest is not None:
             reporter.update(plugins=manifest.get("files", []))
-        result, metrics, final_tasks = _run_flow(
-            experiment, plugin_dir, parameters, reporter, args, out
-        )
+        runs, final_tasks = _run_flow(experiment, plugin_dir, parameters, reporter, args, out)
     except RunAborted as aborted:
         _LOG.error("%s", aborted)
         elapsed = time.monotonic() - clock
@@ -96,18 +102,54 @@ def run(args: argparse.Namespace) -> int:
         _print_error(str(aborted), args)
         return aborted.code
 
-    from dioptra_runner.status import collect_results, result_rows
-
-    results = collect_results(result.tasks, metrics)
     elapsed = time.monotonic() - clock
-    if result.is_successful():
-        message = f"{len(result.tasks)} tasks completed"
-        _finish(reporter, "Succeeded", message, started, elapsed, results=results)
+    succeeded = all(r.result.is_successful() for r in runs)
+    if len(runs) == 1 and runs[0].point is None:
+        run_ = runs[0]
+        done = f"{len(run_.result.tasks)} tasks completed"
+        message = done if succeeded else run_.result.message
+        _finish(reporter, _phase(succeeded), message, started, elapsed, results=run_.results)
+        _print_summary(args, experiment.name, run_, final_tasks, elapsed, out)
     else:
-        _finish(reporter, "Failed", result.message, started, elapsed, results=results)
-    rows = result_rows(results, final_tasks)
-    _print_summary(args, experiment.name, result, results, rows, elapsed, out)
-    return EXIT_OK if result.is_successful() else EXIT_FAILED
+        summary = _sweep_summary(runs)
+        ok = sum(1 for r in runs if r.result.is_successful())
+        message = f"{ok}/{len(runs)} sweep points succeeded"
+        _finish(reporter, _phase(succeeded), message, started, elapsed, sweep=summary)
+        _print_sweep(args, experiment.name, runs, summary, message, elapsed, out)
+    return EXIT_OK if succeeded else EXIT_FAILED
+
+
+@dataclass
+class PointRun:
+    """One run of the flow: the whole Experiment, or one point of its sweep."""
+
+    point: Any  # a sweep.SweepPoint, or None for an Experiment without a sweep
+    values: dict[str, Any]
+    result: Any = None  # dioptra.flow.FlowRunResult once run
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"[{self.point.label}] " if self.point is not None else ""
+
+
+def _phase(succeeded: bool) -> str:
+    return "Succeeded" if succeeded else "Failed"
+
+
+def _sweep_summary(runs: list[PointRun]) -> dict[str, Any]:
+    from dioptra_runner.sweep import summarize_points
+
+    outcomes = {
+        r.point.index: {
+            "phase": _phase(r.result.is_successful()),
+            "results": r.results,
+            "message": r.result.message,
+        }
+        for r in runs
+    }
+    return summarize_points([r.point for r in runs], outcomes)
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -197,56 +239,136 @@ def _run_flow(
     reporter: Any,
     args: argparse.Namespace,
     out: IO[str],
-) -> tuple[Any, dict[str, float | int], list[str]]:
-    from dioptra import metrics
-    from dioptra.flow import FlowValidationError, TaskOutcome
+) -> tuple[list[PointRun], list[str]]:
+    """Load the flow, check every run's parameters, then run (each sweep point in turn)."""
     from dioptra.sdk.utilities.contexts import plugin_dirs
-
-    from dioptra_runner.entrypoint import EntryPointError, load_flow
-    from dioptra_runner.progress import ProgressBoard
-    from dioptra_runner.status import progress_fields
 
     if plugin_dir is not None:
         os.environ["DIOPTRA_PLUGIN_DIR"] = str(plugin_dir.resolve())
     with plugin_dirs([]):
         searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
+        flow = _load_flow(experiment)
+        runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
+        _execute(flow, runs, experiment.spec.get("maxParallelTasks"), reporter, args, out)
+    upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
+    return runs, [node.name for node in flow.tasks if node.name not in upstream]
+
+
+def _start_prefect_api() -> None:
+    """Start Prefect's temporary API server (if one is needed) before runs start in threads.
+
+    Prefect starts it lazily, and threads that race to the first client each start their
+    own; the extra one outlives the process.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
+
+
+def _load_flow(experiment: Any) -> Any:
+    from dioptra_runner.entrypoint import EntryPointError, load_flow
+
+    try:
+        return load_flow(experiment.spec["entryPoint"])
+    except EntryPointError as error:
+        if error.details:
+            _LOG.error("entry point failed to load:\n%s", error.details)
+        raise RunAborted(str(error), EXIT_INVALID, "InvalidEntryPoint") from None
+
+
+def _plan_runs(
+    flow: Any, sweep: dict[str, Any] | None, parameters: dict[str, Any], searched: list[str]
+) -> list[PointRun]:
+    """One run, or one per sweep point; every problem of every run reported before any runs."""
+    from dioptra.flow import FlowValidationError
+
+    from dioptra_runner.sweep import SweepError, expand_sweep
+
+    plugin_problems = flow.problems()
+    if sweep:
         try:
-            flow = load_flow(experiment.spec["entryPoint"])
-            values = flow.check(parameters)
-        except EntryPointError as error:
-            if error.details:
-                _LOG.error("entry point failed to load:\n%s", error.details)
-            raise RunAborted(str(error), EXIT_INVALID, "InvalidEntryPoint") from None
+            points = expand_sweep(sweep, parameters, known_parameters=set(flow.parameters))
+        except SweepError as error:
+            listing = "\n".join(f"  - {p}" for p in error.problems)
+            raise RunAborted(f"invalid sweep:\n{listing}", EXIT_INVALID, "InvalidSweep") from None
+        planned: list[tuple[Any, dict[str, Any]]] = [(p, p.parameters) for p in points]
+    else:
+        planned = [(None, parameters)]
+    runs, problems = [], list(plugin_problems)
+    for point, given in planned:
+        try:
+            runs.append(PointRun(point, flow.resolve_parameters(given)))
         except FlowValidationError as error:
-            where = f" (plugin folders searched: {', '.join(searched) or 'none'})"
-            problems = "\n".join(f"  - {p}" for p in error.problems)
-            raise RunAborted(
-                f"the flow cannot start{where}:\n{problems}", EXIT_INVALID, "InvalidFlow"
-            ) from None
+            where = f"sweep point {point.label}: " if point is not None else ""
+            problems.extend(f"{where}{p}" for p in error.problems)
+    if problems:
+        folders = f" (plugin folders searched: {', '.join(searched) or 'none'})"
+        listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
+        raise RunAborted(f"the flow cannot start{folders}:\n{listing}", EXIT_INVALID, "InvalidFlow")
+    return runs
 
-        outcomes = {n.name: TaskOutcome(name=n.name, task=n.task) for n in flow.tasks}
 
-        class Monitor:
-            """Fans task changes out to the progress view and the status reporter."""
+def _execute(
+    flow: Any,
+    runs: list[PointRun],
+    max_parallel_tasks: int | None,
+    reporter: Any,
+    args: argparse.Namespace,
+    out: IO[str],
+) -> None:
+    """Run each PointRun on Prefect, feeding the progress view and the status reporter."""
+    import dataclasses
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
-            def task_changed(self, outcome: TaskOutcome) -> None:
-                outcomes[outcome.name] = outcome
-                board.task_changed(outcome)
-                reporter.update(**progress_fields(list(outcomes.values())))
+    from dioptra import metrics
+    from dioptra.flow import TaskOutcome
 
-        metrics.clear_metrics()
-        reporter.update(**progress_fields(list(outcomes.values())))
-        live = out.isatty() and args.output == "table"
-        max_parallel = experiment.spec.get("maxParallelTasks")
-        with ProgressBoard(out, live=live) as board:
-            board.declare(list(outcomes.values()))
-            result = flow.run(values, listener=Monitor(), max_parallel_tasks=max_parallel)
-        for outcome in result.failed_tasks:
+    from dioptra_runner.progress import ProgressBoard
+    from dioptra_runner.status import collect_results, progress_fields
+
+    outcomes = {
+        f"{r.prefix}{n.name}": TaskOutcome(name=f"{r.prefix}{n.name}", task=n.task)
+        for r in runs
+        for n in flow.tasks
+    }
+    lock = threading.Lock()
+
+    class Monitor:
+        """Fans one run's task changes out to the progress view and the status reporter."""
+
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        def task_changed(self, outcome: TaskOutcome) -> None:
+            shown = dataclasses.replace(outcome, name=f"{self.prefix}{outcome.name}")
+            with lock:
+                outcomes[shown.name] = shown
+                fields = progress_fields(list(outcomes.values()))
+            board.task_changed(shown)
+            reporter.update(**fields)
+
+    def execute(run_: PointRun) -> None:
+        with metrics.collecting() as logged:
+            run_.result = flow.run(
+                run_.values, listener=Monitor(run_.prefix), max_parallel_tasks=max_parallel_tasks
+            )
+        run_.metrics = dict(logged)
+        run_.results = collect_results(run_.result.tasks, run_.metrics)
+        for outcome in run_.result.failed_tasks:
             if outcome.traceback:
-                _LOG.error("task %s failed:\n%s", outcome.name, outcome.traceback)
-        upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
-        final_tasks = [node.name for node in flow.tasks if node.name not in upstream]
-        return result, metrics.logged_metrics(), final_tasks
+                _LOG.error("task %s%s failed:\n%s", run_.prefix, outcome.name, outcome.traceback)
+
+    if len(runs) > 1 and args.parallel > 1:
+        _start_prefect_api()
+    reporter.update(**progress_fields(list(outcomes.values())))
+    live = out.isatty() and args.output == "table"
+    with ProgressBoard(out, live=live) as board:
+        board.declare(list(outcomes.values()))
+        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            for finished in [pool.submit(execute, r) for r in runs]:
+                finished.result()
 
 
 def _finish(
@@ -257,6 +379,7 @@ def _finish(
     elapsed: float,
     *,
     results: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None,
     reason: str | None = None,
 ) -> None:
     from dioptra_runner.status import format_duration
@@ -269,6 +392,8 @@ def _finish(
     }
     if results is not None:
         fields["results"] = results
+    if sweep is not None:
+        fields["sweep"] = sweep
     if reason is not None:
         _LOG.info("run ended %s (%s)", phase, reason)
     reporter.update(**fields)
@@ -281,34 +406,29 @@ def _finish(
 def _print_summary(
     args: argparse.Namespace,
     name: str,
-    result: Any,
-    results: dict[str, Any],
-    rows: list[tuple[str, str]],
+    run_: PointRun,
+    final_tasks: list[str],
     elapsed: float,
     out: IO[str],
 ) -> None:
-    from dioptra_runner.status import format_duration, task_entry
+    from dioptra_runner.status import format_duration, result_rows, task_entry
 
+    result = run_.result
     if args.output == "json":
         document = {
             "experiment": name,
-            "phase": "Succeeded" if result.is_successful() else "Failed",
+            "phase": _phase(result.is_successful()),
             "message": result.message,
             "duration": round(elapsed, 3),
             "tasks": [task_entry(t) for t in result.tasks.values()],
-            "results": results,
+            "results": run_.results,
         }
         out.write(json.dumps(document, indent=2, default=str) + "\n")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    # Soft wrapping keeps a long failure message on one line for grep and CI logs.
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = _console(out)
+    rows = result_rows(run_.results, final_tasks)
     if rows:
-        table = Table(title=f"results of {name}", title_justify="left")
-        table.add_column("name")
-        table.add_column("value", justify="right")
+        table = _table(f"results of {name}", ["name", "value"])
         for key, value in rows:
             table.add_row(key, value)
         console.print(table, soft_wrap=False)
@@ -317,8 +437,84 @@ def _print_summary(
         console.print(f"[green]Succeeded[/] {name}: {len(result.tasks)} tasks in {took}")
     else:
         console.print(f"[bold red]Failed[/] {name} after {took}: {result.message}")
-        if getattr(args, "log_path", None):
-            console.print(f"full tracebacks: {args.log_path}")
+        _print_log_hint(console, args)
+
+
+def _print_sweep(
+    args: argparse.Namespace,
+    name: str,
+    runs: list[PointRun],
+    summary: dict[str, Any],
+    message: str,
+    elapsed: float,
+    out: IO[str],
+) -> None:
+    from dioptra_runner.status import format_duration
+
+    succeeded = all(r.result.is_successful() for r in runs)
+    if args.output == "json":
+        document = {
+            "experiment": name,
+            "phase": _phase(succeeded),
+            "message": message,
+            "duration": round(elapsed, 3),
+            "points": [
+                {
+                    "label": r.point.label,
+                    "parameters": r.values,
+                    "phase": _phase(r.result.is_successful()),
+                    "message": r.result.message,
+                    "results": r.results,
+                }
+                for r in runs
+            ],
+        }
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        return
+    headline_names = list(
+        dict.fromkeys(key for row in summary["points"] for key in row.get("results", {}))
+    )
+    console = _console(out)
+    table = _table(f"sweep of {name}", ["point", "phase", *headline_names])
+    for row, run_ in zip(summary["points"], runs, strict=False):
+        values = [_cell(row.get("results", {}).get(k)) for k in headline_names]
+        table.add_row(run_.point.label, row["phase"], *values)
+    console.print(table, soft_wrap=False)
+    took = format_duration(elapsed)
+    colour = "green" if succeeded else "bold red"
+    console.print(f"[{colour}]{_phase(succeeded)}[/] {name}: {message} in {took}")
+    for run_ in runs:
+        if not run_.result.is_successful():
+            console.print(f"  {run_.point.label}: {run_.result.message}")
+    if not succeeded:
+        _print_log_hint(console, args)
+
+
+def _console(out: IO[str]) -> Any:
+    from rich.console import Console
+
+    # Soft wrapping keeps a long failure message on one line for grep and CI logs.
+    return Console(file=out, highlight=False, soft_wrap=True)
+
+
+def _table(title: str, columns: list[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_log_hint(console: Any, args: argparse.Namespace) -> None:
+    if getattr(args, "log_path", None):
+        console.print(f"full tracebacks: {args.log_path}")
 
 
 def _print_error(message: str, args: argparse.Namespace) -> None:

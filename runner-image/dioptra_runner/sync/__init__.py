@@ -15,9 +15,12 @@ Python API (what the runner calls)::
 - `sync_sources(sources, dest, *, endpoint_url=None, allow_empty=False, workers=16,
   base=None, progress_stream=None) -> SyncReport`. A source is `s3://bucket/prefix`,
   `file:///abs/path` or a folder path (relative paths resolve against `base`, default the
-  current directory). The *contents* of each prefix or folder land at DEST's top, as with
-  `aws s3 sync`: `s3://b/plugins/acme/ops.py` synced from `s3://b/plugins` becomes
-  `DEST/acme/ops.py`. The prefix is a folder: `s3://b/custom` never picks up `custom2/`.
+  current directory). Where files land follows rsync's trailing-slash rule: with a slash,
+  the *contents* land at DEST's top (`s3://b/plugins/acme/ops.py` synced from
+  `s3://b/plugins/` becomes `DEST/acme/ops.py`); without one, the prefix's last folder is kept
+  (`s3://b/dioptra_builtins` becomes `DEST/dioptra_builtins/...`, Dioptra's layout, where a
+  prefix holds one plugin package). Local folders follow the same rule. The prefix is a
+  folder: `s3://b/custom` never picks up `custom2/`.
   Sources merge in order; a later one wins on the same path (`report.overrides` lists those
   paths). Re-syncs download only objects whose size or ETag changed (a no-op re-sync is one
   LIST per source and no GET) and delete the files the previous sync wrote whose object is
@@ -46,9 +49,10 @@ Transient errors are retried with backoff (`AWS_MAX_ATTEMPTS`, default 5). Nothi
 imports Prefect, the Kubernetes client or rich.
 """
 
-from dioptra_runner.sync.engine import PushReport, SyncReport, push_folder, sync_sources
+from dioptra_runner.sync.engine import SyncReport, sync_sources
 from dioptra_runner.sync.errors import SyncError
 from dioptra_runner.sync.manifest import load_manifest
+from dioptra_runner.sync.push import PushReport, push_folder
 from dioptra_runner.sync.uri import MANIFEST_NAME
 
 __all__ = [

@@ -117,7 +117,8 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from dioptra_runner.sync.engine import DEFAULT_WORKERS, push_folder
+    from dioptra_runner.sync.engine import DEFAULT_WORKERS
+    from dioptra_runner.sync.push import push_folder
 
     try:
         report = push_folder(

@@ -1,4 +1,4 @@
-"""The two operations: `sync_sources` (S3 or folders -> DIR) and `push_folder` (folder -> S3).
+"""`sync_sources`: S3 prefixes or local folders -> a plugin folder (push is in `push.py`).
 
 Order of a sync: list every source (in parallel), plan against the previous manifest, download
 what changed (in parallel, each file atomically), delete what is gone, then write the manifest.
@@ -12,26 +12,26 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dioptra_runner.sync.backend import Backend, make_backend
 from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.local import copy_file, list_local, walk_files
+from dioptra_runner.sync.local import copy_file, list_local
 from dioptra_runner.sync.manifest import (
     ManifestEntry,
     manifest_document,
     read_manifest,
     write_manifest,
 )
-from dioptra_runner.sync.messages import explain
 from dioptra_runner.sync.plan import Override, RemoteFile, make_plan
 from dioptra_runner.sync.progress import Progress
 from dioptra_runner.sync.uri import LocalSource, S3Source, Source, parse_source
+from dioptra_runner.sync.work import guard, mib, plural, run_parallel
 
 DEFAULT_WORKERS = 16
 LARGE_FILE = 1024 * 1024
@@ -60,47 +60,13 @@ class SyncReport:
     def summary(self) -> str:
         total = self.downloaded + self.unchanged
         return (
-            f"synced {_count(total, 'file')} from {_count(len(self.sources), 'source')} "
+            f"synced {plural(total, 'file')} from {plural(len(self.sources), 'source')} "
             f"into {self.dest} in {self.seconds:.2f} s: "
-            f"{self.downloaded} downloaded ({_mib(self.bytes_downloaded)}), "
+            f"{self.downloaded} downloaded ({mib(self.bytes_downloaded)}), "
             f"{self.unchanged} unchanged, {self.deleted} deleted"
             + (f", {self.skipped} skipped (dotfiles, __pycache__, .pyc)" if self.skipped else "")
             + (f", {len(self.overrides)} overridden by later sources" if self.overrides else "")
         )
-
-
-@dataclass
-class PushReport:
-    """What a push did."""
-
-    destination: str
-    uploaded: int
-    unchanged: int
-    deleted: int
-    remote_only: int
-    bytes_uploaded: int
-    seconds: float
-
-    def summary(self) -> str:
-        extra = ""
-        if self.remote_only:
-            extra = (
-                f", {self.remote_only} remote objects not in the folder"
-                " (kept; --delete removes them)"
-            )
-        return (
-            f"pushed to {self.destination} in {self.seconds:.2f} s: {self.uploaded} uploaded "
-            f"({_mib(self.bytes_uploaded)}), {self.unchanged} unchanged, {self.deleted} deleted"
-            + extra
-        )
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _mib(count: int) -> str:
-    return f"{count / 1048576:.1f} MiB"
 
 
 def sync_sources(
@@ -136,19 +102,19 @@ def sync_sources(
     checked: set[Path] = set()  # folders verified safe during this sync
     # Largest first: the long transfers start at once and small files fill the other workers.
     order = sorted(plan.download, key=lambda remote: -remote.size)
-    fresh = _run_parallel(
+    fresh = run_parallel(
         order, workers, lambda remote: _fetch(backend, remote, dest, progress, large, checked)
     )
     progress.finish()
     for path in plan.delete:
-        _remove(dest, path)
+        guard("-", str(dest), path, partial(_remove, dest, path))
     entries = plan.unchanged + fresh
     document = manifest_document(
         [str(source) for source in parsed],
         entries,
         datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
-    write_manifest(dest, document)
+    guard("-", str(dest), None, lambda: write_manifest(dest, document))
     return SyncReport(
         dest=dest,
         sources=[str(source) for source in parsed],
@@ -180,29 +146,23 @@ def _list_all(
             skipped = 0
         else:
             assert backend is not None
-            files, skipped = _guard(
+            files, skipped = guard(
                 backend.endpoint, source, None, lambda: backend.list_files(source)
             )
+        if source.folder:
+            files = [replace(f, path=f"{source.folder}/{f.path}") for f in files]
         if not files and not allow_empty:
-            where = f"prefix {source.prefix!r}" if isinstance(source, S3Source) else "the folder"
+            where = "the folder"
+            if isinstance(source, S3Source):
+                where = f"prefix {source.prefix!r}" if source.prefix else "the bucket"
             raise SyncError(
                 f"{source}: no plugin files under {where} (wrong prefix? pass --allow-empty "
                 "to accept an empty source)"
             )
         return files, skipped
 
-    results = _run_parallel(parsed, len(parsed), one)
+    results = run_parallel(parsed, len(parsed), one)
     return [files for files, _ in results], sum(skipped for _, skipped in results)
-
-
-def _guard(endpoint: str, source: Source | str, key: str | None, work: Callable[[], T]) -> T:
-    """Run `work`, turning any S3 or OS error into a one-line `SyncError`."""
-    try:
-        return work()
-    except SyncError:
-        raise
-    except Exception as error:  # every failure must become one line, never a traceback
-        raise explain(error, source=str(source), endpoint=endpoint, key=key) from None
 
 
 def _local_state(dest: Path, relative: str) -> tuple[int, int] | None:
@@ -236,13 +196,13 @@ def _fetch_now(
 ) -> ManifestEntry:
     target = _safe_target(dest, remote, checked)
     if remote.local:
-        sha256 = _guard(
+        sha256 = guard(
             "-", remote.source, remote.key, lambda: copy_file(remote, target, progress.add_bytes)
         )
         entry = ManifestEntry(remote.path, remote.source, remote.key, remote.size, sha256)
     else:
         assert backend is not None
-        sha256, etag, version_id = _guard(
+        sha256, etag, version_id = guard(
             backend.endpoint,
             remote.source,
             remote.key,
@@ -305,85 +265,3 @@ def _remove(dest: Path, relative: str) -> None:
         except OSError:
             break  # not empty (or gone): stop climbing
         parent = parent.parent
-
-
-def _run_parallel(items: Sequence[Any], workers: int, work: Callable[[Any], T]) -> list[T]:
-    """Run `work` on every item with a thread pool; stop at the first error and re-raise it."""
-    if not items:
-        return []
-    if len(items) == 1 or workers <= 1:
-        return [work(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        futures: list[Future[T]] = [pool.submit(work, item) for item in items]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future.done() and future.exception() is not None:
-                for pending in futures:
-                    pending.cancel()
-                raise future.exception()  # type: ignore[misc]
-        return [future.result() for future in futures]
-
-
-def push_folder(
-    folder: Path,
-    destination: str,
-    *,
-    endpoint_url: str | None = None,
-    delete: bool = False,
-    workers: int = DEFAULT_WORKERS,
-    progress_stream: Any = None,
-) -> PushReport:
-    """Upload `folder`'s plugin files under `destination` (`s3://bucket/prefix`), incrementally.
-
-    A file is unchanged when an object of the same size and an ETag equal to the file's MD5
-    exists. Remote objects the folder lacks are deleted only with `delete=True`.
-    """
-    started = time.monotonic()
-    target = parse_source(destination)
-    if not isinstance(target, S3Source):
-        raise SyncError(f"{destination}: push needs an s3://bucket/prefix destination")
-    folder = Path(folder).absolute()
-    local = walk_files(folder, label=str(folder))
-    if not local:
-        raise SyncError(f"{folder}: no plugin files to push")
-    from dioptra_runner.sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
-
-    client = make_client(endpoint_url, workers)
-    endpoint = str(client.meta.endpoint_url)
-    remote = _guard(endpoint, target, None, lambda: list_for_push(client, target))
-
-    def changed(item: tuple[str, Path, os.stat_result]) -> bool:
-        relative, path, stat = item
-        existing = remote.get(relative)
-        return existing is None or existing[0] != stat.st_size or existing[1] != md5_of(path)
-
-    todo = [item for item in local if changed(item)]
-    progress = Progress("pushing", len(todo), progress_stream)
-
-    def put(item: tuple[str, Path, os.stat_result]) -> int:
-        relative, path, stat = item
-        _guard(
-            endpoint,
-            target,
-            target.prefix + relative,
-            lambda: upload(client, target, relative, path),
-        )
-        progress.add_bytes(stat.st_size)
-        progress.file_done()
-        return stat.st_size
-
-    sizes = _run_parallel(todo, workers, put)
-    progress.finish()
-    names = {relative for relative, _, _ in local}
-    extra = sorted(relative for relative in remote if relative not in names)
-    if delete and extra:
-        _guard(endpoint, target, None, lambda: delete_keys(client, target, extra))
-    return PushReport(
-        destination=str(target),
-        uploaded=len(todo),
-        unchanged=len(local) - len(todo),
-        deleted=len(extra) if delete else 0,
-        remote_only=0 if delete else len(extra),
-        bytes_uploaded=sum(sizes),
-        seconds=time.monotonic() - started,
-    )

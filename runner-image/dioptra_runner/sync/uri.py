@@ -25,27 +25,35 @@ TEMP_MARKER = ".dioptra-tmp-"
 
 @dataclass(frozen=True)
 class S3Source:
-    """`s3://bucket/prefix`: every object under `prefix/` lands at the destination's top."""
+    """`s3://bucket/prefix`: the objects under `prefix/`, landing under `folder` in the destination.
+
+    As with rsync, a trailing slash means "the contents": `s3://b/plugins/` lands at the
+    destination's top, while `s3://b/dioptra_builtins` lands as `DEST/dioptra_builtins/`,
+    so a prefix holding one plugin package (Dioptra's layout) stays importable by its name.
+    """
 
     bucket: str
     prefix: str  # "" for the whole bucket, else ends with "/"
+    folder: str = ""  # "" for the destination's top, else the prefix's last segment
 
     def __str__(self) -> str:
-        return (
-            f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-            if self.prefix
-            else f"s3://{self.bucket}"
-        )
+        if not self.prefix:
+            return f"s3://{self.bucket}"
+        # Written back as the user meant it: a trailing slash for "the contents".
+        text = f"s3://{self.bucket}/{self.prefix}"
+        return text.rstrip("/") if self.folder else text
 
 
 @dataclass(frozen=True)
 class LocalSource:
-    """A local folder (`dioptra run` on a laptop); its contents land at the destination's top."""
+    """A local folder (`dioptra run` on a laptop), landing like an S3 prefix: `./plugins/`
+    (trailing slash) lands at the destination's top, `./acme` lands as `DEST/acme/`."""
 
     path: Path  # absolute
+    folder: str = ""  # "" for the destination's top, else the folder's own name
 
     def __str__(self) -> str:
-        return str(self.path)
+        return str(self.path) if self.folder else f"{self.path}/"
 
 
 Source = S3Source | LocalSource
@@ -62,19 +70,27 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
         bucket, _, prefix = rest.partition("/")
         if len(bucket) < 3 or "\\" in bucket:
             raise SyncError(f"{text}: not a valid S3 URI (expected s3://bucket/prefix)")
+        contents = prefix.endswith("/") or not prefix
         prefix = prefix.strip("/")
         if prefix:
             check_relative_key(prefix, source=text)
-        return S3Source(bucket=bucket, prefix=f"{prefix}/" if prefix else "")
+        folder = "" if contents else prefix.rsplit("/", 1)[-1]
+        return S3Source(bucket=bucket, prefix=f"{prefix}/" if prefix else "", folder=folder)
     if "://" in text:
         parsed = urlparse(text)
         if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
             raise SyncError(f"{text}: unsupported source (use s3://bucket/prefix or a folder)")
-        return LocalSource(path=Path(unquote(parsed.path)).resolve())
+        return _local(Path(unquote(parsed.path)), contents=parsed.path.endswith("/"))
     path = Path(os.path.expanduser(text))
     if not path.is_absolute():
         path = (base or Path.cwd()) / path
-    return LocalSource(path=path.resolve())
+    return _local(path, contents=text.endswith(("/", os.sep)))
+
+
+def _local(path: Path, *, contents: bool) -> LocalSource:
+    resolved = path.resolve()
+    folder = "" if contents or resolved.parent == resolved else resolved.name
+    return LocalSource(path=resolved, folder=folder)
 
 
 def check_relative_key(relative: str, *, source: str) -> str:
