@@ -161,6 +161,7 @@ FLOW_AFTER_WARMUP = textwrap.dedent(
     only_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[result.flow_run_id]))
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(result.flow_run_id)
+        flow_name = client.read_flow(run.flow_id).name
         for _ in range(100):  # task runs reach the API through events, a moment later
             tasks = client.read_task_runs(flow_run_filter=only_this_run)
             if len(tasks) == 2 and all(t.state_name == "Completed" for t in tasks):
@@ -170,7 +171,7 @@ FLOW_AFTER_WARMUP = textwrap.dedent(
         "state": result.state,
         "values": sorted(o.result for o in result.tasks.values()),
         "api_url": warmup.api_url,
-        "flow_run": [run.state_name, run.name is not None],
+        "flow_run": [flow_name, run.state_name],
         "task_runs": sorted(t.state_name for t in tasks),
     }))
     """
@@ -181,7 +182,7 @@ def test_a_flow_runs_on_the_warmed_up_server_and_its_run_is_in_the_api(
     template: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    env = _env(home, DIOPTRA_PREFECT_TEMPLATE=str(template), PREFECT_SERVER_ANALYTICS_ENABLED="0")
+    env = _env(home, DIOPTRA_PREFECT_TEMPLATE=str(template))
     done = subprocess.run(
         [sys.executable, "-c", FLOW_AFTER_WARMUP],
         env=env,
@@ -194,7 +195,7 @@ def test_a_flow_runs_on_the_warmed_up_server_and_its_run_is_in_the_api(
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["state"] == "Completed"
     assert report["values"] == [10, 20]
-    assert report["flow_run"] == ["Completed", True]
+    assert report["flow_run"] == ["after warmup", "Completed"]
     assert report["task_runs"] == ["Completed", "Completed"]
     assert report["api_url"].startswith("http://127.0.0.1:")
     # The server was told to skip migrations: it served the run from the copied template.
