@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     """The ``dioptra run`` command; returns the process exit code."""
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
+    from dioptra_runner.prefect_warmup import start_background_warmup
+
+    # Without a Prefect server to talk to, start Prefect's temporary one now: it boots while
+    # we load the Experiment, import Prefect and the plugins (docs/prefect-startup.md).
+    args.prefect_warmup = start_background_warmup()
     out = sys.stdout
     from dioptra_runner.reporter import NullStatusReporter, StatusReporter
 
@@ -254,6 +259,20 @@ def _run_flow(
     return runs, [node.name for node in flow.tasks if node.name not in upstream]
 
 
+def _wait_for_prefect(args: argparse.Namespace) -> None:
+    """Wait for the early-started Prefect server; if it failed, let Prefect start its own."""
+    from dioptra_runner.prefect_warmup import WarmupError
+
+    warmup = getattr(args, "prefect_warmup", None)
+    if warmup is None:
+        return
+    try:
+        warmup.wait()
+    except WarmupError as error:
+        _LOG.warning("%s; Prefect will start its own temporary server", error)
+        warmup.stop()
+
+
 def _start_prefect_api() -> None:
     """Start Prefect's temporary API server (if one is needed) before runs start in threads.
 
@@ -360,6 +379,7 @@ def _execute(
             if outcome.traceback:
                 _LOG.error("task %s%s failed:\n%s", run_.prefix, outcome.name, outcome.traceback)
 
+    _wait_for_prefect(args)
     if len(runs) > 1 and args.parallel > 1:
         _start_prefect_api()
     reporter.update(**progress_fields(list(outcomes.values())))
