@@ -42,8 +42,18 @@ test: venv tools lint typecheck
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python examples/demo.py
 
-bench: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
+# Benchmarks print tables side by side with competing tools; see bench/README.md.
+BENCHES := bench_flow_overhead bench_cold_start bench_sync bench_operator bench_taskgraph
+bench: venv tools
+	for b in $(BENCHES); do PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/$$b.py || exit 1; done
+
+# Container images, where a container engine exists (none on the development machines).
+ENGINE ?= $(shell command -v docker || command -v podman)
+VERSION ?= 0.1.0
+images:
+	@test -n "$(ENGINE)" || { echo "make images: needs docker or podman"; exit 1; }
+	$(ENGINE) build -f runner-image/Dockerfile -t dioptra-runner:$(VERSION) .
+	$(ENGINE) build -f operator/Dockerfile -t dioptra-operator:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) $(TOOLS)
