@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.k8s_emulator import K8sApi
 
 REPO = Path(__file__).resolve().parents[1]
