@@ -367,9 +367,11 @@ class TestKubelet:
                 self._pod_status(pod, namespace, **{key: statuses})
                 time.sleep(0.2)
         command = list(container.get("command") or []) + list(container.get("args") or [])
+        # The Job's paths are container paths; a stand-in command is already in host paths
+        # (and the host's checkout may itself live under /tmp, a mount path).
+        command = [_map_path(arg, mounts) for arg in command]
         if is_main and self.main_command:
             command = list(self.main_command)
-        command = [_map_path(arg, mounts) for arg in command]
         if command and (VENV_BIN / command[0]).exists():
             command[0] = str(VENV_BIN / command[0])
         log_path = pod.folder / f"{container['name']}.log"

@@ -84,29 +84,30 @@ What the operator does inside a watched namespace; shared by the ClusterRole (cl
 and the per-namespace Roles. Each rule says why it exists; nothing uses "*".
 */}}
 {{- define "dioptra-operator.namespacedRules" -}}
-# Watch Experiments and patch their metadata (kopf's finalizer and progress annotations).
+# Watch Experiments, re-read one before writing its status, and patch their metadata (kopf's
+# finalizer and progress annotations).
 - apiGroups: ["dioptra.dev"]
   resources: ["experiments"]
   verbs: ["get", "list", "watch", "patch"]
-# Write phase, conditions, observedGeneration and jobName.
+# Write phase, conditions, observedGeneration and jobName (merge patch; reads go through the
+# Experiment itself).
 - apiGroups: ["dioptra.dev"]
   resources: ["experiments/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # Create one Job per Experiment generation, follow it, unsuspend/adjust it, and delete stale ones.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Read the Job's Pods to report truthful failures (OOMKilled, image pull, init container).
+# Watch the Job's Pods to report truthful failures (OOMKilled, image pull, init container);
+# kopf's watch cache is the only reader, so no "get".
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Post Events on Experiments (kopf's handler events and our condition changes).
+  verbs: ["list", "watch"]
+# Post Events on Experiments (kopf's handler events and our condition changes). kopf only
+# POSTs new core/v1 Events: it never patches them nor uses events.k8s.io.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf makes in every mode: it notices CRDs added or removed at runtime. */}}
