@@ -120,6 +120,49 @@ def test_an_example_experiment_succeeds_with_progress_and_results(
     assert condition(final, c.ConditionType.PLUGINS_SYNCED)["status"] == "True"
 
 
+FLOW_SOURCE = """
+from dioptra import pyplugs
+from dioptra.flow import Flow, Parameter
+
+with Flow("Random from a ConfigMap") as flow:
+    seed = Parameter("seed")
+    _, rng = pyplugs.call_task("dioptra_builtins.random", "rng", "init_rng", seed=seed)
+    pyplugs.call_task("dioptra_builtins.random", "sample", "draw_random_integer", rng=rng)
+"""
+
+
+def test_a_configmap_entry_point_runs_from_the_mounted_file(
+    k8s_api: K8sApi,
+    runner_operator: OperatorProcess,
+    kubelet: TestKubelet,
+    s3_server: S3Server,
+) -> None:
+    bucket = s3_server.new_bucket()
+    push_builtins(s3_server, bucket)
+    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    k8s_api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "random-flow", "namespace": "default"},
+            "data": {"flow.py": FLOW_SOURCE},
+        }
+    )
+    manifest = example("random-integer", bucket, s3_server.endpoint_url)
+    manifest["metadata"]["name"] = "from-configmap"
+    manifest["spec"]["entryPoint"] = {"configMapRef": {"name": "random-flow", "key": "flow.py"}}
+    manifest["spec"]["parameters"] = {"seed": 7}
+    k8s_api.create(manifest)
+
+    final = wait_until(
+        lambda: (s := status(k8s_api, "from-configmap")).get("phase") in c.Phase.TERMINAL and s,
+        timeout=150,
+        what="the experiment to finish",
+    )
+    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs)
+    assert final["progress"] == "2/2"
+
+
 @pytest.fixture()
 def failed_sync(
     k8s_api: K8sApi, operator_process: OperatorProcess, kubelet: TestKubelet

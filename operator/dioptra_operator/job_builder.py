@@ -179,6 +179,7 @@ def build_job(experiment: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if config_map:
         volumes.append({"name": "entrypoint", "configMap": {"name": config_map["name"]}})
         main_mounts.append({"name": "entrypoint", "mountPath": c.ENTRYPOINT_DIR, "readOnly": True})
+        main_env.append({"name": "DIOPTRA_ENTRYPOINT_DIR", "value": c.ENTRYPOINT_DIR})
 
     main: dict[str, Any] = {
         "name": c.MAIN_CONTAINER,

@@ -8,6 +8,7 @@ the error for the log.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 import types
@@ -16,7 +17,10 @@ from typing import Any
 
 from dioptra.flow import Flow
 
+# Where the Job mounts a ConfigMap entry point; the operator also passes it as
+# DIOPTRA_ENTRYPOINT_DIR so that the folder can move (and tests can map it).
 CONFIGMAP_MOUNT = Path("/etc/dioptra/entrypoint")
+ENTRYPOINT_DIR_ENV = "DIOPTRA_ENTRYPOINT_DIR"
 
 
 class EntryPointError(Exception):
@@ -27,8 +31,10 @@ class EntryPointError(Exception):
         self.details = details
 
 
-def load_flow(entry_point: dict[str, Any], *, configmap_dir: Path = CONFIGMAP_MOUNT) -> Flow:
+def load_flow(entry_point: dict[str, Any], *, configmap_dir: Path | None = None) -> Flow:
     """Import or execute the entry point and return the Flow it defines."""
+    if configmap_dir is None:
+        configmap_dir = Path(os.environ.get(ENTRYPOINT_DIR_ENV) or CONFIGMAP_MOUNT)
     attribute = entry_point.get("flow") or "flow"
     if "module" in entry_point:
         return _flow_from_module(entry_point["module"])
