@@ -86,16 +86,23 @@ def runner_operator(
         process.stop()
 
 
+@pytest.fixture()
+def builtins_bucket(k8s_api: K8sApi, s3_server: S3Server) -> str:
+    """A bucket holding the builtin plugins, and the Secret with credentials to read it."""
+    bucket = s3_server.new_bucket()
+    push_builtins(s3_server, bucket)
+    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    return bucket
+
+
 def test_an_example_experiment_succeeds_with_progress_and_results(
     k8s_api: K8sApi,
     runner_operator: OperatorProcess,
     kubelet: TestKubelet,
     s3_server: S3Server,
+    builtins_bucket: str,
 ) -> None:
-    bucket = s3_server.new_bucket()
-    push_builtins(s3_server, bucket)
-    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
-    k8s_api.create(example("random-integer", bucket, s3_server.endpoint_url))
+    k8s_api.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
 
     final = wait_until(
         lambda: (s := status(k8s_api, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
@@ -136,10 +143,8 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
     runner_operator: OperatorProcess,
     kubelet: TestKubelet,
     s3_server: S3Server,
+    builtins_bucket: str,
 ) -> None:
-    bucket = s3_server.new_bucket()
-    push_builtins(s3_server, bucket)
-    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
     k8s_api.create(
         {
             "apiVersion": "v1",
@@ -148,7 +153,7 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
             "data": {"flow.py": FLOW_SOURCE},
         }
     )
-    manifest = example("random-integer", bucket, s3_server.endpoint_url)
+    manifest = example("random-integer", builtins_bucket, s3_server.endpoint_url)
     manifest["metadata"]["name"] = "from-configmap"
     manifest["spec"]["entryPoint"] = {"configMapRef": {"name": "random-flow", "key": "flow.py"}}
     manifest["spec"]["parameters"] = {"seed": 7}
