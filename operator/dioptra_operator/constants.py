@@ -23,6 +23,8 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 COMPONENT_RUNNER: Final = "runner"
 # On the Job: a hash of the spec it runs, minus `suspend` (toggling suspend keeps the Job).
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
+# On each point Job of a sweep (and its Pods): the point's key (dioptra_runner.sweep).
+LABEL_SWEEP_POINT: Final = f"{GROUP}/sweep-point"
 # Kueue admits suspended Jobs that carry this label; we pass spec.queueName through.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 
@@ -35,6 +37,8 @@ INIT_CONTAINER: Final = "sync"
 MAIN_CONTAINER: Final = "runner"
 RUNNER_UID: Final = 65532
 DNS_LABEL_MAX: Final = 63
+# Tells the runner of a point Job which `status.sweepPoints` entry is its own.
+SWEEP_POINT_ENV: Final = "DIOPTRA_SWEEP_POINT"
 
 
 class Phase:
@@ -83,6 +87,7 @@ class Reason:
     DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
     RUNNER_FAILED: Final = "RunnerFailed"
+    SWEEP_POINTS_FAILED: Final = "SweepPointsFailed"
 
 
 # Default human messages for each reason; callers may append specifics (never credentials).
@@ -105,6 +110,7 @@ MESSAGES: Final[dict[str, str]] = {
     Reason.DEADLINE_EXCEEDED: "The Job exceeded spec.activeDeadlineSeconds.",
     Reason.BACKOFF_LIMIT_EXCEEDED: "The Job failed more times than spec.backoffLimit allows",
     Reason.RUNNER_FAILED: "The runner exited with an error",
+    Reason.SWEEP_POINTS_FAILED: "{failed} of {total} sweep points failed",
 }
 
 # Conditions whose True status is bad news: their Events are Warnings.

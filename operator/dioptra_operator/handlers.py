@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 from dioptra_operator import constants as c
-from dioptra_operator import reconcile
+from dioptra_operator import reconcile, sweep_reconcile
 from dioptra_operator.job_builder import InvalidSpecError
 from dioptra_operator.k8s import ApiUnavailable
 from dioptra_operator.metrics import PHASES_SEEN, RECONCILE_ERRORS
@@ -70,7 +70,10 @@ def experiment_changed(
     pods_by_job: kopf.Index[Any, Any] | None = None,
     **_: Any,
 ) -> None:
-    """Ensure the Job for the Experiment's current generation (create, adopt or toggle it)."""
+    """Ensure the Job for the Experiment's current generation (create, adopt or toggle it).
+
+    With `spec.sweep`, the point Jobs instead (`sweep_reconcile`): as many as may run now.
+    """
     experiment = {
         "apiVersion": body.get("apiVersion", c.API_VERSION),
         "kind": body.get("kind", c.KIND),
@@ -81,6 +84,15 @@ def experiment_changed(
     job = (experiment["status"] or {}).get("jobName")
     pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
     try:
+        if experiment["spec"].get("sweep"):
+            sweep_reconcile.reconcile_sweep(
+                namespace or "",
+                body.metadata["name"],
+                SETTINGS,
+                _pods_for(namespace, pods_by_job),
+                logger,
+            )
+            return
         # On create nobody else has written status yet, so the body is fresh; otherwise re-read.
         reconcile.ensure_job(
             experiment,
@@ -128,6 +140,9 @@ def job_changed(
     """Mirror the Job's state (or its disappearance) into the Experiment's status."""
     if type != "DELETED" and not body.status:
         return  # a Job nobody has started yet: ensure_job already recorded what it implies
+    if labels.get(c.LABEL_SWEEP_POINT):
+        _sync_sweep(namespace or "", labels[c.LABEL_EXPERIMENT], pods_by_job, logger)
+        return
     job = None if type == "DELETED" else _job_essence(body)
     pods = list(pods_by_job.get((namespace, name), [])) if pods_by_job else []
     _sync(namespace or "", labels[c.LABEL_EXPERIMENT], name, job, pods, logger)
@@ -148,6 +163,8 @@ def pod_changed(
     job_name = _owner_job(body)
     if job_name is None or jobs_by_name is None or pods_by_job is None:
         return
+    if labels.get(c.LABEL_SWEEP_POINT):
+        return  # a sweep follows its point Jobs' own events (done or not)
     jobs = list(jobs_by_name.get((namespace, job_name), []))
     if not jobs:
         return  # the Job's own events cover it
@@ -169,3 +186,33 @@ def _sync(
     except ApiUnavailable as exc:
         RECONCILE_ERRORS.labels("status", "temporary").inc()
         logger.warning("Could not mirror Job %s into Experiment %s: %s", job_name, experiment, exc)
+
+
+def _pods_for(
+    namespace: str | None, pods_by_job: kopf.Index[Any, Any] | None
+) -> sweep_reconcile.PodsFor:
+    """A lookup of a Job's Pods in the in-memory index (the sweep explains failed points)."""
+
+    def pods(job_name: str) -> list[dict[str, Any]]:
+        return list(pods_by_job.get((namespace, job_name), [])) if pods_by_job else []
+
+    return pods
+
+
+def _sync_sweep(
+    namespace: str,
+    experiment: str,
+    pods_by_job: kopf.Index[Any, Any] | None,
+    logger: kopf.Logger,
+) -> None:
+    # A point Job changed: start the next points and update the summary. Event handlers are
+    # not retried by kopf: log and count; the next event (or the Experiment's) retries.
+    try:
+        sweep_reconcile.reconcile_sweep(
+            namespace, experiment, SETTINGS, _pods_for(namespace, pods_by_job), logger
+        )
+    except InvalidSpecError as exc:
+        logger.warning("Sweep of Experiment %s cannot go on: %s", experiment, exc)
+    except ApiUnavailable as exc:
+        RECONCILE_ERRORS.labels("status", "temporary").inc()
+        logger.warning("Could not advance the sweep of Experiment %s: %s", experiment, exc)

@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Any
 
+from dioptra_runner.sweep import SweepError, SweepPoint, expand_sweep
+
 from dioptra_operator import constants as c
 from dioptra_operator.settings import Settings
 
@@ -31,6 +33,35 @@ def job_name(experiment_name: str, generation: int) -> str:
     digest = hashlib.sha256(experiment_name.encode()).hexdigest()[:8]
     keep = c.DNS_LABEL_MAX - len(suffix) - len(digest) - 1
     return f"{experiment_name[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def point_job_name(experiment_name: str, generation: int, key: str) -> str:
+    """`<name>-g<generation>-<point key>`, shortened like `job_name` to fit a DNS label."""
+    suffix = f"-g{generation}-{key}"
+    name = f"{experiment_name}{suffix}"
+    if len(name) <= c.DNS_LABEL_MAX:
+        return name
+    digest = hashlib.sha256(experiment_name.encode()).hexdigest()[:8]
+    keep = c.DNS_LABEL_MAX - len(suffix) - len(digest) - 1
+    return f"{experiment_name[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
+def sweep_points(spec: dict[str, Any]) -> list[SweepPoint] | None:
+    """The points of `spec.sweep` (None without one); InvalidSpecError lists every problem."""
+    sweep = spec.get("sweep")
+    if not sweep:
+        return None
+    try:
+        return expand_sweep(sweep, spec.get("parameters") or {})
+    except SweepError as error:
+        raise InvalidSpecError("; ".join(error.problems)) from None
+
+
+def point_experiment(experiment: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
+    """The Experiment one point Job runs: the point's parameters, and no sweep left to expand."""
+    spec = {key: value for key, value in (experiment.get("spec") or {}).items() if key != "sweep"}
+    spec["parameters"] = dict(point.parameters)
+    return {**experiment, "spec": spec}
 
 
 def validate_spec(spec: dict[str, Any]) -> None:
@@ -134,18 +165,36 @@ def _s3_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
-def build_job(experiment: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def build_job(
+    experiment: dict[str, Any],
+    settings: Settings,
+    point: SweepPoint | None = None,
+    *,
+    generation: int | None = None,
+) -> dict[str, Any]:
     """The Job manifest for the Experiment's current generation (without ownerReferences).
 
-    Raises InvalidSpecError when the spec cannot run. The caller adopts the Job (owner
-    reference, namespace) and creates it.
+    With a sweep `point`, the Job of that one point: its own name, label and env, and a
+    snapshot carrying the point's parameters instead of the sweep. `generation` names the run
+    (default: the Experiment's; a sweep keeps the generation its Jobs were created for when
+    only `suspend` changed since). Raises InvalidSpecError when the spec cannot run. The
+    caller adopts the Job (owner reference, namespace) and creates it.
     """
     meta = experiment["metadata"]
     spec = experiment.get("spec") or {}
     validate_spec(spec)
     runner = spec.get("runner") or {}
-    generation = int(meta.get("generation", 1))
+    generation = int(meta.get("generation", 1)) if generation is None else generation
     labels = job_labels(experiment)
+    snapshot = experiment_snapshot(experiment)
+    name = job_name(meta["name"], generation)
+    point_env: list[dict[str, Any]] = []
+    if point is not None:
+        labels[c.LABEL_SWEEP_POINT] = point.key
+        labels[c.LABEL_GENERATION] = str(generation)
+        snapshot = experiment_snapshot(point_experiment(experiment, point))
+        name = point_job_name(meta["name"], generation, point.key)
+        point_env.append({"name": c.SWEEP_POINT_ENV, "value": point.key})
     image = runner.get("image") or settings.runner_image
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
     resources = runner.get("resources") or {}
@@ -166,9 +215,10 @@ def build_job(experiment: dict[str, Any], settings: Settings) -> dict[str, Any]:
     main_env = [
         *common_env,
         {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
-        {"name": "DIOPTRA_EXPERIMENT", "value": experiment_snapshot(experiment)},
+        {"name": "DIOPTRA_EXPERIMENT", "value": snapshot},
         {"name": "DIOPTRA_EXPERIMENT_NAME", "value": meta["name"]},
         {"name": "DIOPTRA_EXPERIMENT_NAMESPACE", "value": meta.get("namespace") or "default"},
+        *point_env,
     ]
     if settings.prefect_api_url:
         main_env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
@@ -244,7 +294,7 @@ def build_job(experiment: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(meta["name"], generation),
+            "name": name,
             "namespace": meta.get("namespace"),
             "labels": labels,
             "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},

@@ -80,6 +80,18 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise _unavailable(exc, f"reading Job {name}") from exc
 
 
+def list_jobs(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """The Jobs matching the label selector (a sweep's point Jobs), straight from the API."""
+    api = kubernetes.client.BatchV1Api(_client())
+    try:
+        response = api.list_namespaced_job(
+            namespace, label_selector=label_selector, _preload_content=False
+        )
+    except Exception as exc:
+        raise _unavailable(exc, "listing Jobs") from exc
+    return list(_json(response).get("items") or [])
+
+
 def set_job_suspend(namespace: str, name: str, suspend: bool) -> None:
     """Suspend or resume the Job (Kueue uses the same field to admit work)."""
     api = kubernetes.client.BatchV1Api(_client())

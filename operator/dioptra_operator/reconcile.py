@@ -21,6 +21,7 @@ from dioptra_operator.job_builder import InvalidSpecError, build_job
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import observe, status_patch
+from dioptra_operator.sweep_plan import job_finished
 
 C = c.ConditionType
 R = c.Reason
@@ -159,6 +160,10 @@ def ensure_job(
             if superseded and not ((current or {}).get("status") or {}).get("completionTime"):
                 # A new generation replaces a run still going (parameters or knobs changed).
                 k8s.delete_job(namespace, recorded or "")
+            if status.get("sweep"):
+                # The spec dropped its sweep: this Job replaces the sweep's unfinished points.
+                _stop_sweep(namespace, name)
+                base.update(sweep=None, sweepPoints=None, progress=None)
             if recorded != desired_name:
                 base.update(
                     phase=P.PENDING,
@@ -194,6 +199,14 @@ def ensure_job(
         k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
     _post_events(fresh, [*changed, *observed_changed], before=conditions_before)
+
+
+def _stop_sweep(namespace: str, name: str) -> None:
+    """Delete the unfinished point Jobs of the Experiment's former sweep."""
+    selector = f"{c.LABEL_EXPERIMENT}={name},{c.LABEL_SWEEP_POINT}"
+    for job in k8s.list_jobs(namespace, selector):
+        if job_finished(job) is None:
+            k8s.delete_job(namespace, job["metadata"]["name"])
 
 
 def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_name: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KubernetesStatusReporter",
     "NullStatusReporter",
+    "PointStatusReporter",
     "StatusReporter",
     "StatusReporterError",
     "changed_fields",
@@ -46,6 +48,7 @@ VERSION = "v1alpha1"
 PLURAL = "experiments"
 NAME_ENV = "DIOPTRA_EXPERIMENT_NAME"
 NAMESPACE_ENV = "DIOPTRA_EXPERIMENT_NAMESPACE"
+SWEEP_POINT_ENV = "DIOPTRA_SWEEP_POINT"
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 # Backoff between attempts of one patch: doubles from the first value up to the cap (seconds).
@@ -79,6 +82,60 @@ class NullStatusReporter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Nothing to flush."""
+
+
+class PointStatusReporter:
+    """Reports one sweep point's run under ``status.sweepPoints.<key>``, never at the top level.
+
+    Why: in the cluster each point of a sweep runs in its own Job, so several runners report
+    to the same Experiment at once; their top-level ``phase``/``tasks``/``results`` would
+    overwrite each other. Each runner instead writes its own entry of the ``sweepPoints`` map
+    (a JSON merge patch of ``{"sweepPoints": {key: {...}}}`` leaves the other points alone),
+    and the operator summarizes the entries into ``status.sweep``. The point's fields are
+    accumulated here because the inner reporter coalesces by top-level key: sending only the
+    latest fields would drop earlier ones still pending.
+
+    A sweep may have up to a thousand points, and the Experiment must stay far below the API
+    server's object size limit, so an entry stays small: the per-task list (``tasks``) is
+    left out (``tasksDone``/``tasksTotal``/``progress`` remain), and the synced plugin
+    manifest (``plugins``, the same for every point syncing the same sources) goes to the top
+    level once, each point keeping only its digest (``pluginsSha256``) to show a difference.
+    """
+
+    _LEFT_OUT = frozenset({"tasks", "plugins"})
+
+    def __init__(self, inner: StatusReporter, key: str) -> None:
+        self.inner = inner
+        self.key = key
+        self._fields: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def update(self, **fields: Any) -> None:
+        """Merge the fields into this point's entry and hand the whole entry to the inner one."""
+        plugins = fields.get("plugins")
+        top: dict[str, Any] = {}
+        if plugins is not None:
+            top["plugins"] = plugins
+            fields["pluginsSha256"] = _digest(plugins)
+        with self._lock:
+            self._fields.update(
+                (name, value) for name, value in fields.items() if name not in self._LEFT_OUT
+            )
+            entry = dict(self._fields)
+        self.inner.update(sweepPoints={self.key: entry}, **top)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush through the inner reporter."""
+        self.inner.close(timeout)
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of a JSON value in its canonical form (sorted keys, no spaces)."""
+    try:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        canonical = repr(value)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,172 @@
+"""Decide a sweep's next point Jobs and its status from what exists (pure: no I/O).
+
+In the cluster each point of `spec.sweep` runs in its own Job, at most `maxConcurrent` of them
+unfinished at once. The operator is level-triggered: on every Experiment, Job or Pod event it
+reads the point Jobs that exist and the per-point reports in `status.sweepPoints`, then asks
+this module which points to start next and what the Experiment's status should say. Because
+the answer depends only on that state, a restart or a replayed event computes the same plan,
+and deterministic Job names turn any repeated create into "already exists".
+
+`status.sweepPoints.<key>` holds two writers' fields side by side: the point's runner writes
+`phase`, `tasks`, `results`, `message`...; the operator writes `job` (the Job's name) and
+`jobPhase` (what the Job says), which outlive the Job when its TTL removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dioptra_runner.sweep import SweepPoint, summarize_points
+
+from dioptra_operator import constants as c
+
+P = c.Phase
+R = c.Reason
+
+_DONE = frozenset({P.SUCCEEDED, P.FAILED})
+
+
+def job_finished(job: Mapping[str, Any]) -> str | None:
+    """`Succeeded` or `Failed` once the Job has its terminal condition, else None."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            return P.SUCCEEDED
+        if cond.get("type") == "Failed":
+            return P.FAILED
+    return None
+
+
+def job_phase(job: Mapping[str, Any]) -> str:
+    """The point's phase as its Job tells it: Pending until a Pod runs, then Running."""
+    finished = job_finished(job)
+    if finished:
+        return finished
+    status = job.get("status") or {}
+    return P.RUNNING if status.get("active") or status.get("startTime") else P.PENDING
+
+
+def point_outcome(
+    job_name: str,
+    job: Mapping[str, Any] | None,
+    report: Mapping[str, Any] | None,
+    failure: str | None = None,
+) -> dict[str, Any]:
+    """`{"phase", "results", "message"}` of one point, for `summarize_points`.
+
+    The Job decides whether the point is done (the runner cannot report an OOM kill); the
+    runner's report adds the results and the most precise message. A report about another
+    Job (an older generation's run of the same values) is ignored. `failure` is the
+    operator's explanation of a failed Job (from its Pods), used when the runner said nothing.
+    """
+    report = dict(report or {})
+    if report.get("job") not in (None, job_name):
+        report = {}
+    runner_phase = report.get("phase")
+    if job is not None:
+        phase = job_phase(job)
+    elif report.get("jobPhase") in _DONE:
+        phase = str(report["jobPhase"])
+    elif report.get("jobPhase"):
+        phase = P.FAILED  # created, then gone before it finished
+        failure = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+    else:
+        phase = P.PENDING
+    if phase == P.SUCCEEDED and runner_phase == P.FAILED:
+        phase = P.FAILED
+    outcome: dict[str, Any] = {"phase": phase}
+    if report.get("results"):
+        outcome["results"] = report["results"]
+    if phase != P.FAILED:
+        message = report.get("message")
+    elif runner_phase == P.FAILED and report.get("message"):
+        message = report["message"]
+    else:
+        message = failure or report.get("jobMessage")
+    if message:
+        outcome["message"] = message
+    return outcome
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What to do now: the points whose Jobs to create, and how the sweep stands."""
+
+    create: list[SweepPoint]
+    outcomes: dict[str, dict[str, Any]]  # by point key
+    unfinished: int  # point Jobs that exist and have not finished, before `create`
+
+
+def plan_sweep(
+    points: Sequence[SweepPoint],
+    names: Mapping[str, str],
+    jobs: Mapping[str, Mapping[str, Any]],
+    reports: Mapping[str, Mapping[str, Any]],
+    limit: int,
+    failures: Mapping[str, str] | None = None,
+) -> SweepPlan:
+    """The next points to start, in sweep order, keeping at most `limit` Jobs unfinished.
+
+    `names` maps a point's key to its Job's name, `jobs` holds the point Jobs that exist (by
+    name), `reports` is `status.sweepPoints`. A point has started when its Job exists or the
+    operator recorded one for it (`jobPhase`): it never gets a second Job, even after its Job
+    was removed.
+    """
+    failures = failures or {}
+    outcomes: dict[str, dict[str, Any]] = {}
+    waiting: list[SweepPoint] = []
+    unfinished = 0
+    for point in points:
+        name = names[point.key]
+        job = jobs.get(name)
+        report = reports.get(point.key) or {}
+        started = job is not None or (report.get("job") == name and bool(report.get("jobPhase")))
+        outcomes[point.key] = point_outcome(name, job, report, failures.get(name))
+        if job is not None and job_finished(job) is None:
+            unfinished += 1
+        if not started:
+            outcomes[point.key] = {"phase": P.PENDING}
+            waiting.append(point)
+    room = max(0, limit - unfinished)
+    return SweepPlan(create=waiting[:room], outcomes=outcomes, unfinished=unfinished)
+
+
+def sweep_phase(counts: Mapping[str, int], total: int, *, suspended: bool = False) -> str:
+    """Succeeded when every point did, Failed when all are done and any failed, else running."""
+    done = counts.get(P.SUCCEEDED, 0) + counts.get(P.FAILED, 0)
+    if total and done >= total:
+        return P.FAILED if counts.get(P.FAILED, 0) else P.SUCCEEDED
+    if suspended:
+        return P.SUSPENDED
+    if done or counts.get(P.RUNNING, 0):
+        return P.RUNNING
+    return P.PENDING
+
+
+def sweep_status(
+    points: Sequence[SweepPoint],
+    outcomes: Mapping[str, Mapping[str, Any]],
+    *,
+    suspended: bool = False,
+) -> dict[str, Any]:
+    """The Experiment's `phase`, `progress`, `sweep` summary and, once done, its `message`."""
+    summary = summarize_points(points, outcomes)
+    counts = summary["counts"]
+    total = len(points)
+    done = counts.get(P.SUCCEEDED, 0) + counts.get(P.FAILED, 0)
+    phase = sweep_phase(counts, total, suspended=suspended)
+    status: dict[str, Any] = {"phase": phase, "progress": f"{done}/{total}", "sweep": summary}
+    if phase == P.SUCCEEDED:
+        status["message"] = f"All {total} sweep points succeeded."
+    elif phase == P.FAILED:
+        failed = counts.get(P.FAILED, 0)
+        status["message"] = c.MESSAGES[R.SWEEP_POINTS_FAILED].format(failed=failed, total=total)
+        first = next(
+            (o.get("message") for o in outcomes.values() if o.get("phase") == P.FAILED), None
+        )
+        if first:
+            status["message"] += f"; first: {str(first).splitlines()[0][:200]}"
+    return status

@@ -1,0 +1,223 @@
+"""Run a sweep in the cluster: one Job per point, at most `maxConcurrent` unfinished at once.
+
+Called by the handlers for an Experiment with `spec.sweep` on every Experiment change and every
+event of one of its point Jobs. Each call looks at what exists (the point Jobs, listed from the
+API, and `status.sweepPoints`), lets the pure `sweep_plan` decide which points to start and
+what the status says, creates those Jobs (a 409 means one exists: nothing is ever created
+twice) and writes one merge patch. It holds the same per-Experiment lock as `reconcile`, since
+the Job events of several points arrive on different worker threads.
+
+The run's identity lives in `status.sweep` (`generation`, `specHash`): a generation that only
+toggles `suspend` keeps the run (and its Job names) going; any other change starts a new run,
+whose Jobs replace the old run's unfinished ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import kopf
+from dioptra_runner.sweep import max_concurrent
+
+from dioptra_operator import constants as c
+from dioptra_operator import k8s
+from dioptra_operator.conditions import Condition, find_condition, make_condition, set_condition
+from dioptra_operator.job_builder import (
+    build_job,
+    point_job_name,
+    spec_hash,
+    sweep_points,
+    validate_spec,
+)
+from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
+from dioptra_operator.reconcile import _lock, _post_events  # the shared per-Experiment lock
+from dioptra_operator.settings import Settings
+from dioptra_operator.status_mapping import format_duration, observe
+from dioptra_operator.sweep_plan import job_finished, job_phase, plan_sweep, sweep_status
+
+C = c.ConditionType
+R = c.Reason
+P = c.Phase
+
+PodsFor = Callable[[str], list[dict[str, Any]]]
+
+# Conditions that describe one run; a new run starts without them.
+_PER_RUN = frozenset({C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
+# Top-level fields of a run that a new run clears (a former run without sweep wrote some).
+_RUN_FIELDS = (
+    "jobName",
+    "tasks",
+    "tasksTotal",
+    "tasksDone",
+    "results",
+    "message",
+    "startTime",
+    "completionTime",
+    "duration",
+    "sweepPoints",
+)
+
+
+def reconcile_sweep(
+    namespace: str, name: str, settings: Settings, pods_for: PodsFor, log: kopf.Logger
+) -> None:
+    """Start the sweep's next point Jobs and write its status; see the module docstring.
+
+    Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
+    """
+    with _lock(namespace, name):
+        experiment = k8s.read_experiment(namespace, name)
+        if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        spec = experiment.get("spec") or {}
+        validate_spec(spec)
+        points = sweep_points(spec)
+        if points is None:
+            return  # the sweep was removed; the new generation is a plain run (ensure_job)
+        limit = max_concurrent(spec["sweep"])
+        meta = experiment["metadata"]
+        generation = int(meta.get("generation", 1))
+        status = dict(experiment.get("status") or {})
+        conditions_before = list(status.get("conditions") or [])
+        conditions = list(conditions_before)
+        desired_hash = spec_hash(spec)
+
+        recorded = status.get("sweep") or {}
+        same_run = recorded.get("specHash") == desired_hash and recorded.get("generation")
+        run = int(recorded["generation"]) if same_run else generation
+        names = {point.key: point_job_name(name, run, point.key) for point in points}
+
+        jobs: dict[str, dict[str, Any]] = {}
+        for job in k8s.list_jobs(namespace, f"{c.LABEL_EXPERIMENT}={name}"):
+            job_name = (job.get("metadata") or {}).get("name") or ""
+            if job_name in names.values():
+                jobs[job_name] = job
+            elif job_finished(job) is None:
+                k8s.delete_job(namespace, job_name)  # an older run's, superseded by this one
+        if not same_run:
+            reset = {field: None for field in _RUN_FIELDS if field in status}
+            if reset:
+                k8s.patch_experiment_status(namespace, name, reset)
+            status = {key: value for key, value in status.items() if key not in reset}
+            conditions = [cond for cond in conditions if cond.get("type") not in _PER_RUN]
+        reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
+
+        failures = {
+            job_name: observe(job, pods_for(job_name)).message or ""
+            for job_name, job in jobs.items()
+            if job_finished(job) == P.FAILED
+        }
+        plan = plan_sweep(points, names, jobs, reports, limit, failures)
+        suspend = bool(spec.get("suspend"))
+        for job_name, job in jobs.items():
+            if (
+                job_finished(job) is None
+                and bool((job.get("spec") or {}).get("suspend")) != suspend
+            ):
+                k8s.set_job_suspend(namespace, job_name, suspend)
+        created: list[str] = []
+        for point in plan.create:
+            desired = build_job(experiment, settings, point, generation=run)
+            kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+            job, was_created = k8s.create_job(namespace, desired)
+            jobs[desired["metadata"]["name"]] = job
+            if was_created:
+                JOBS_CREATED.inc()
+                created.append(desired["metadata"]["name"])
+                log.info(
+                    "Created Job %s for sweep point %s", desired["metadata"]["name"], point.label
+                )
+
+        records = _job_records(names, jobs, reports, failures)
+        for key, record in records.items():
+            reports[key] = {**(reports.get(key) or {}), **record}
+        outcomes = plan_sweep(points, names, jobs, reports, limit, failures).outcomes
+        summary = sweep_status(points, outcomes, suspended=suspend)
+        summary["sweep"].update(generation=run, specHash=desired_hash)
+
+        now = k8s.now()
+        conditions, changed = _conditions(conditions, summary, created, suspend, generation, now)
+        patch: dict[str, Any] = {
+            "observedGeneration": generation,
+            "conditions": conditions,
+            **summary,
+        }
+        if not status.get("startTime") and jobs:
+            patch["startTime"] = now
+        if summary["phase"] in P.TERMINAL and not status.get("completionTime"):
+            patch["completionTime"] = now
+            start = status.get("startTime") or patch.get("startTime")
+            if start:
+                patch["duration"] = format_duration(start, now)
+        patch = {key: value for key, value in patch.items() if status.get(key) != value}
+        if records:
+            patch["sweepPoints"] = records
+        if patch:
+            k8s.patch_experiment_status(namespace, name, patch)
+        PHASES_SEEN.observe(namespace, name, summary["phase"])
+    _post_events(experiment, changed, before=conditions_before)
+
+
+def _job_records(
+    names: Mapping[str, str],
+    jobs: Mapping[str, Mapping[str, Any]],
+    reports: Mapping[str, Any],
+    failures: Mapping[str, str],
+) -> dict[str, dict[str, Any]]:
+    """The operator's changed fields of `status.sweepPoints`: each point Job's name and phase.
+
+    They outlive the Job (a TTL may remove it once finished), so a finished point is never run
+    again, and a Job deleted before it finished is recorded as a failed point.
+    """
+    records: dict[str, dict[str, Any]] = {}
+    for key, job_name in names.items():
+        report = reports.get(key) or {}
+        job = jobs.get(job_name)
+        if job is not None:
+            record: dict[str, Any] = {"job": job_name, "jobPhase": job_phase(job)}
+            if job_name in failures:
+                record["jobMessage"] = failures[job_name]
+        elif report.get("job") == job_name and report.get("jobPhase") not in (None, *P.TERMINAL):
+            message = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+            record = {"job": job_name, "jobPhase": P.FAILED, "jobMessage": message}
+        else:
+            continue
+        if any(report.get(field) != value for field, value in record.items()):
+            records[key] = record
+    return records
+
+
+def _conditions(
+    conditions: list[Condition],
+    summary: Mapping[str, Any],
+    created: list[str],
+    suspend: bool,
+    generation: int,
+    now: str,
+) -> tuple[list[Condition], list[Condition]]:
+    """The sweep's conditions after this pass, and those that changed (for Events)."""
+
+    def cond(type_: str, ok: bool, reason: str, message: str) -> Condition:
+        return make_condition(type_, ok, reason, message, generation)
+
+    phase = summary["phase"]
+    wanted = [cond(C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED])]
+    wanted.extend(
+        cond(C.JOB_CREATED, True, R.JOB_CREATED, c.MESSAGES[R.JOB_CREATED].format(job=job))
+        for job in created
+    )
+    if phase == P.SUCCEEDED:
+        wanted.append(cond(C.COMPLETE, True, R.SUCCEEDED, summary["message"]))
+    elif phase == P.FAILED:
+        wanted.append(cond(C.FAILED, True, R.SWEEP_POINTS_FAILED, summary["message"]))
+    elif suspend:
+        wanted.append(cond(C.SUSPENDED, True, R.SUSPENDED, c.MESSAGES[R.SUSPENDED]))
+    elif find_condition(conditions, C.SUSPENDED):
+        wanted.append(cond(C.SUSPENDED, False, R.RESUMED, c.MESSAGES[R.RESUMED]))
+    changed: list[Condition] = []
+    for new in wanted:
+        conditions, did_change = set_condition(conditions, new, now)
+        if did_change:
+            changed.append(new)
+    return conditions, changed
