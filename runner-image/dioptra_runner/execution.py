@@ -1,0 +1,216 @@
+"""Run an Experiment's flow: plan one run (or one per sweep point), check them all, execute.
+
+Shared by ``dioptra run`` on a laptop and in the Job's pod: the flow is loaded inside the
+synced plugin folders, every run's parameters are checked before any task starts, and each
+run feeds the progress view and the status reporter as its tasks change state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_SYNC = 0, 1, 2, 3
+
+_LOG = logging.getLogger("dioptra.run")
+
+
+class RunAborted(Exception):
+    """The run cannot go on; carries the exit code and the one-line reason for the user."""
+
+    def __init__(self, message: str, code: int, reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class PointRun:
+    """One run of the flow: the whole Experiment, or one point of its sweep."""
+
+    point: Any  # a sweep.SweepPoint, or None for an Experiment without a sweep
+    values: dict[str, Any]
+    result: Any = None  # dioptra.flow.FlowRunResult once run
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"[{self.point.label}] " if self.point is not None else ""
+
+
+def phase_name(succeeded: bool) -> str:
+    return "Succeeded" if succeeded else "Failed"
+
+
+def sweep_summary(runs: list[PointRun]) -> dict[str, Any]:
+    from dioptra_runner.sweep import summarize_points
+
+    outcomes = {
+        r.point.index: {
+            "phase": phase_name(r.result.is_successful()),
+            "results": r.results,
+            "message": r.result.message,
+        }
+        for r in runs
+    }
+    return summarize_points([r.point for r in runs], outcomes)
+
+
+def run_flow(
+    experiment: Any,
+    plugin_dir: Path | None,
+    parameters: dict[str, Any],
+    reporter: Any,
+    args: argparse.Namespace,
+    out: IO[str],
+) -> tuple[list[PointRun], list[str]]:
+    """Load the flow, check every run's parameters, then run (each sweep point in turn)."""
+    from dioptra.sdk.utilities.contexts import plugin_dirs
+
+    if plugin_dir is not None:
+        os.environ["DIOPTRA_PLUGIN_DIR"] = str(plugin_dir.resolve())
+    with plugin_dirs([]):
+        searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
+        flow = _load_flow(experiment)
+        runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
+        _execute(flow, runs, experiment.spec.get("maxParallelTasks"), reporter, args, out)
+    upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
+    return runs, [node.name for node in flow.tasks if node.name not in upstream]
+
+
+def _wait_for_prefect(args: argparse.Namespace) -> None:
+    """Wait for the early-started Prefect server; if it failed, let Prefect start its own."""
+    from dioptra_runner.prefect_warmup import WarmupError
+
+    warmup = getattr(args, "prefect_warmup", None)
+    if warmup is None:
+        return
+    try:
+        warmup.wait()
+    except WarmupError as error:
+        _LOG.warning("%s; Prefect will start its own temporary server", error)
+        warmup.stop()
+
+
+def _start_prefect_api() -> None:
+    """Start Prefect's temporary API server (if one is needed) before runs start in threads.
+
+    Prefect starts it lazily, and threads that race to the first client each start their
+    own; the extra one outlives the process.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
+
+
+def _load_flow(experiment: Any) -> Any:
+    from dioptra_runner.entrypoint import EntryPointError, load_flow
+
+    try:
+        return load_flow(experiment.spec["entryPoint"])
+    except EntryPointError as error:
+        if error.details:
+            _LOG.error("entry point failed to load:\n%s", error.details)
+        raise RunAborted(str(error), EXIT_INVALID, "InvalidEntryPoint") from None
+
+
+def _plan_runs(
+    flow: Any, sweep: dict[str, Any] | None, parameters: dict[str, Any], searched: list[str]
+) -> list[PointRun]:
+    """One run, or one per sweep point; every problem of every run reported before any runs."""
+    from dioptra.flow import FlowValidationError
+
+    from dioptra_runner.sweep import SweepError, expand_sweep
+
+    plugin_problems = flow.problems()
+    if sweep:
+        try:
+            points = expand_sweep(sweep, parameters, known_parameters=set(flow.parameters))
+        except SweepError as error:
+            listing = "\n".join(f"  - {p}" for p in error.problems)
+            raise RunAborted(f"invalid sweep:\n{listing}", EXIT_INVALID, "InvalidSweep") from None
+        planned: list[tuple[Any, dict[str, Any]]] = [(p, p.parameters) for p in points]
+    else:
+        planned = [(None, parameters)]
+    runs, problems = [], list(plugin_problems)
+    for point, given in planned:
+        try:
+            runs.append(PointRun(point, flow.resolve_parameters(given)))
+        except FlowValidationError as error:
+            where = f"sweep point {point.label}: " if point is not None else ""
+            problems.extend(f"{where}{p}" for p in error.problems)
+    if problems:
+        folders = f" (plugin folders searched: {', '.join(searched) or 'none'})"
+        listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
+        raise RunAborted(f"the flow cannot start{folders}:\n{listing}", EXIT_INVALID, "InvalidFlow")
+    return runs
+
+
+def _execute(
+    flow: Any,
+    runs: list[PointRun],
+    max_parallel_tasks: int | None,
+    reporter: Any,
+    args: argparse.Namespace,
+    out: IO[str],
+) -> None:
+    """Run each PointRun on Prefect, feeding the progress view and the status reporter."""
+    import dataclasses
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dioptra import metrics
+    from dioptra.flow import TaskOutcome
+
+    from dioptra_runner.progress import ProgressBoard
+    from dioptra_runner.status import collect_results, progress_fields
+
+    outcomes = {
+        f"{r.prefix}{n.name}": TaskOutcome(name=f"{r.prefix}{n.name}", task=n.task)
+        for r in runs
+        for n in flow.tasks
+    }
+    lock = threading.Lock()
+
+    class Monitor:
+        """Fans one run's task changes out to the progress view and the status reporter."""
+
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        def task_changed(self, outcome: TaskOutcome) -> None:
+            shown = dataclasses.replace(outcome, name=f"{self.prefix}{outcome.name}")
+            with lock:
+                outcomes[shown.name] = shown
+                fields = progress_fields(list(outcomes.values()))
+            board.task_changed(shown)
+            reporter.update(**fields)
+
+    def execute(run_: PointRun) -> None:
+        with metrics.collecting() as logged:
+            run_.result = flow.run(
+                run_.values, listener=Monitor(run_.prefix), max_parallel_tasks=max_parallel_tasks
+            )
+        run_.metrics = dict(logged)
+        run_.results = collect_results(run_.result.tasks, run_.metrics)
+        for outcome in run_.result.failed_tasks:
+            if outcome.traceback:
+                _LOG.error("task %s%s failed:\n%s", run_.prefix, outcome.name, outcome.traceback)
+
+    _wait_for_prefect(args)
+    if len(runs) > 1 and args.parallel > 1:
+        _start_prefect_api()
+    reporter.update(**progress_fields(list(outcomes.values())))
+    live = out.isatty() and args.output == "table"
+    with ProgressBoard(out, live=live) as board:
+        board.declare(list(outcomes.values()))
+        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            for finished in [pool.submit(execute, r) for r in runs]:
+                finished.result()
