@@ -34,7 +34,7 @@ _locks_guard = threading.Lock()
 _PER_RUN = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
 
 
-def _lock(namespace: str, name: str) -> threading.Lock:
+def experiment_lock(namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks[(namespace, name)]
 
@@ -56,7 +56,7 @@ def _apply(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _post_events(
+def post_condition_events(
     experiment: dict[str, Any], changed: Iterable[Condition], before: Iterable[Condition] = ()
 ) -> None:
     """One Event per condition that changed, reusing its reason and message.
@@ -87,7 +87,7 @@ def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
     meta = experiment["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     message = f"{c.MESSAGES[R.INVALID_SPEC]}: {error}"
-    with _lock(namespace, name):
+    with experiment_lock(namespace, name):
         status = dict(experiment.get("status") or {})
         conditions, changed = set_condition(
             status.get("conditions"),
@@ -124,7 +124,7 @@ def ensure_job(
     desired_name = desired["metadata"]["name"]
     desired_hash = desired["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
 
-    with _lock(namespace, name):
+    with experiment_lock(namespace, name):
         # Re-read: the status in the handler's body may predate our own last write.
         fresh = (k8s.read_experiment(namespace, name) if reread else None) or experiment
         status = dict(fresh.get("status") or {})
@@ -198,7 +198,7 @@ def ensure_job(
         patch = {**base, **observed}
         k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
-    _post_events(fresh, [*changed, *observed_changed], before=conditions_before)
+    post_condition_events(fresh, [*changed, *observed_changed], before=conditions_before)
 
 
 def _stop_sweep(namespace: str, name: str) -> None:
@@ -222,7 +222,7 @@ def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_
     patch, changed = status_patch(status, observation, k8s.now())
     if patch:
         k8s.patch_experiment_status(meta["namespace"], meta["name"], patch)
-    _post_events(experiment, changed, before=status.get("conditions") or [])
+    post_condition_events(experiment, changed, before=status.get("conditions") or [])
 
 
 def sync_status(
@@ -233,7 +233,7 @@ def sync_status(
     pods: list[dict[str, Any]],
 ) -> None:
     """Mirror a Job's (None: deleted) and its Pods' state into the Experiment's status."""
-    with _lock(namespace, experiment_name):
+    with experiment_lock(namespace, experiment_name):
         experiment = k8s.read_experiment(namespace, experiment_name)
         if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -249,4 +249,4 @@ def sync_status(
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)
             PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))
-    _post_events(experiment, changed, before=status.get("conditions") or [])
+    post_condition_events(experiment, changed, before=status.get("conditions") or [])

@@ -31,7 +31,7 @@ from dioptra_operator.job_builder import (
     validate_spec,
 )
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
-from dioptra_operator.reconcile import _lock, _post_events  # the shared per-Experiment lock
+from dioptra_operator.reconcile import experiment_lock, post_condition_events
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import format_duration, observe
 from dioptra_operator.sweep_plan import job_finished, job_phase, plan_sweep, sweep_status
@@ -66,7 +66,7 @@ def reconcile_sweep(
 
     Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
     """
-    with _lock(namespace, name):
+    with experiment_lock(namespace, name):
         experiment = k8s.read_experiment(namespace, name)
         if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -156,7 +156,7 @@ def reconcile_sweep(
         if patch:
             k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, summary["phase"])
-    _post_events(experiment, changed, before=conditions_before)
+    post_condition_events(experiment, changed, before=conditions_before)
 
 
 def _job_records(
