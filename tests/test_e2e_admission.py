@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from dioptra_operator import constants as c
 from dioptra_runner import schema
 from support.k8s_emulator import K8sApi, wait_until
 from support.kubelet import OperatorProcess
@@ -101,11 +102,22 @@ def test_every_cluster_example_is_admitted_and_gets_a_job(
     manifest["metadata"]["namespace"] = "default"
     apply(k8s_api, manifest)
     name = manifest["metadata"]["name"]
-    wait_until(
-        lambda: k8s_api.get("experiments", name).get("status", {}).get("jobName"),
-        what=f"the Job of {path.name}",
+    sweep = manifest["spec"].get("sweep")
+    if sweep is None:
+        wait_until(
+            lambda: k8s_api.get("experiments", name).get("status", {}).get("jobName"),
+            what=f"the Job of {path.name}",
+        )
+        assert k8s_api.exists("jobs", f"{name}-g1")
+        return
+    # A sweep starts its first point Jobs (as many as maxConcurrent allows), named per point.
+    selector = f"{c.LABEL_EXPERIMENT}={name}"
+    jobs = wait_until(
+        lambda: k8s_api.list("jobs", "default", labelSelector=selector),
+        what=f"the point Jobs of {path.name}",
     )
-    assert k8s_api.exists("jobs", f"{name}-g1")
+    assert all(job["metadata"]["name"].startswith(f"{name}-g1-") for job in jobs)
+    assert 1 <= len(jobs) <= sweep.get("maxConcurrent", 1)
 
 
 @pytest.mark.parametrize("path", LAPTOP_EXAMPLES, ids=[p.stem for p in LAPTOP_EXAMPLES])
