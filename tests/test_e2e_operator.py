@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from dioptra_operator import constants as c
 from support.k8s_emulator import K8sApi, wait_until
-from support.kubelet import STAND_IN_RUNNER, OperatorProcess, TestKubelet
+from support.kubelet import OperatorProcess, TestKubelet, stand_in_kubelet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -77,31 +77,15 @@ def events_for(api: K8sApi, name: str) -> list[dict[str, Any]]:
 @pytest.fixture()
 def stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
     """A kubelet whose main containers are a 30 s stand-in runner (tests kill or stop it)."""
-    node = TestKubelet(
-        k8s_api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": "30"},
-        folder=tmp_path / "kubelet",
-    ).start()
-    try:
+    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 30) as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture()
 def quick_stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
     """A kubelet whose main containers succeed after one second."""
-    node = TestKubelet(
-        k8s_api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": "1"},
-        folder=tmp_path / "kubelet",
-    ).start()
-    try:
+    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 1) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def test_an_experiment_gets_one_job_owned_by_it(

@@ -19,7 +19,7 @@ from dioptra_operator import constants as c
 from dioptra_operator.job_builder import point_job_name
 from dioptra_runner.sweep import expand_sweep
 from support.k8s_emulator import K8sApi, wait_until
-from support.kubelet import STAND_IN_RUNNER, OperatorProcess, TestKubelet
+from support.kubelet import OperatorProcess, TestKubelet, stand_in_kubelet
 from support.s3 import FAKE_KEY, S3Server
 from test_e2e_experiment import credentials_secret, example, push_builtins
 
@@ -107,16 +107,8 @@ class JobWatcher:
 @pytest.fixture()
 def stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
     """A kubelet whose main containers succeed after a second and a half."""
-    node = TestKubelet(
-        k8s_api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": "1.5"},
-        folder=tmp_path / "kubelet",
-    ).start()
-    try:
+    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 1.5) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def test_a_sweep_never_has_more_point_jobs_unfinished_than_max_concurrent(
@@ -176,17 +168,9 @@ def test_a_sweep_whose_points_all_succeed_succeeds_with_counts_and_progress(
 def test_a_sweep_with_a_failed_point_fails_once_every_point_finished(
     k8s_api: K8sApi, operator_process: OperatorProcess, tmp_path: Path
 ) -> None:
-    node = TestKubelet(
-        k8s_api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": "0.5", "STAND_IN_EXIT": "3"},
-        folder=tmp_path / "kubelet",
-    ).start()
-    try:
+    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 0.5, STAND_IN_EXIT="3"):
         k8s_api.create(sweep_experiment("failing", {"grid": GRID, "maxConcurrent": 2}))
         final = wait_terminal(k8s_api, "failing")
-    finally:
-        node.stop()
     assert final["phase"] == c.Phase.FAILED
     assert final["sweep"]["counts"]["Failed"] == 3
     assert final["progress"] == "3/3"
@@ -297,16 +281,8 @@ def test_point_runners_report_under_their_own_keys_and_not_the_top_level(
 @pytest.fixture()
 def slow_stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
     """A kubelet whose main containers run for 30 s (the tests change the spec meanwhile)."""
-    node = TestKubelet(
-        k8s_api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": "30"},
-        folder=tmp_path / "kubelet",
-    ).start()
-    try:
+    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 30) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def job_names(api: K8sApi, name: str) -> set[str]:

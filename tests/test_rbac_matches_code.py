@@ -33,7 +33,7 @@ import pytest
 import yaml
 from dioptra_operator import constants as c
 from support.k8s_emulator import K8sApi, running_k8s_api, wait_until
-from support.kubelet import STAND_IN_RUNNER, OperatorProcess, TestKubelet
+from support.kubelet import OperatorProcess, stand_in_kubelet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -413,13 +413,7 @@ def _observed_once(mode: str, folder: Path) -> tuple[Access, ...]:
             args=MODES[mode][1],
         ).start()
         stack.callback(operator.stop)
-        kubelet = TestKubelet(
-            api,
-            main_command=STAND_IN_RUNNER,
-            extra_env={"STAND_IN_SECONDS": "30"},
-            folder=folder / "kubelet",
-        ).start()
-        stack.callback(kubelet.stop)
+        stack.enter_context(stand_in_kubelet(api, folder / "kubelet", 30))
         run_scenario(api)
         operator.stop()  # before reading: its last requests (Events) are in the record
         assert "Traceback" not in operator.log, operator.log

@@ -26,18 +26,16 @@ class InvalidSpecError(ValueError):
 
 def job_name(experiment_name: str, generation: int) -> str:
     """`<name>-g<generation>`, shortened with a stable hash when longer than a DNS label."""
-    suffix = f"-g{generation}"
-    name = f"{experiment_name}{suffix}"
-    if len(name) <= c.DNS_LABEL_MAX:
-        return name
-    digest = hashlib.sha256(experiment_name.encode()).hexdigest()[:8]
-    keep = c.DNS_LABEL_MAX - len(suffix) - len(digest) - 1
-    return f"{experiment_name[:keep].rstrip('-.')}-{digest}{suffix}"
+    return _with_suffix(experiment_name, f"-g{generation}")
 
 
 def point_job_name(experiment_name: str, generation: int, key: str) -> str:
     """`<name>-g<generation>-<point key>`, shortened like `job_name` to fit a DNS label."""
-    suffix = f"-g{generation}-{key}"
+    return _with_suffix(experiment_name, f"-g{generation}-{key}")
+
+
+def _with_suffix(experiment_name: str, suffix: str) -> str:
+    """Name plus suffix; past a DNS label the name is cut and a hash keeps it unique."""
     name = f"{experiment_name}{suffix}"
     if len(name) <= c.DNS_LABEL_MAX:
         return name

@@ -42,7 +42,14 @@ import pytest
 
 from support.k8s_emulator import ApiError, K8sApi
 
-__all__ = ["STAND_IN_RUNNER", "OperatorProcess", "TestKubelet", "kubelet", "operator_process"]
+__all__ = [
+    "STAND_IN_RUNNER",
+    "OperatorProcess",
+    "TestKubelet",
+    "kubelet",
+    "operator_process",
+    "stand_in_kubelet",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -571,6 +578,26 @@ def _map_path(value: str, mounts: Mapping[str, Path]) -> str:
         if value == mount or value.startswith(mount.rstrip("/") + "/"):
             return str(mounts[mount]) + value[len(mount) :]
     return value
+
+
+@contextlib.contextmanager
+def stand_in_kubelet(
+    api: K8sApi, folder: Path, seconds: float, **env: str
+) -> Iterator[TestKubelet]:
+    """A started kubelet whose main containers are the stand-in runner, alive for `seconds`.
+
+    Extra `env` reaches the stand-in (e.g. `STAND_IN_EXIT="3"` to fail it).
+    """
+    node = TestKubelet(
+        api,
+        main_command=STAND_IN_RUNNER,
+        extra_env={"STAND_IN_SECONDS": str(seconds), **env},
+        folder=folder,
+    ).start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture()
