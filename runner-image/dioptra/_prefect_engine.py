@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import functools
-import logging
 import queue
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,6 @@ from dioptra.flow import (
     substitute,
 )
 
-_LOG = logging.getLogger("dioptra.flow")
 _PICK_KEY = "__dioptra_pick__"
 # What a task sees when Prefect stops it at its timeoutSeconds.
 _TIMEOUT_ERRORS = (TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError)
