@@ -133,6 +133,19 @@ def _container_security_context() -> dict[str, Any]:
     }
 
 
+def container_resources(resources: dict[str, Any]) -> dict[str, Any]:
+    """The runner's resources with every quantity as a string, the API's canonical form.
+
+    The CRD accepts `cpu: 2` (int-or-string, like core/v1), and so does the API server; the
+    Kubernetes Python client validates bodies before sending and refuses a bare integer.
+    """
+    return {
+        part: {name: str(quantity) for name, quantity in (values or {}).items()}
+        for part, values in resources.items()
+        if part in ("limits", "requests")
+    }
+
+
 def _s3_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     """Endpoint, region and credentials for the sync; credentials only by secretKeyRef."""
     plugins = spec.get("plugins") or {}
@@ -195,7 +208,7 @@ def build_job(
         point_env.append({"name": c.SWEEP_POINT_ENV, "value": point.key})
     image = runner.get("image") or settings.runner_image
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
-    resources = runner.get("resources") or {}
+    resources = container_resources(runner.get("resources") or {})
 
     common_env = [
         {"name": "DIOPTRA_PLUGIN_DIR", "value": c.PLUGIN_DIR},
@@ -237,6 +250,9 @@ def build_job(
         "env": main_env,
         "volumeMounts": main_mounts,
         "securityContext": _container_security_context(),
+        # A runner that fails says why in its last lines; they become the container's
+        # termination message, which the operator quotes in the Experiment's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources:
         main["resources"] = resources
@@ -252,6 +268,7 @@ def build_job(
             "env": [*common_env, *_s3_env(spec, settings)],
             "volumeMounts": mounts,
             "securityContext": _container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }
         if resources:
             init["resources"] = resources

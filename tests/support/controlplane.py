@@ -11,8 +11,9 @@ What runs, and why:
   need `update` on the owner's finalizers), TokenRequest for ServiceAccount tokens.
 - kube-controller-manager with only the controllers our product leans on: Job, garbage collector,
   ServiceAccount (and its token controller), namespace deletion, TTL after finished,
-  Deployment/ReplicaSet (the chart's operator and Prefect server) and EndpointSlice (Services
-  resolved by the stand-in kubelet). No node lifecycle controller: the stand-in node never
+  Deployment/ReplicaSet (the chart's operator and Prefect server), EndpointSlice (Services
+  resolved by the stand-in kubelet), the root CA publisher (the `kube-root-ca.crt` ConfigMap
+  every ServiceAccount token volume projects) and ClusterRole aggregation. No node lifecycle controller: the stand-in node never
   heartbeats and must not be tainted away.
 - kube-scheduler, which binds Pods to the stand-in kubelet's Node.
 Nothing else is faked here; the stand-in kubelet lives in `support/kubelet.py`.
@@ -67,6 +68,8 @@ CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "endpointslice-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
 )
 
 

@@ -1,23 +1,35 @@
-"""A test-only "kubelet + Job controller": runs each Job's containers as local processes.
+"""The one fake of the test cluster: a stand-in kubelet that runs Pods as local processes.
 
-The API emulator has no controllers, so nothing would ever run the Jobs the operator creates.
-`TestKubelet` polls the emulator for Jobs and, for each one, does what the Job controller and
-the kubelet would, in the same order and through the same API:
+A real kubelet needs a container runtime, which these machines lack. Everything around it is
+real: the Job controller creates the Pods, the scheduler binds them to the Node this kubelet
+registers, the garbage collector deletes them. `StandInKubelet` does a kubelet's part, through
+the same API a kubelet uses:
 
-- creates a Pod (template labels, `job-name`, ownerReference to the Job) and marks the Job
-  active; respects `spec.suspend` (no Pod while suspended; suspending kills a running Pod);
-- resolves each container's env (`value`, `secretKeyRef` read from the emulator and
-  base64-decoded, `configMapKeyRef`); a missing Secret leaves the container waiting with
-  `CreateContainerConfigError`, retried until the Secret appears, as a real kubelet does;
-- maps every volume to a folder under the Pod's temp dir and rewrites the container paths
-  (`/var/lib/dioptra/plugins`, `/tmp`, ...) in args and env to those folders;
-- runs the init containers, then the main container, as subprocesses with a clean env
-  (PATH, the container env, `KUBECONFIG` pointing at the emulator so the runner's reporter
-  can write status) and maps `dioptra` to the virtualenv's console script;
-- reports Pod status (container states, exit codes, reasons) and Job status (active,
-  succeeded, failed, conditions Complete/Failed with BackoffLimitExceeded/DeadlineExceeded);
-- can kill a main process on request (exit 137, reason `OOMKilled` or `Error`), and stops
-  the Pod when its Job is deleted (the emulator has no garbage collector).
+- registers a Ready Node (no taints; the control plane runs no node lifecycle controller) and
+  serves its read-only log endpoint over TLS, so `kubectl logs` works;
+- watches the Pods bound to that Node and runs each: volumes become folders (emptyDir,
+  configMap, secret, projected), init containers run in order, then the main containers; env is
+  resolved the kubelet's way (`value`, `$(VAR)`, `secretKeyRef`, `configMapKeyRef`, `fieldRef`,
+  `envFrom`), and a missing Secret or ConfigMap key leaves the container waiting with
+  `CreateContainerConfigError` until it appears;
+- writes container states, exit codes, termination messages (per `terminationMessagePolicy`),
+  conditions and phase through `pods/status`; restarts containers of `restartPolicy:
+  Always/OnFailure` Pods (the chart's Deployments);
+- on Pod deletion (the Job controller on suspend, deadline or backoff; the garbage collector)
+  sends SIGTERM, then SIGKILL after the grace period, and confirms the deletion.
+
+What a process cannot have, and what stands in for it:
+- Images: the container's command runs from the host; a command that is one of our console
+  scripts (`dioptra`, `dioptra-operator`) runs from the virtualenv.
+- Paths: container paths under a mount are rewritten to the volume's folder in args and env.
+- The ServiceAccount token: requested through TokenRequest bound to the Pod, as the kubelet
+  does, and handed over as a kubeconfig (`KUBECONFIG`), since in-cluster config reads a fixed
+  path; a Pod with `automountServiceAccountToken: false` gets nothing.
+- The network: each Pod gets its own address in 127.1.0.0/16 as its Pod IP; "0.0.0.0" in args
+  and env (bind everywhere) becomes that address; a Service name (`svc.ns.svc[.cluster.local]`)
+  becomes the address and port of one of its ready endpoints (what DNS plus kube-proxy do).
+- The user: processes run as the test's own user (`runAsUser` needs images; see the podman tier).
+- Memory limits: `kill(..., reason="OOMKilled")` is the test's way to have the kernel kill it.
 """
 
 from __future__ import annotations
@@ -25,35 +37,43 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import http.server
+import itertools
+import json
 import os
-import secrets
+import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.k8s_emulator import ApiError, K8sApi
+from support.controlplane import ApiError, ControlPlane
 
 __all__ = [
+    "NODE_NAME",
     "STAND_IN_RUNNER",
-    "OperatorProcess",
-    "TestKubelet",
+    "NamespaceSettings",
+    "StandInKubelet",
     "kubelet",
-    "operator_process",
-    "stand_in_kubelet",
+    "running_kubelet",
+    "stand_in_settings",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
-POLL = 0.05
+NODE_NAME = "stand-in-node"
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # A stand-in for `dioptra run --in-cluster`, for tests about the operator's own behaviour
 # (restart, suspend, kill, delete) that must not depend on the runner: it sleeps for
@@ -65,511 +85,831 @@ STAND_IN_RUNNER: tuple[str, ...] = (
     "sys.exit(int(os.environ.get('STAND_IN_EXIT', '0')))",
 )
 
+_SERVICE_NAME = re.compile(
+    r"(?P<svc>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"\.svc(\.cluster\.local)?(:(?P<port>\d+))?"
+)
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
+
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _ConfigError(Exception):
-    """The container cannot be configured (e.g. a missing Secret): CreateContainerConfigError."""
+class _Waiting(Exception):
+    """A container cannot start yet (missing Secret, ConfigMap, key); the kubelet retries."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-class _PodRun:
-    """One Pod of one Job: its folder, its processes and the status it reports."""
+@dataclass
+class NamespaceSettings:
+    """How a test wants the Pods of its namespace run (the kubelet is shared by the session).
 
-    def __init__(self, job: dict[str, Any], name: str, folder: Path) -> None:
-        self.job = job
-        self.name = name
-        self.folder = folder
-        self.process: subprocess.Popen[bytes] | None = None
-        self.kill_reason: str | None = None
-        self.status: dict[str, Any] = {"phase": "Pending"}
+    `main_command` replaces the main containers' command (STAND_IN_RUNNER, when the runner is
+    not the subject of the test); `env` is added to every container's environment.
+    """
+
+    main_command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
-class TestKubelet:
-    """Runs the Jobs it finds in the emulator; start() in a fixture, stop() at teardown."""
+@dataclass
+class _Container:
+    name: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    kill_reason: str | None = None
+    restarts: int = 0
 
-    __test__ = False  # not a pytest test class
 
-    def __init__(
-        self,
-        api: K8sApi,
-        *,
-        extra_env: Mapping[str, str] | None = None,
-        main_command: Sequence[str] | None = None,
-        folder: Path | None = None,
-    ) -> None:
-        self.api = api
-        self.extra_env = dict(extra_env or {})
-        # Replaces the main container's command (STAND_IN_RUNNER) when the runner is not the
-        # subject of the test; None runs the Job's own command.
-        self.main_command = list(main_command) if main_command else None
-        self.folder = folder or Path(tempfile.mkdtemp(prefix="kubelet-"))
-        self._own_folder = folder is None
-        self._stop = threading.Event()
-        self._threads: dict[tuple[str, str], threading.Thread] = {}
-        self._pods: dict[tuple[str, str], _PodRun] = {}
+class _PodWorker:
+    """Runs one Pod from its binding to its deletion, on a thread of its own."""
+
+    def __init__(self, kubelet: StandInKubelet, pod: dict[str, Any], ip: str) -> None:
+        self.kubelet = kubelet
+        self.plane = kubelet.plane
+        self.pod = pod
+        meta = pod["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.uid: str = meta["uid"]
+        self.ip = ip
+        self.folder = kubelet.folder / self.namespace / f"{self.name}-{self.uid[:8]}"
+        self.deleted = threading.Event()
+        self.containers: dict[str, _Container] = {}
+        self.status: dict[str, Any] = {}
+        self.token = ""
         self._lock = threading.Lock()
-        self._loop = threading.Thread(target=self._watch_jobs, name="kubelet", daemon=True)
-        self.logs: dict[str, str] = {}  # "<pod>/<container>" -> combined output
+        self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- control from the kubelet ---------------------------------------------------------------
 
-    def start(self) -> TestKubelet:
-        self._loop.start()
-        return self
+    def update(self, pod: dict[str, Any]) -> None:
+        self.pod = pod
+        if pod["metadata"].get("deletionTimestamp"):
+            self.deleted.set()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def running_main(self) -> _Container | None:
+        for spec in self.pod["spec"]["containers"]:
+            container = self.containers.get(spec["name"])
+            if container and container.process and container.process.poll() is None:
+                return container
+        return None
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def _write_status(self, **fields: Any) -> None:
         with self._lock:
-            pods = list(self._pods.values())
-        for pod in pods:
-            self._terminate(pod)
-        self._loop.join(10)
-        for thread in list(self._threads.values()):
-            thread.join(10)
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    # -- test controls --------------------------------------------------------------------------
-
-    def kill(self, job_name: str, namespace: str = "default", *, reason: str = "OOMKilled") -> None:
-        """SIGKILL the Job's running main container; it reports exit 137 with `reason`."""
-        pod = self._pods.get((namespace, job_name))
-        if pod is None or pod.process is None:
-            raise AssertionError(f"no running main container for Job {job_name}")
-        pod.kill_reason = reason
-        pod.process.send_signal(signal.SIGKILL)
-
-    def main_running(self, job_name: str, namespace: str = "default") -> bool:
-        pod = self._pods.get((namespace, job_name))
-        return bool(pod and pod.process and pod.process.poll() is None and pod.kill_reason is None)
-
-    # -- the Job controller ---------------------------------------------------------------------
-
-    def _watch_jobs(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(ApiError, OSError):
-                for job in self.api.list("jobs"):
-                    key = (job["metadata"]["namespace"], job["metadata"]["name"])
-                    if key not in self._threads and not self._finished(job):
-                        thread = threading.Thread(
-                            target=self._run_job, args=(key,), name=f"job-{key[1]}", daemon=True
-                        )
-                        self._threads[key] = thread
-                        thread.start()
-            self._stop.wait(POLL)
-
-    @staticmethod
-    def _finished(job: dict[str, Any]) -> bool:
-        return any(
-            cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
-            for cond in (job.get("status") or {}).get("conditions") or []
-        )
-
-    def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+            self.status.update(fields)
+            body = {"status": self.status}
         try:
-            return dict(self.api.get("jobs", name, namespace))
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def _job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        with contextlib.suppress(ApiError):
-            self.api.patch("jobs", name, {"status": status}, namespace, subresource="status")
-
-    def _run_job(self, key: tuple[str, str]) -> None:
-        namespace, name = key
-        failures = 0
-        started = time.monotonic()
-        while not self._stop.is_set():
-            job = self._get_job(namespace, name)
-            if job is None:
-                return
-            spec = job.get("spec") or {}
-            if spec.get("suspend"):
-                self._job_status(namespace, name, {"active": 0})
-                self._stop.wait(POLL)
-                continue
-            if not (job.get("status") or {}).get("startTime"):
-                self._job_status(namespace, name, {"startTime": _now()})
-            deadline = spec.get("activeDeadlineSeconds")
-            outcome = self._run_pod(job, started + deadline if deadline else None)
-            if outcome in ("deleted", "stopped"):
-                return
-            if outcome == "suspended":
-                continue
-            if outcome == "succeeded":
-                self._finish(namespace, name, "Complete", "CompletionsReached", succeeded=1)
-                return
-            failures += 1
-            if outcome == "deadline":
-                self._finish(namespace, name, "Failed", "DeadlineExceeded", failed=failures)
-                return
-            if failures > int(spec.get("backoffLimit", 6)):
-                self._finish(namespace, name, "Failed", "BackoffLimitExceeded", failed=failures)
-                return
-            self._job_status(namespace, name, {"failed": failures, "active": 0})
-
-    def _finish(self, namespace: str, name: str, type_: str, reason: str, **counts: int) -> None:
-        now = _now()
-        message = {
-            "CompletionsReached": "Reached expected number of succeeded pods",
-            "BackoffLimitExceeded": "Job has reached the specified backoff limit",
-            "DeadlineExceeded": "Job was active longer than specified deadline",
-        }[reason]
-        conditions = [
-            {
-                "type": "SuccessCriteriaMet" if type_ == "Complete" else "FailureTarget",
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
-            },
-            {
-                "type": type_,
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
-            },
-        ]
-        status: dict[str, Any] = {"active": 0, "conditions": conditions, **counts}
-        if type_ == "Complete":
-            status["completionTime"] = now
-        self._job_status(namespace, name, status)
-
-    # -- the kubelet ----------------------------------------------------------------------------
-
-    def _run_pod(self, job: dict[str, Any], deadline: float | None) -> str:
-        """Run one Pod to its end: succeeded, failed, deadline, suspended, deleted or stopped."""
-        meta = job["metadata"]
-        namespace, job_name = meta["namespace"], meta["name"]
-        template = job["spec"]["template"]
-        pod_name = f"{job_name}-{secrets.token_hex(3)[:5]}"
-        pod = _PodRun(job, pod_name, self.folder / namespace / pod_name)
-        labels = {
-            **(template.get("metadata") or {}).get("labels", {}),
-            "job-name": job_name,
-            "batch.kubernetes.io/job-name": job_name,
-            "controller-uid": meta.get("uid", ""),
-        }
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": pod_name,
-                "namespace": namespace,
-                "labels": labels,
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": job_name,
-                        "uid": meta.get("uid", ""),
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": template["spec"],
-        }
-        self.api.create(body, namespace)
-        self._pods[(namespace, job_name)] = pod
-        self._job_status(namespace, job_name, {"active": 1})
-        try:
-            return self._run_containers(pod, namespace, template["spec"], deadline)
-        finally:
-            self._terminate(pod)
-            with self._lock:
-                self._pods.pop((namespace, job_name), None)
-
-    def _pod_status(self, pod: _PodRun, namespace: str, **status: Any) -> None:
-        pod.status.update(status)
-        with contextlib.suppress(ApiError):
-            self.api.patch(
-                "pods", pod.name, {"status": pod.status}, namespace, subresource="status"
+            self.plane.request(
+                "PATCH",
+                f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
+                body,
+                content_type="application/strategic-merge-patch+json",
             )
+        except ApiError as error:
+            if error.status != 404:  # a Pod gone is not news; a refused status is a bug here
+                self.kubelet.errors.append(f"{self.namespace}/{self.name} status: {error}")
 
-    def _run_containers(
-        self, pod: _PodRun, namespace: str, spec: dict[str, Any], deadline: float | None
-    ) -> str:
-        volumes = self._volumes(pod, namespace, spec)
+    def _conditions(self, initialized: bool, ready: bool) -> list[dict[str, Any]]:
+        now = _now()
+
+        def cond(type_: str, ok: bool) -> dict[str, Any]:
+            return {"type": type_, "status": "True" if ok else "False", "lastTransitionTime": now}
+
+        return [
+            cond("PodReadyToStartContainers", True),
+            cond("Initialized", initialized),
+            cond("ContainersReady", ready),
+            cond("Ready", ready),
+        ]
+
+    # -- the Pod's life -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._run_pod()
+        except Exception as error:  # a bug here must show in the test, not vanish in a thread
+            self.kubelet.errors.append(f"{self.namespace}/{self.name}: {error!r}")
+            raise
+        finally:
+            self._stop_all(grace=0)
+            self._confirm_deletion()
+
+    def _run_pod(self) -> None:
+        spec = self.pod["spec"]
         inits = list(spec.get("initContainers") or [])
         mains = list(spec.get("containers") or [])
-        init_statuses = [
-            _status(c["name"], {"waiting": {"reason": "PodInitializing"}}) for c in inits
-        ]
-        main_statuses = [
-            _status(c["name"], {"waiting": {"reason": "PodInitializing"}}) for c in mains
-        ]
-        self._pod_status(
-            pod,
-            namespace,
-            phase="Pending",
-            initContainerStatuses=init_statuses,
-            containerStatuses=main_statuses,
-        )
+        waiting = {"waiting": {"reason": "PodInitializing"}}
+        creating = {"waiting": {"reason": "ContainerCreating"}}
+        self.status = {
+            "phase": "Pending",
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "startTime": _now(),
+            "conditions": self._conditions(initialized=not inits, ready=False),
+            "initContainerStatuses": [_status(c, waiting if i else creating) for i, c in
+                                      enumerate(inits)],
+            "containerStatuses": [_status(c, waiting if inits else creating) for c in mains],
+        }
+        self._write_status()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        volumes = self._volumes_until_ready(spec)
+        if volumes is None:
+            return
+        restart = spec.get("restartPolicy", "Always")
         for index, container in enumerate(inits):
-            outcome = self._run_container(
-                pod, namespace, container, volumes, init_statuses, index, deadline, is_main=False
-            )
-            if outcome != "ok":
-                return outcome
-        main_outcome = "ok"
-        for index, container in enumerate(mains):
-            main_outcome = self._run_container(
-                pod, namespace, container, volumes, main_statuses, index, deadline, is_main=True
-            )
-            if main_outcome != "ok":
-                return main_outcome
-        self._pod_status(pod, namespace, phase="Succeeded")
-        return "succeeded"
+            code = self._run_to_end(container, "initContainerStatuses", index, volumes, restart)
+            if code is None:
+                return
+            if code != 0:
+                self._write_status(phase="Failed")
+                return
+        self._write_status(conditions=self._conditions(initialized=True, ready=False))
+        self._run_mains(mains, volumes, restart)
 
-    def _volumes(self, pod: _PodRun, namespace: str, spec: dict[str, Any]) -> dict[str, Path]:
-        """One folder per volume; ConfigMap volumes get their keys written as files."""
+    def _volumes_until_ready(self, spec: dict[str, Any]) -> dict[str, Path] | None:
+        while not self.deleted.is_set():
+            try:
+                return self._volumes(spec)
+            except _Waiting:
+                self.deleted.wait(0.5)  # like the kubelet's FailedMount retries
+        return None
+
+    def _volumes(self, spec: dict[str, Any]) -> dict[str, Path]:
         folders: dict[str, Path] = {}
         for volume in spec.get("volumes") or []:
-            folder = pod.folder / "volumes" / volume["name"]
+            folder = self.folder / "volumes" / volume["name"]
             folder.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
-                with contextlib.suppress(ApiError):
-                    cm = self.api.get("configmaps", volume["configMap"]["name"], namespace)
-                    for key, value in (cm.get("data") or {}).items():
-                        (folder / key).write_text(value)
+                self._project_keys(folder, "configmaps", volume["configMap"])
+            elif "secret" in volume:
+                source = dict(volume["secret"], name=volume["secret"].get("secretName"))
+                self._project_keys(folder, "secrets", source)
+            elif "projected" in volume:
+                for source in volume["projected"].get("sources") or []:
+                    if "serviceAccountToken" in source:
+                        path = source["serviceAccountToken"].get("path", "token")
+                        (folder / path).write_text(self._token())
+                    elif "configMap" in source:
+                        self._project_keys(folder, "configmaps", source["configMap"])
+                    elif "secret" in source:
+                        self._project_keys(folder, "secrets", source["secret"])
+                    elif "downwardAPI" in source:
+                        for item in source["downwardAPI"].get("items") or []:
+                            if "fieldRef" in item:
+                                value = self._field(item["fieldRef"]["fieldPath"])
+                                (folder / item["path"]).write_text(value)
             folders[volume["name"]] = folder
         return folders
 
-    def _run_container(
+    def _project_keys(self, folder: Path, kind: str, source: Mapping[str, Any]) -> None:
+        try:
+            obj = self.plane.request(
+                "GET", f"/api/v1/namespaces/{self.namespace}/{kind}/{source['name']}"
+            )
+        except ApiError as error:
+            if error.status == 404 and source.get("optional"):
+                return
+            raise _Waiting("ContainerCreating", f"{kind} {source['name']} not found") from None
+        decode = kind == "secrets"
+        data = dict(obj.get("data") or {})
+        items = source.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            if item["key"] not in data:
+                continue
+            value = data[item["key"]]
+            target = folder / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(base64.b64decode(value) if decode else str(value).encode())
+
+    def _token(self) -> str:
+        account = self.pod["spec"].get("serviceAccountName") or "default"
+        self.token = self.plane.token(self.namespace, account, bound_pod=(self.name, self.uid))
+        return self.token
+
+    def _field(self, path: str) -> str:
+        meta = self.pod["metadata"]
+        values = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": NODE_NAME,
+            "spec.serviceAccountName": self.pod["spec"].get("serviceAccountName") or "default",
+            "status.podIP": self.ip,
+            "status.hostIP": "127.0.0.1",
+        }
+        if path in values:
+            return values[path]
+        match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+        if match:
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+        return ""
+
+    # -- containers -----------------------------------------------------------------------------
+
+    def _run_to_end(
         self,
-        pod: _PodRun,
-        namespace: str,
-        container: dict[str, Any],
-        volumes: dict[str, Path],
-        statuses: list[dict[str, Any]],
+        spec: dict[str, Any],
+        key: str,
         index: int,
-        deadline: float | None,
-        *,
-        is_main: bool,
-    ) -> str:
-        key = "containerStatuses" if is_main else "initContainerStatuses"
+        volumes: Mapping[str, Path],
+        restart: str,
+    ) -> int | None:
+        """Run one container until it ends for good: its exit code, or None when deleted."""
+        while True:
+            code = self._run_once(spec, key, index, volumes)
+            if code is None or self.deleted.is_set():
+                return None
+            if restart == "Never" or (restart == "OnFailure" and code == 0):
+                return code
+            if key == "initContainerStatuses" and code == 0:
+                return code
+            self.containers[spec["name"]].restarts += 1
+            if self.deleted.wait(1.0):  # CrashLoopBackOff's first step
+                return None
+
+    def _run_mains(
+        self, mains: list[dict[str, Any]], volumes: Mapping[str, Path], restart: str
+    ) -> None:
+        codes: dict[int, int | None] = {}
+
+        def run(index: int, spec: dict[str, Any]) -> None:
+            codes[index] = self._run_to_end(spec, "containerStatuses", index, volumes, restart)
+
+        threads = [
+            threading.Thread(target=run, args=(i, spec), daemon=True)
+            for i, spec in enumerate(mains)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.deleted.is_set() or any(code is None for code in codes.values()):
+            return
+        failed = any(code != 0 for code in codes.values())
+        ready = self._conditions(initialized=True, ready=False)
+        self._write_status(phase="Failed" if failed else "Succeeded", conditions=ready)
+
+    def _run_once(
+        self, spec: dict[str, Any], key: str, index: int, volumes: Mapping[str, Path]
+    ) -> int | None:
+        name = spec["name"]
+        container = self.containers.setdefault(name, _Container(name, self.folder / f"{name}.log"))
         mounts = {
             m["mountPath"]: volumes[m["name"]]
-            for m in container.get("volumeMounts") or []
+            for m in spec.get("volumeMounts") or []
             if m["name"] in volumes
         }
-        while True:  # a kubelet retries container configuration until it works
-            outcome = self._control(pod, namespace, deadline)
-            if outcome:
-                return outcome
+        while True:
+            if self.deleted.is_set():
+                return None
             try:
-                env = self._env(container, namespace, mounts)
+                env = self._env(spec, mounts)
                 break
-            except _ConfigError as e:
-                statuses[index] = _status(
-                    container["name"],
-                    {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}},
-                )
-                self._pod_status(pod, namespace, **{key: statuses})
-                time.sleep(0.2)
-        command = list(container.get("command") or []) + list(container.get("args") or [])
-        # The Job's paths are container paths; a stand-in command is already in host paths
-        # (and the host's checkout may itself live under /tmp, a mount path).
-        command = [_map_path(arg, mounts) for arg in command]
-        if is_main and self.main_command:
-            command = list(self.main_command)
-        if command and (VENV_BIN / command[0]).exists():
-            command[0] = str(VENV_BIN / command[0])
-        log_path = pod.folder / f"{container['name']}.log"
+            except _Waiting as waiting:
+                self._set_container(key, index, spec, {"waiting": {
+                    "reason": waiting.reason, "message": str(waiting)}}, container)
+                self.deleted.wait(0.5)
+        command = self._command(spec, env, mounts, main=key == "containerStatuses")
+        workdir = _map_path(spec.get("workingDir") or "", mounts) or str(self.folder)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
         started = _now()
-        with log_path.open("wb") as log:
-            pod.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=pod.folder
-            )
-        statuses[index] = _status(container["name"], {"running": {"startedAt": started}})
-        self._pod_status(
-            pod, namespace, phase="Running" if is_main else "Pending", **{key: statuses}
-        )
-        while pod.process.poll() is None:
-            outcome = self._control(pod, namespace, deadline)
-            if outcome:
-                self._terminate(pod)
-                return outcome
-            time.sleep(POLL)
-        code = pod.process.returncode
-        output = log_path.read_text(errors="replace")
-        self.logs[f"{pod.name}/{container['name']}"] = output
-        if code < 0:  # killed by a signal: report it the way the kubelet does
+        with container.log.open("ab") as log:
+            try:
+                container.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=workdir,
+                    start_new_session=True,  # the container's processes form one group
+                )
+            except OSError as error:
+                self._set_container(key, index, spec, {"terminated": {
+                    "exitCode": 128, "reason": "StartError", "message": str(error),
+                    "startedAt": started, "finishedAt": _now()}}, container)
+                return 128
+        self._set_container(key, index, spec, {"running": {"startedAt": started}}, container)
+        if key == "containerStatuses":
+            self._write_status(phase="Running", conditions=self._conditions(True, True))
+        code = container.process.wait()
+        if code < 0:  # killed by a signal: a container runtime reports 128 + the signal
             code = 128 - code
-        reason = pod.kill_reason or ("Completed" if code == 0 else "Error")
+        reason = container.kill_reason or ("Completed" if code == 0 else "Error")
+        container.kill_reason = None
         terminated: dict[str, Any] = {
             "exitCode": code,
             "reason": reason,
             "startedAt": started,
             "finishedAt": _now(),
         }
-        if code != 0 and output.strip():
-            # terminationMessagePolicy: FallbackToLogsOnError (the last lines of the log)
-            terminated["message"] = "\n".join(output.strip().splitlines()[-5:])[-2048:]
-        statuses[index] = _status(container["name"], {"terminated": terminated})
-        pod.process = None
-        if code != 0:
-            self._pod_status(pod, namespace, phase="Failed", **{key: statuses})
-            return "failed"
-        self._pod_status(pod, namespace, **{key: statuses})
-        return "ok"
+        message = self._termination_message(spec, mounts, code, container.log)
+        if message:
+            terminated["message"] = message
+        self._set_container(key, index, spec, {"terminated": terminated}, container)
+        self.kubelet.logs[f"{self.namespace}/{self.name}/{name}"] = container.log.read_text(
+            errors="replace"
+        )
+        return code
 
-    def _control(self, pod: _PodRun, namespace: str, deadline: float | None) -> str | None:
-        """Why the Pod must stop now (stopped, deleted, suspended, deadline), or None."""
-        if self._stop.is_set():
-            return "stopped"
-        job = self._get_job(namespace, pod.job["metadata"]["name"])
-        if job is None:
-            with contextlib.suppress(ApiError):
-                self.api.delete("pods", pod.name, namespace)
-            return "deleted"
-        if (job.get("spec") or {}).get("suspend"):
-            with contextlib.suppress(ApiError):
-                self.api.delete("pods", pod.name, namespace)
-            return "suspended"
-        if deadline is not None and time.monotonic() > deadline:
-            return "deadline"
-        return None
+    def _termination_message(
+        self, spec: dict[str, Any], mounts: Mapping[str, Path], code: int, log: Path
+    ) -> str:
+        path = _map_path(spec.get("terminationMessagePath") or "/dev/termination-log", mounts)
+        with contextlib.suppress(OSError):
+            if path != "/dev/termination-log" and Path(path).read_text().strip():
+                return Path(path).read_text()[-4096:]
+        if spec.get("terminationMessagePolicy") == "FallbackToLogsOnError" and code != 0:
+            lines = log.read_text(errors="replace").splitlines()[-80:]
+            return "\n".join(lines)[-2048:]
+        return ""
 
-    def _env(
-        self, container: dict[str, Any], namespace: str, mounts: Mapping[str, Path]
-    ) -> dict[str, str]:
-        env = {
+    def _set_container(
+        self,
+        key: str,
+        index: int,
+        spec: dict[str, Any],
+        state: dict[str, Any],
+        container: _Container,
+    ) -> None:
+        with self._lock:
+            statuses = list(self.status.get(key) or [])
+            previous = statuses[index] if index < len(statuses) else {}
+        entry = _status(spec, state)
+        entry["restartCount"] = container.restarts
+        if previous.get("state", {}).get("terminated") and "terminated" not in state:
+            entry["lastState"] = {"terminated": previous["state"]["terminated"]}
+        statuses[index] = entry
+        self._write_status(**{key: statuses})
+
+    def _env(self, spec: dict[str, Any], mounts: Mapping[str, Path]) -> dict[str, str]:
+        settings = self.kubelet.settings_for(self.namespace)
+        env: dict[str, str] = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
-            "KUBECONFIG": str(self.api.kubeconfig_path),
+            "HOSTNAME": self.name,
             "PYTHONUNBUFFERED": "1",
-            **self.extra_env,
         }
-        for item in container.get("env") or []:
+        token = mounts.get(TOKEN_PATH)
+        if token is not None:
+            kubeconfig = self.plane.kubeconfig(
+                self.folder / "kubeconfig",
+                namespace=self.namespace,
+                token=(token / "token").read_text(),
+            )
+            env["KUBECONFIG"] = str(kubeconfig)
+        env.update(settings.env)
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            for kind, ref in (("configmaps", source.get("configMapRef")),
+                              ("secrets", source.get("secretRef"))):
+                if ref:
+                    for key, value in self._all_keys(kind, ref).items():
+                        env[prefix + key] = value
+        for item in spec.get("env") or []:
             if "value" in item:
-                env[item["name"]] = _map_path(str(item["value"]), mounts)
+                env[item["name"]] = _map_path(_expand(str(item["value"]), env), mounts)
                 continue
             source = item.get("valueFrom") or {}
+            value: str | None
             if "secretKeyRef" in source:
-                value = self._ref("secrets", source["secretKeyRef"], namespace, decode=True)
+                value = self._key("secrets", source["secretKeyRef"])
             elif "configMapKeyRef" in source:
-                value = self._ref("configmaps", source["configMapKeyRef"], namespace)
+                value = self._key("configmaps", source["configMapKeyRef"])
+            elif "fieldRef" in source:
+                value = self._field(source["fieldRef"]["fieldPath"])
             else:
-                continue
+                value = None
             if value is not None:
                 env[item["name"]] = value
-        return env
+        return {key: self.kubelet.network(value, self.ip) for key, value in env.items()}
 
-    def _ref(
-        self, kind: str, ref: dict[str, Any], namespace: str, decode: bool = False
-    ) -> str | None:
-        singular = "secret" if kind == "secrets" else "configmap"
+    def _all_keys(self, kind: str, ref: Mapping[str, Any]) -> dict[str, str]:
         try:
-            obj = self.api.get(kind, ref["name"], namespace)
-        except ApiError as e:
-            if e.status == 404 and ref.get("optional"):
-                return None
-            if e.status == 404:
-                raise _ConfigError(f'{singular} "{ref["name"]}" not found') from None
-            raise
-        data = obj.get("data") or {}
-        if ref["key"] not in data:
-            if ref.get("optional"):
-                return None
-            raise _ConfigError(
-                f"couldn't find key {ref['key']} in {singular} {namespace}/{ref['name']}"
+            obj = self.plane.request(
+                "GET", f"/api/v1/namespaces/{self.namespace}/{kind}/{ref['name']}"
             )
-        value = data[ref["key"]]
-        return base64.b64decode(value).decode() if decode else str(value)
+        except ApiError as error:
+            if error.status == 404 and ref.get("optional"):
+                return {}
+            singular = "secret" if kind == "secrets" else "configmap"
+            raise _Waiting(
+                "CreateContainerConfigError", f'{singular} "{ref["name"]}" not found'
+            ) from None
+        data = dict(obj.get("data") or {})
+        if kind == "secrets":
+            return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return {k: str(v) for k, v in data.items()}
 
-    def _terminate(self, pod: _PodRun) -> None:
-        process = pod.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    def _key(self, kind: str, ref: Mapping[str, Any]) -> str | None:
+        singular = "secret" if kind == "secrets" else "configmap"
+        data = self._all_keys(kind, ref)
+        if ref["key"] in data:
+            return data[ref["key"]]
+        if ref.get("optional"):
+            return None
+        raise _Waiting(
+            "CreateContainerConfigError",
+            f"couldn't find key {ref['key']} in {singular.capitalize()} "
+            f"{self.namespace}/{ref['name']}",
+        )
 
-
-class OperatorProcess:
-    """The operator under test, started exactly as the chart's Deployment runs it.
-
-    `dioptra-operator --all-namespaces --standalone` from the virtualenv, with `KUBECONFIG`
-    pointing at the emulator and the chart's `DIOPTRA_*` variables. `restart()` kills it hard
-    (SIGKILL, like a crashed pod) and starts a new one.
-    """
-
-    def __init__(
+    def _command(
         self,
-        api: K8sApi,
+        spec: dict[str, Any],
         env: Mapping[str, str],
-        log_path: Path,
-        args: Sequence[str] = ("--all-namespaces", "--standalone"),
-    ) -> None:
-        self.api = api
-        self.args = list(args)
-        self.env = {
-            "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "KUBECONFIG": str(api.kubeconfig_path),
-            "DIOPTRA_METRICS_PORT": "0",
-            **env,
-        }
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> OperatorProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(VENV_BIN / "dioptra-operator"), *self.args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        mounts: Mapping[str, Path],
+        *,
+        main: bool,
+    ) -> list[str]:
+        settings = self.kubelet.settings_for(self.namespace)
+        if main and settings.main_command:
+            return list(settings.main_command)
+        command = [
+            self.kubelet.network(_map_path(_expand(arg, env), mounts), self.ip)
+            for arg in [*(spec.get("command") or []), *(spec.get("args") or [])]
+        ]
+        if not command:
+            raise AssertionError(
+                f"container {spec['name']} of Pod {self.name} has no command: the stand-in "
+                "kubelet has no image to take an entrypoint from"
             )
+        if "/" not in command[0] and (VENV_BIN / command[0]).exists():
+            command[0] = str(VENV_BIN / command[0])
+        return command
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def stop_for_deletion(self) -> None:
+        """What the kubelet does when the API server marks the Pod deleted."""
+        grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        self._stop_all(grace=float(grace))
+
+    def _stop_all(self, grace: float) -> None:
+        processes = [c.process for c in self.containers.values() if c.process is not None]
+        alive = [p for p in processes if p.poll() is None]
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in alive:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # nothing of the container outlives it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+
+    def _confirm_deletion(self) -> None:
+        if not self.deleted.is_set():
+            return
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
+        with contextlib.suppress(ApiError):
+            self.plane.request(
+                "DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body
+            )
+
+
+class StandInKubelet:
+    """Registers the Node, runs the Pods bound to it; start() once, stop() at the end."""
+
+    def __init__(self, plane: ControlPlane, folder: Path | None = None) -> None:
+        self.plane = plane
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="stand-in-kubelet-"))
+        self.logs: dict[str, str] = {}  # "<namespace>/<pod>/<container>" -> output so far
+        self.errors: list[str] = []
+        self._settings: dict[str, NamespaceSettings] = {}
+        self._workers: dict[str, _PodWorker] = {}  # by Pod uid
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._addresses = (f"127.1.{i // 250}.{i % 250 + 2}" for i in itertools.count())
+        self._watcher = threading.Thread(target=self._watch, name="kubelet-watch", daemon=True)
+        self._log_server = _LogServer(self)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> StandInKubelet:
+        self._log_server.start()
+        self._register_node()
+        self._watcher.start()
         return self
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.deleted.set()
+            worker._stop_all(grace=2)
+        for worker in workers:
+            worker.thread.join(10)
+        self._log_server.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
-    def restart(self) -> None:
-        self.kill()
-        self.start()
+    def _register_node(self) -> None:
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "labels": {
+                    "kubernetes.io/hostname": NODE_NAME,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                },
+            },
+            "spec": {"podCIDR": "127.1.0.0/16", "podCIDRs": ["127.1.0.0/16"]},
+        }
+        with contextlib.suppress(ApiError):
+            self.plane.request("POST", "/api/v1/nodes", node)
+        capacity = {"cpu": "64", "memory": "256Gi", "pods": "500", "ephemeral-storage": "100Gi"}
+        status = {
+            "status": {
+                "capacity": capacity,
+                "allocatable": capacity,
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self._log_server.port}},
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "stand-in kubelet is posting ready status",
+                        "lastHeartbeatTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.36.0-stand-in",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "processes://stand-in",
+                    "kernelVersion": os.uname().release,
+                    "osImage": "stand-in",
+                    "kubeProxyVersion": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+            }
+        }
+        self.plane.request(
+            "PATCH",
+            f"/api/v1/nodes/{NODE_NAME}/status",
+            status,
+            content_type="application/merge-patch+json",
+        )
+        # The API server taints a new Node not-ready; the node lifecycle controller would lift
+        # it once the Node reports Ready, and the test control plane does not run that one.
+        self.plane.request(
+            "PATCH",
+            f"/api/v1/nodes/{NODE_NAME}",
+            {"spec": {"taints": None}},
+            content_type="application/merge-patch+json",
+        )
+
+    # -- test controls --------------------------------------------------------------------------
+
+    def configure(self, namespace: str, settings: NamespaceSettings) -> None:
+        self._settings[namespace] = settings
+
+    def forget(self, namespace: str) -> None:
+        self._settings.pop(namespace, None)
+
+    def settings_for(self, namespace: str) -> NamespaceSettings:
+        return self._settings.get(namespace) or NamespaceSettings()
+
+    def workers(self, namespace: str, job_name: str | None = None) -> list[_PodWorker]:
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.namespace == namespace]
+        if job_name is not None:
+            workers = [
+                w
+                for w in workers
+                if (w.pod["metadata"].get("labels") or {}).get("job-name") == job_name
+            ]
+        return workers
+
+    def kill(self, job_name: str, namespace: str, *, reason: str = "OOMKilled") -> None:
+        """SIGKILL the Job's running main container; it reports exit 137 with `reason`."""
+        for worker in self.workers(namespace, job_name):
+            container = worker.running_main()
+            if container is not None and container.process is not None:
+                container.kill_reason = reason
+                os.killpg(container.process.pid, signal.SIGKILL)
+                return
+        raise AssertionError(f"no running main container for Job {namespace}/{job_name}")
+
+    def kill_pod(self, pod_name: str, namespace: str, *, reason: str = "Error") -> None:
+        """SIGKILL a Pod's running main container (a crash); restartPolicy decides what next."""
+        for worker in self.workers(namespace):
+            if worker.name == pod_name:
+                container = worker.running_main()
+                if container is not None and container.process is not None:
+                    container.kill_reason = reason
+                    os.killpg(container.process.pid, signal.SIGKILL)
+                    return
+        raise AssertionError(f"no running main container in Pod {namespace}/{pod_name}")
+
+    def main_running(self, job_name: str, namespace: str) -> bool:
+        return any(w.running_main() for w in self.workers(namespace, job_name))
+
+    def token_of(self, namespace: str, pod_name: str) -> str:
+        """The ServiceAccount token the kubelet handed to a Pod's containers."""
+        for worker in self.workers(namespace):
+            if worker.name == pod_name and worker.token:
+                return worker.token
+        raise AssertionError(f"Pod {namespace}/{pod_name} got no token")
+
+    def log_of(self, namespace: str, pod_name: str, container: str) -> str:
+        for worker in self.workers(namespace):
+            if worker.name == pod_name and container in worker.containers:
+                return worker.containers[container].log.read_text(errors="replace")
+        return self.logs.get(f"{namespace}/{pod_name}/{container}", "")
+
+    # -- the network stand-in -------------------------------------------------------------------
+
+    def network(self, value: str, pod_ip: str) -> str:
+        """Bind-everywhere becomes the Pod's address; a Service name one of its endpoints."""
+        value = re.sub(r"(?<![\d.])0\.0\.0\.0(?![\d.])", pod_ip, value)
+        return _SERVICE_NAME.sub(self._endpoint, value)
+
+    def _endpoint(self, match: re.Match[str]) -> str:
+        namespace, service = match.group("ns"), match.group("svc")
+        try:
+            svc = self.plane.request("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
+            slices = self.plane.request(
+                "GET",
+                f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+                f"?labelSelector=kubernetes.io/service-name%3D{service}",
+            )["items"]
+        except ApiError:
+            return match.group(0)
+        wanted = int(match.group("port") or 0)
+        service_port = next(
+            (p for p in svc["spec"].get("ports") or [] if not wanted or p["port"] == wanted),
+            None,
+        )
+        for endpoint_slice in slices:
+            port = next(
+                (
+                    p["port"]
+                    for p in endpoint_slice.get("ports") or []
+                    if service_port is None or p.get("name", "") == service_port.get("name", "")
+                ),
+                None,
+            )
+            for endpoint in endpoint_slice.get("endpoints") or []:
+                if (endpoint.get("conditions") or {}).get("ready") and port:
+                    return f"{endpoint['addresses'][0]}:{port}"
+        return match.group(0)
+
+    # -- the Pod watch --------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        selector = f"spec.nodeName={NODE_NAME}"
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = self.plane.request(
+                        "GET", f"/api/v1/pods?fieldSelector={urllib.parse.quote(selector)}"
+                    )
+                    for pod in listed["items"]:
+                        self._seen(pod)
+                    version = listed["metadata"]["resourceVersion"]
+                for event in self.plane.watch(
+                    "/api/v1/pods",
+                    resource_version=version,
+                    timeout_seconds=30,
+                    stop=self._stop.is_set,
+                    fieldSelector=selector,
+                ):
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        version = None  # 410 Gone: list again
+                        break
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    if event["type"] == "DELETED":
+                        self._gone(obj)
+                    else:
+                        self._seen(obj)
+            except (OSError, ApiError, ValueError):
+                if self._stop.wait(0.2):
+                    return
+
+    def _seen(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            worker = self._workers.get(uid)
+            if worker is None:
+                phase = (pod.get("status") or {}).get("phase")
+                if phase in ("Succeeded", "Failed"):
+                    return
+                if pod["metadata"].get("deletionTimestamp"):
+                    # Deleted before it ever ran: nothing to stop, confirm at once.
+                    worker = _PodWorker(self, pod, "")
+                    worker.deleted.set()
+                    threading.Thread(target=worker._confirm_deletion, daemon=True).start()
+                    return
+                worker = _PodWorker(self, pod, next(self._addresses))
+                self._workers[uid] = worker
+                worker.thread.start()
+                return
+        was_deleted = worker.deleted.is_set()
+        worker.update(pod)
+        if worker.deleted.is_set() and not was_deleted:
+            threading.Thread(target=worker.stop_for_deletion, daemon=True).start()
+
+    def _gone(self, pod: dict[str, Any]) -> None:
+        with self._lock:
+            worker = self._workers.pop(pod["metadata"]["uid"], None)
+        if worker is not None:
+            worker.deleted.set()
+            threading.Thread(target=worker._stop_all, args=(0,), daemon=True).start()
+
+
+class _LogServer:
+    """The kubelet's `/containerLogs/{namespace}/{pod}/{container}` endpoint, over TLS."""
+
+    def __init__(self, kubelet: StandInKubelet) -> None:
+        self.kubelet = kubelet
+        handler = self._handler()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        pki = kubelet.plane.pki
+        context.load_cert_chain(str(pki.kubelet_serving.cert), str(pki.kubelet_serving.key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.server.shutdown()
+        self.server.server_close()
 
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        kubelet = self.kubelet
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlparse(self.path)
+                parts = url.path.strip("/").split("/")
+                if len(parts) != 4 or parts[0] != "containerLogs":
+                    self.send_error(404)
+                    return
+                _, namespace, pod, container = parts
+                query = urllib.parse.parse_qs(url.query)
+                text = kubelet.log_of(namespace, pod, container)
+                tail = query.get("tailLines")
+                if tail:
+                    text = "\n".join(text.splitlines()[-int(tail[0]) :]) + "\n"
+                body = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler
 
 
-@pytest.fixture()
-def operator_process(k8s_api: K8sApi, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The real operator (console script) against the emulator; stopped at teardown."""
-    process = OperatorProcess(
-        k8s_api,
-        {"DIOPTRA_RUNNER_IMAGE": "dioptra-runner:test"},
-        tmp_path / "operator.log",
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-def _status(name: str, state: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "state": state, "ready": "running" in state, "restartCount": 0}
+def _status(spec: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": spec["name"],
+        "image": spec.get("image", ""),
+        "imageID": "",
+        "state": state,
+        "ready": "running" in state,
+        "started": "running" in state,
+        "restartCount": 0,
+    }
 
 
 def _map_path(value: str, mounts: Mapping[str, Path]) -> str:
@@ -580,31 +920,37 @@ def _map_path(value: str, mounts: Mapping[str, Path]) -> str:
     return value
 
 
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion: known variables replaced, `$$` escapes, rest kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(replace, value)
+
+
 @contextlib.contextmanager
-def stand_in_kubelet(
-    api: K8sApi, folder: Path, seconds: float, **env: str
-) -> Iterator[TestKubelet]:
-    """A started kubelet whose main containers are the stand-in runner, alive for `seconds`.
-
-    Extra `env` reaches the stand-in (e.g. `STAND_IN_EXIT="3"` to fail it).
-    """
-    node = TestKubelet(
-        api,
-        main_command=STAND_IN_RUNNER,
-        extra_env={"STAND_IN_SECONDS": str(seconds), **env},
-        folder=folder,
-    ).start()
+def running_kubelet(plane: ControlPlane) -> Iterator[StandInKubelet]:
+    kubelet = StandInKubelet(plane).start()
     try:
-        yield node
+        yield kubelet
     finally:
-        node.stop()
+        kubelet.stop()
 
 
-@pytest.fixture()
-def kubelet(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A started TestKubelet running the Jobs' real commands (set `main_command` to change)."""
-    node = TestKubelet(k8s_api, folder=tmp_path / "kubelet").start()
-    try:
+@pytest.fixture(scope="session")
+def kubelet(control_plane: ControlPlane) -> Iterator[StandInKubelet]:
+    """The session's stand-in kubelet: one Node running every Pod the scheduler binds to it."""
+    with running_kubelet(control_plane) as node:
         yield node
-    finally:
-        node.stop()
+
+
+def stand_in_settings(seconds: float, **env: str) -> NamespaceSettings:
+    """Main containers that are the stand-in runner, alive for `seconds` (then exit 0)."""
+    return NamespaceSettings(
+        main_command=list(STAND_IN_RUNNER),
+        env={"STAND_IN_SECONDS": str(seconds), **env},
+    )
+
