@@ -151,10 +151,6 @@ def _exactly_one_entry_point(entry_point: Any) -> bool:
     return sum(1 for kind in kinds if kind in entry_point) == 1
 
 
-def _grid_xor_points(sweep: Any) -> bool:
-    return ("grid" in sweep) != ("points" in sweep)
-
-
 def _name_fits_a_label(root: Any) -> bool:
     name = root.get("metadata", {}).get("name", "")
     return not isinstance(name, str) or len(name) <= 63
@@ -170,7 +166,6 @@ CEL_EQUIVALENTS: dict[str, Callable[[Any], bool]] = {
         "[has(self.module), has(self.script), has(self.configMapRef),"
         " has(self.taskGraph)].filter(x, x).size() == 1"
     ): _exactly_one_entry_point,
-    normalize_rule("has(self.grid) != has(self.points)"): _grid_xor_points,
     normalize_rule("self.metadata.name.size() <= 63"): _name_fits_a_label,
 }
 """Python twins of the CRD's CEL rules that need no old object (a test keeps them in step)."""

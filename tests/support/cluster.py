@@ -132,7 +132,7 @@ class Cluster:
         """The real kubectl (built with the control plane), as admin, in the test's namespace."""
         result = subprocess.run(
             [str(CONTROL_PLANE_BIN / "kubectl"), *args],
-            env=kubectl_env(self.kubeconfig_path),
+            env=kubectl_env(self.kubeconfig_path, {"KUBECACHEDIR": str(self.folder / "kube-cache")}),
             capture_output=True,
             text=True,
             input=input,
