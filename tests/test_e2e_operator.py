@@ -1,14 +1,15 @@
-"""End to end: the real operator (console script, kopf) against the API emulator and test kubelet.
+"""End to end: the real operator (console script, kopf) on the real control plane.
 
-These tests are about the operator's own behaviour, so where the runner itself is not the
-subject the kubelet runs `STAND_IN_RUNNER` (a process that sleeps, then exits) as the main
-container. The init container, when a test has one, is the real `dioptra plugins sync`.
+The operator runs as the chart's ServiceAccount with the chart's RBAC; the real Job controller
+creates the Pods and owns Job status, the scheduler binds them to the stand-in kubelet. These
+tests are about the operator's own behaviour, so where the runner itself is not the subject the
+kubelet runs `STAND_IN_RUNNER` (a process that sleeps, then exits) as the main container. The
+init container, when a test has one, is the real `dioptra plugins sync`.
 """
 
 from __future__ import annotations
 
 import base64
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,84 +17,84 @@ from typing import Any
 
 import pytest
 from dioptra_operator import constants as c
-from support.k8s_emulator import K8sApi, wait_until
-from support.kubelet import OperatorProcess, TestKubelet, stand_in_kubelet
+from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.controlplane import free_port
+from support.kubelet import StandInKubelet, stand_in_settings
+from support.proxy import ApiProxy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def experiment(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.KIND,
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name},
         "spec": {"entryPoint": {"module": "acme.flows:flow"}, **spec},
     }
 
 
-def status(api: K8sApi, name: str) -> dict[str, Any]:
+def status(api: Cluster, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
-def maybe_condition(api: K8sApi, name: str, type_: str) -> dict[str, Any] | None:
+def maybe_condition(api: Cluster, name: str, type_: str) -> dict[str, Any] | None:
     for cond in status(api, name).get("conditions") or []:
         if cond["type"] == type_:
             return dict(cond)
     return None
 
 
-def condition(api: K8sApi, name: str, type_: str) -> dict[str, Any]:
+def condition(api: Cluster, name: str, type_: str) -> dict[str, Any]:
     found = maybe_condition(api, name, type_)
     assert found is not None, f"{name} has no {type_} condition: {status(api, name)}"
     return found
 
 
-def wait_phase(api: K8sApi, name: str, phase: str, timeout: float = 15) -> dict[str, Any]:
-    return dict(
-        wait_until(
-            lambda: (s := status(api, name)).get("phase") == phase and s,
-            timeout=timeout,
-            what=f"{name} to reach {phase} (status now: {status(api, name)})",
-        )
+def wait_phase(api: Cluster, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    found = api.wait_for(
+        "experiments",
+        name,
+        lambda e: ((e or {}).get("status") or {}).get("phase") == phase,
+        timeout=timeout,
+        what=f"{name} to reach {phase}",
     )
+    return dict(found["status"])
 
 
-def jobs_of(api: K8sApi, name: str) -> list[dict[str, Any]]:
-    return [
-        job
-        for job in api.list("jobs", "default")
-        if (job["metadata"].get("labels") or {}).get(c.LABEL_EXPERIMENT) == name
-    ]
+def jobs_of(api: Cluster, name: str) -> list[dict[str, Any]]:
+    return api.list("jobs", labelSelector=f"{c.LABEL_EXPERIMENT}={name}")
 
 
-def events_for(api: K8sApi, name: str) -> list[dict[str, Any]]:
-    return [
-        event
-        for event in api.list("events", "default")
-        if (event.get("involvedObject") or {}).get("name") == name
-    ]
+def events_for(api: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in api.events_for(name, kind=c.KIND) if e["reason"] == reason]
 
 
 @pytest.fixture()
-def stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A kubelet whose main containers are a 30 s stand-in runner (tests kill or stop it)."""
-    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 30) as node:
-        yield node
+def stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandInKubelet]:
+    """Main containers of this namespace are a 30 s stand-in runner (tests kill or stop it)."""
+    kubelet.configure(cluster.namespace, stand_in_settings(30))
+    yield kubelet
+    kubelet.forget(cluster.namespace)
 
 
 @pytest.fixture()
-def quick_stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A kubelet whose main containers succeed after one second."""
-    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 1) as node:
-        yield node
+def quick_stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandInKubelet]:
+    """Main containers of this namespace succeed after one second."""
+    kubelet.configure(cluster.namespace, stand_in_settings(1))
+    yield kubelet
+    kubelet.forget(cluster.namespace)
 
 
 def test_an_experiment_gets_one_job_owned_by_it(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    created = k8s_api.create(experiment("owned"))
-    wait_until(lambda: jobs_of(k8s_api, "owned"), what="the Job")
-    job = jobs_of(k8s_api, "owned")[0]
+    created = cluster.create(experiment("owned"))
+    current = cluster.wait_for(
+        "experiments", "owned", lambda e: (e or {}).get("status", {}).get("jobName"),
+        what="the Job in status",
+    )["status"]
+    (job,) = jobs_of(cluster, "owned")
     assert job["metadata"]["name"] == "owned-g1"
     (owner,) = job["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == (
@@ -102,141 +103,145 @@ def test_an_experiment_gets_one_job_owned_by_it(
         created["metadata"]["uid"],
     )
     assert owner["controller"] is True
-    current = wait_until(
-        lambda: status(k8s_api, "owned").get("jobName") and status(k8s_api, "owned")
-    )
+    assert owner["blockOwnerDeletion"] is True  # allowed by the chart's experiments/finalizers
     assert current["jobName"] == "owned-g1"
     assert current["observedGeneration"] == 1
     assert current["phase"] == c.Phase.PENDING
     assert (
-        condition(k8s_api, "owned", c.ConditionType.JOB_CREATED)["reason"] == c.Reason.JOB_CREATED
+        condition(cluster, "owned", c.ConditionType.JOB_CREATED)["reason"] == c.Reason.JOB_CREATED
     )
 
 
 def test_a_job_creation_is_announced_with_an_event(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    k8s_api.create(experiment("announced"))
-    event = wait_until(
-        lambda: [
-            e for e in events_for(k8s_api, "announced") if e["reason"] == c.Reason.JOB_CREATED
-        ],
-        what="a JobCreated event",
-    )[0]
+    cluster.create(experiment("announced"))
+    (event, *_) = wait_until(
+        lambda: events_for(cluster, "announced", c.Reason.JOB_CREATED), what="a JobCreated event"
+    )
     assert event["type"] == "Normal"
     assert "announced-g1" in event["message"]
 
 
 def test_a_finished_stand_in_run_succeeds_with_timings(
-    k8s_api: K8sApi, operator_process: OperatorProcess, quick_stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("quick"))
-    final = wait_phase(k8s_api, "quick", c.Phase.SUCCEEDED)
+    cluster.create(experiment("quick"))
+    final = wait_phase(cluster, "quick", c.Phase.SUCCEEDED)
     assert final["completionTime"] >= final["startTime"]
     assert final["duration"].endswith("s")
-    assert condition(k8s_api, "quick", c.ConditionType.COMPLETE)["status"] == "True"
+    assert condition(cluster, "quick", c.ConditionType.COMPLETE)["status"] == "True"
+
+
+def test_an_experiment_without_plugin_sources_says_so_instead_of_claiming_a_sync(
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
+) -> None:
+    cluster.create(experiment("builtin-only"))
+    wait_phase(cluster, "builtin-only", c.Phase.SUCCEEDED)
+    synced = condition(cluster, "builtin-only", c.ConditionType.PLUGINS_SYNCED)
+    assert synced["reason"] == c.Reason.NO_PLUGIN_SOURCES
+    assert "S3" not in synced["message"]
 
 
 def test_restarting_the_operator_mid_run_creates_no_second_job(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("restarted"))
-    wait_phase(k8s_api, "restarted", c.Phase.RUNNING)
-    job_uid = jobs_of(k8s_api, "restarted")[0]["metadata"]["uid"]
+    cluster.create(experiment("restarted"))
+    wait_phase(cluster, "restarted", c.Phase.RUNNING)
+    job_uid = jobs_of(cluster, "restarted")[0]["metadata"]["uid"]
     operator_process.restart()
     # The new process resumes the Experiment (kopf's resume handler) and mirrors the pod again.
     wait_until(
-        lambda: (
-            "Handler 'experiment_changed' succeeded"
-            in operator_process.log.split("dioptra-operator started")[-1]
-        ),
+        lambda: "Handler 'experiment_changed' succeeded" in operator_process.log_since_start,
         what="the resume handler",
     )
-    stand_in.kill("restarted-g1", reason="Error")
-    wait_phase(k8s_api, "restarted", c.Phase.FAILED)
-    assert [j["metadata"]["uid"] for j in jobs_of(k8s_api, "restarted")] == [job_uid]
+    stand_in.kill("restarted-g1", cluster.namespace, reason="Error")
+    wait_phase(cluster, "restarted", c.Phase.FAILED)
+    assert [j["metadata"]["uid"] for j in jobs_of(cluster, "restarted")] == [job_uid]
 
 
 def test_a_runner_killed_for_memory_fails_with_oom_killed(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("oom"))
-    wait_phase(k8s_api, "oom", c.Phase.RUNNING)
-    stand_in.kill("oom-g1", reason="OOMKilled")
-    final = wait_phase(k8s_api, "oom", c.Phase.FAILED)
-    failed = condition(k8s_api, "oom", c.ConditionType.FAILED)
-    assert failed and failed["reason"] == c.Reason.OOM_KILLED
+    cluster.create(experiment("oom"))
+    wait_phase(cluster, "oom", c.Phase.RUNNING)
+    stand_in.kill("oom-g1", cluster.namespace, reason="OOMKilled")
+    final = wait_phase(cluster, "oom", c.Phase.FAILED)
+    failed = condition(cluster, "oom", c.ConditionType.FAILED)
+    assert failed["reason"] == c.Reason.OOM_KILLED
     assert "OOMKilled" in final["message"]
-    warning = wait_until(
-        lambda: [e for e in events_for(k8s_api, "oom") if e["reason"] == c.Reason.OOM_KILLED]
-    )[0]
+    (warning, *_) = wait_until(lambda: events_for(cluster, "oom", c.Reason.OOM_KILLED))
     assert warning["type"] == "Warning"
 
 
 def test_a_suspended_experiment_runs_only_once_resumed(
-    k8s_api: K8sApi, operator_process: OperatorProcess, quick_stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("held", suspend=True, queueName="team-a"))
-    wait_phase(k8s_api, "held", c.Phase.SUSPENDED)
-    (job,) = jobs_of(k8s_api, "held")
+    cluster.create(experiment("held", suspend=True, queueName="team-a"))
+    wait_phase(cluster, "held", c.Phase.SUSPENDED)
+    (job,) = jobs_of(cluster, "held")
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"][c.LABEL_KUEUE_QUEUE] == "team-a"
-    assert k8s_api.list("pods", "default") == []
-    k8s_api.patch("experiments", "held", {"spec": {"suspend": False}})
-    wait_phase(k8s_api, "held", c.Phase.SUCCEEDED)
-    assert [j["metadata"]["name"] for j in jobs_of(k8s_api, "held")] == ["held-g1"]
-    resumed = condition(k8s_api, "held", c.ConditionType.SUSPENDED)
-    assert resumed and resumed["reason"] == c.Reason.RESUMED
+    assert cluster.list("pods") == []  # the Job controller starts nothing while suspended
+    cluster.patch("experiments", "held", {"spec": {"suspend": False}})
+    wait_phase(cluster, "held", c.Phase.SUCCEEDED)
+    assert [j["metadata"]["name"] for j in jobs_of(cluster, "held")] == ["held-g1"]
+    resumed = condition(cluster, "held", c.ConditionType.SUSPENDED)
+    assert resumed["reason"] == c.Reason.RESUMED
 
 
 def test_suspending_a_running_experiment_stops_its_pod(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("paused"))
-    wait_phase(k8s_api, "paused", c.Phase.RUNNING)
-    k8s_api.patch("experiments", "paused", {"spec": {"suspend": True}})
-    wait_phase(k8s_api, "paused", c.Phase.SUSPENDED)
-    assert jobs_of(k8s_api, "paused")[0]["spec"]["suspend"] is True
-    wait_until(lambda: not stand_in.main_running("paused-g1"), what="the pod to stop")
+    cluster.create(experiment("paused"))
+    wait_phase(cluster, "paused", c.Phase.RUNNING)
+    cluster.patch("experiments", "paused", {"spec": {"suspend": True}})
+    wait_phase(cluster, "paused", c.Phase.SUSPENDED)
+    assert jobs_of(cluster, "paused")[0]["spec"]["suspend"] is True
+    # The Job controller deletes the Pod; the kubelet stops its process.
+    cluster.wait_for(
+        "jobs",
+        "paused-g1",
+        lambda job: not (job or {}).get("status", {}).get("active")
+        and not stand_in.main_running("paused-g1", cluster.namespace),
+        what="the pod to stop",
+    )
 
 
 def test_a_job_deleted_under_a_running_experiment_fails_it_with_job_missing(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("orphan"))
-    wait_phase(k8s_api, "orphan", c.Phase.RUNNING)
-    k8s_api.delete("jobs", "orphan-g1")
-    final = wait_phase(k8s_api, "orphan", c.Phase.FAILED)
+    cluster.create(experiment("orphan"))
+    wait_phase(cluster, "orphan", c.Phase.RUNNING)
+    cluster.delete("jobs", "orphan-g1")
+    final = wait_phase(cluster, "orphan", c.Phase.FAILED)
     assert "orphan-g1" in final["message"]
-    failed = condition(k8s_api, "orphan", c.ConditionType.FAILED)
-    assert failed and failed["reason"] == c.Reason.JOB_MISSING
+    failed = condition(cluster, "orphan", c.ConditionType.FAILED)
+    assert failed["reason"] == c.Reason.JOB_MISSING
 
 
-def test_deleting_an_experiment_is_not_blocked_and_leaves_the_job_to_the_gc(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+def test_deleting_an_experiment_is_not_blocked_and_the_garbage_collector_removes_its_job(
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    created = k8s_api.create(experiment("doomed"))
-    wait_until(lambda: status(k8s_api, "doomed").get("jobName"), what="the Job")
-    assert not k8s_api.get("experiments", "doomed")["metadata"].get("finalizers")
-    k8s_api.delete("experiments", "doomed")
-    wait_until(lambda: not k8s_api.exists("experiments", "doomed"), what="the deletion")
-    # The emulator has no garbage collector: the owner reference is what a cluster acts on.
-    (job,) = jobs_of(k8s_api, "doomed")
-    assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
-    k8s_api.delete("jobs", "doomed-g1")  # what the GC would do; the operator must not mind
+    cluster.create(experiment("doomed"))
+    wait_phase(cluster, "doomed", c.Phase.RUNNING)
+    assert not cluster.get("experiments", "doomed")["metadata"].get("finalizers")
+    cluster.delete("experiments", "doomed")
+    cluster.wait_for("experiments", "doomed", lambda e: e is None, what="the deletion")
+    # The real garbage collector follows the owner references: Job, then its Pod.
+    cluster.wait_for("jobs", "doomed-g1", lambda j: j is None, what="the Job to be collected")
     wait_until(
-        lambda: (
-            "Handler 'job_changed' succeeded"
-            in operator_process.log.split("[default/doomed-g1]")[-1]
-        )
+        lambda: not cluster.list("pods", labelSelector="job-name=doomed-g1"),
+        what="the Pod to be collected",
     )
+    assert not stand_in.main_running("doomed-g1", cluster.namespace)
     assert "Traceback" not in operator_process.log
 
 
 def test_a_missing_secret_stalls_the_experiment_with_secret_not_found(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(
+    cluster.create(
         experiment(
             "nosecret",
             plugins={
@@ -247,35 +252,65 @@ def test_a_missing_secret_stalls_the_experiment_with_secret_not_found(
         )
     )
     stalled = wait_until(
-        lambda: maybe_condition(k8s_api, "nosecret", c.ConditionType.STALLED),
+        lambda: maybe_condition(cluster, "nosecret", c.ConditionType.STALLED),
         what="a Stalled condition",
     )
     assert stalled["reason"] == c.Reason.SECRET_NOT_FOUND
-    current = status(k8s_api, "nosecret")
+    current = status(cluster, "nosecret")
     assert current["phase"] == c.Phase.PENDING
     assert "absent-creds" in current["message"]
 
 
 def test_an_unrunnable_spec_is_rejected_with_invalid_spec_and_no_job(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    k8s_api.create(experiment("local", plugins={"sources": ["./plugins"]}))
-    final = wait_phase(k8s_api, "local", c.Phase.FAILED)
-    accepted = condition(k8s_api, "local", c.ConditionType.ACCEPTED)
-    assert accepted and accepted["reason"] == c.Reason.INVALID_SPEC
+    cluster.create(experiment("local", plugins={"sources": ["./plugins"]}))
+    final = wait_phase(cluster, "local", c.Phase.FAILED)
+    accepted = condition(cluster, "local", c.ConditionType.ACCEPTED)
+    assert accepted["reason"] == c.Reason.INVALID_SPEC
     assert "./plugins" in final["message"]
-    warning = wait_until(
-        lambda: [e for e in events_for(k8s_api, "local") if e["reason"] == c.Reason.INVALID_SPEC]
-    )[0]
+    (warning, *_) = wait_until(lambda: events_for(cluster, "local", c.Reason.INVALID_SPEC))
     assert warning["type"] == "Warning"
-    assert jobs_of(k8s_api, "local") == []
+    assert jobs_of(cluster, "local") == []
+
+
+def test_an_integer_quantity_reaches_the_job_as_the_api_server_accepts_it(
+    cluster: Cluster, operator_process: OperatorProcess
+) -> None:
+    cluster.create(
+        experiment("sized", runner={"resources": {"limits": {"cpu": 2, "memory": "1Gi"}}})
+    )
+    cluster.wait_for("jobs", "sized-g1", bool, what="the Job")
+    (container,) = cluster.get("jobs", "sized-g1")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+
+
+def test_a_missing_runner_service_account_is_named_with_how_to_create_it(
+    cluster: Cluster, operator_process: OperatorProcess
+) -> None:
+    cluster.create(experiment("nobody", serviceAccountName="absent-runner"))
+    stalled = wait_until(
+        lambda: maybe_condition(cluster, "nobody", c.ConditionType.STALLED),
+        timeout=60,
+        what="a Stalled condition",
+    )
+    assert stalled["reason"] == c.Reason.SERVICE_ACCOUNT_NOT_FOUND
+    assert 'serviceaccount "absent-runner" not found' in stalled["message"]
+    assert "kubectl create serviceaccount absent-runner" in stalled["message"]
+    current = status(cluster, "nobody")
+    assert current["phase"] == c.Phase.PENDING
+    assert current["message"] == stalled["message"]
+    (warning, *_) = wait_until(
+        lambda: events_for(cluster, "nobody", c.Reason.SERVICE_ACCOUNT_NOT_FOUND)
+    )
+    assert warning["type"] == "Warning"
 
 
 def test_the_runners_status_fields_survive_the_operators_writes(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("shared"))
-    wait_phase(k8s_api, "shared", c.Phase.RUNNING)
+    cluster.create(experiment("shared"))
+    wait_phase(cluster, "shared", c.Phase.RUNNING)
     runner_fields = {
         "tasks": [{"name": "a", "task": "p.m.f", "state": "Completed"}],
         "tasksDone": 1,
@@ -283,26 +318,29 @@ def test_the_runners_status_fields_survive_the_operators_writes(
         "results": {"accuracy": 0.9},
         "progress": "1/2",
     }
-    k8s_api.patch("experiments", "shared", {"status": runner_fields}, subresource="status")
-    stand_in.kill("shared-g1", reason="OOMKilled")
-    final = wait_phase(k8s_api, "shared", c.Phase.FAILED)
+    cluster.patch("experiments", "shared", {"status": runner_fields}, subresource="status")
+    stand_in.kill("shared-g1", cluster.namespace, reason="OOMKilled")
+    final = wait_phase(cluster, "shared", c.Phase.FAILED)
     assert {key: final[key] for key in runner_fields} == runner_fields
 
 
-def test_the_phase_gauge_counts_experiments(k8s_api: K8sApi, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_the_phase_gauge_counts_experiments(
+    cluster: Cluster, chart_rbac: ChartRbac, tmp_path: Path
+) -> None:
+    port = free_port()
     process = OperatorProcess(
-        k8s_api, {"DIOPTRA_METRICS_PORT": str(port)}, tmp_path / "operator.log"
+        chart_rbac, {"DIOPTRA_METRICS_PORT": str(port)}, tmp_path / "operator.log"
     ).start()
     try:
-        k8s_api.create(experiment("counted", suspend=True))
-        wait_phase(k8s_api, "counted", c.Phase.SUSPENDED)
+        cluster.create(experiment("counted", suspend=True))
+        wait_phase(cluster, "counted", c.Phase.SUSPENDED)
 
         def scrape() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return str(r.read().decode())
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
 
         wait_until(lambda: 'dioptra_experiments{phase="Suspended"} 1.0' in scrape(), what="gauge")
     finally:
@@ -310,9 +348,9 @@ def test_the_phase_gauge_counts_experiments(k8s_api: K8sApi, tmp_path: Path) -> 
 
 
 def test_s3_credentials_reach_the_sync_only_through_the_secret(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    k8s_api.create(
+    cluster.create(
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -320,81 +358,95 @@ def test_s3_credentials_reach_the_sync_only_through_the_secret(
             "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIDEXAMPLE").decode()},
         }
     )
-    k8s_api.create(
+    cluster.create(
         experiment(
             "secretive",
             plugins={"sources": ["s3://plugins/x"], "credentialsSecretRef": {"name": "creds"}},
         )
     )
-    wait_until(lambda: jobs_of(k8s_api, "secretive"), what="the Job")
-    job = jobs_of(k8s_api, "secretive")[0]
+    job = cluster.wait_for("jobs", "secretive-g1", bool, what="the Job")
     assert "AKIDEXAMPLE" not in str(job)
-    assert "AKIDEXAMPLE" not in str(k8s_api.get("experiments", "secretive"))
+    assert "AKIDEXAMPLE" not in str(cluster.get("experiments", "secretive"))
 
 
 def test_changing_parameters_replaces_the_running_job_with_one_for_the_new_generation(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("tuned", parameters={"epsilon": 0.1}))
-    wait_phase(k8s_api, "tuned", c.Phase.RUNNING)
-    k8s_api.patch("experiments", "tuned", {"spec": {"parameters": {"epsilon": 0.2}}})
-    current = wait_until(
-        lambda: (s := status(k8s_api, "tuned")).get("jobName") == "tuned-g2" and s,
+    cluster.create(experiment("tuned", parameters={"epsilon": 0.1}))
+    wait_phase(cluster, "tuned", c.Phase.RUNNING)
+    cluster.patch("experiments", "tuned", {"spec": {"parameters": {"epsilon": 0.2}}})
+    current = cluster.wait_for(
+        "experiments",
+        "tuned",
+        lambda e: (e or {}).get("status", {}).get("jobName") == "tuned-g2",
         what="the new generation's Job",
-    )
+    )["status"]
     assert current["observedGeneration"] == 2
-    wait_until(lambda: [j["metadata"]["name"] for j in jobs_of(k8s_api, "tuned")] == ["tuned-g2"])
-    wait_phase(k8s_api, "tuned", c.Phase.RUNNING)
+    cluster.wait_for("jobs", "tuned-g1", lambda j: j is None, what="the old Job deleted")
+    assert [j["metadata"]["name"] for j in jobs_of(cluster, "tuned")] == ["tuned-g2"]
+    wait_phase(cluster, "tuned", c.Phase.RUNNING)
 
 
 def test_an_api_error_while_creating_the_job_is_retried(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+    cluster: Cluster, chart_rbac: ChartRbac, tmp_path: Path
 ) -> None:
-    k8s_api.fail("POST", r"/namespaces/default/jobs$", status=503, times=1)
-    k8s_api.create(experiment("flaky"))
-    wait_until(lambda: status(k8s_api, "flaky").get("jobName"), timeout=15, what="the retry")
-    assert [j["metadata"]["name"] for j in jobs_of(k8s_api, "flaky")] == ["flaky-g1"]
-    assert "Handler 'experiment_changed' failed temporarily" in operator_process.log
-    assert "Traceback" not in operator_process.log
+    proxy = ApiProxy(cluster.plane).start()
+    proxy.fail("POST", rf"/namespaces/{cluster.namespace}/jobs$", status=503, times=1)
+    process = OperatorProcess(chart_rbac, {}, tmp_path / "operator.log", proxy=proxy).start()
+    try:
+        cluster.create(experiment("flaky"))
+        cluster.wait_for(
+            "experiments", "flaky", lambda e: (e or {}).get("status", {}).get("jobName"),
+            what="the retry",
+        )
+        assert [j["metadata"]["name"] for j in jobs_of(cluster, "flaky")] == ["flaky-g1"]
+        posts = [s.status for s in proxy.seen if s.method == "POST" and s.path.endswith("/jobs")]
+        assert posts == [503, 201]
+        assert "Handler 'experiment_changed' failed temporarily" in process.log
+        assert "Traceback" not in process.log
+    finally:
+        process.stop()
+        proxy.stop()
 
 
 def test_a_finished_run_whose_job_expired_is_not_run_again_after_a_restart(
-    k8s_api: K8sApi, operator_process: OperatorProcess, quick_stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("expired", ttlSecondsAfterFinished=0))
-    wait_phase(k8s_api, "expired", c.Phase.SUCCEEDED)
-    wait_until(lambda: maybe_condition(k8s_api, "expired", c.ConditionType.COMPLETE))
-    k8s_api.delete("jobs", "expired-g1")  # what the TTL controller does
+    cluster.create(experiment("expired", ttlSecondsAfterFinished=0))
+    wait_phase(cluster, "expired", c.Phase.SUCCEEDED)
+    # The real TTL-after-finished controller deletes the finished Job.
+    cluster.wait_for("jobs", "expired-g1", lambda j: j is None, what="the TTL controller")
     operator_process.restart()
     wait_until(
-        lambda: (
-            "Handler 'experiment_changed' succeeded"
-            in operator_process.log.split("dioptra-operator started")[-1]
-        ),
+        lambda: "Handler 'experiment_changed' succeeded" in operator_process.log_since_start,
         what="the resume handler",
     )
-    assert jobs_of(k8s_api, "expired") == []
-    assert status(k8s_api, "expired")["phase"] == c.Phase.SUCCEEDED
+    assert jobs_of(cluster, "expired") == []
+    final = status(cluster, "expired")
+    assert final["phase"] == c.Phase.SUCCEEDED
+    assert condition(cluster, "expired", c.ConditionType.COMPLETE)["status"] == "True"
 
 
 def test_a_run_past_its_deadline_fails_with_deadline_exceeded(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(experiment("late", activeDeadlineSeconds=1))
-    wait_phase(k8s_api, "late", c.Phase.FAILED)
+    cluster.create(experiment("late", activeDeadlineSeconds=1))
+    wait_phase(cluster, "late", c.Phase.FAILED)
     assert (
-        condition(k8s_api, "late", c.ConditionType.FAILED)["reason"] == c.Reason.DEADLINE_EXCEEDED
+        condition(cluster, "late", c.ConditionType.FAILED)["reason"] == c.Reason.DEADLINE_EXCEEDED
     )
 
 
 def test_the_liveness_endpoint_answers_as_the_chart_probes_it(
-    k8s_api: K8sApi, tmp_path: Path
+    cluster: Cluster, chart_rbac: ChartRbac, tmp_path: Path
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = ["--all-namespaces", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"]
-    process = OperatorProcess(k8s_api, {}, tmp_path / "operator.log", args=args).start()
+    port = free_port()
+    args = [
+        "--standalone",
+        f"--namespace={cluster.namespace}",
+        f"--liveness=http://127.0.0.1:{port}/healthz",
+    ]
+    process = OperatorProcess(chart_rbac, {}, tmp_path / "operator.log", args=args).start()
 
     def healthy() -> bool:
         try:

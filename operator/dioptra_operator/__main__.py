@@ -31,13 +31,20 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    # Post only warnings from kopf's own log lines as Events; our handlers post their own
-    # Events for each condition transition, which is what users read.
+    # kopf's own log lines about an Experiment (a handler that failed, and why) become
+    # Warning Events on it, so `kubectl describe` shows them; INFO lines stay in the log. Our
+    # handlers post their own Events for each condition transition, at any level.
+    settings.posting.loggers = True
     settings.posting.level = logging.WARNING
     # Give up on an API call after a while instead of hanging a worker forever.
     settings.networking.request_timeout = 60
     metrics.serve(handlers.SETTINGS.metrics_port)
     logger.info("dioptra-operator started (runner image %s)", handlers.SETTINGS.runner_image)
+
+
+@kopf.on.cleanup()
+def stop_background_work(**_: Any) -> None:
+    handlers.POD_WATCH.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

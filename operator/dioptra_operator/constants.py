@@ -74,9 +74,13 @@ class Reason:
     JOB_CREATED: Final = "JobCreated"
     JOB_ADOPTED: Final = "JobAdopted"
     JOB_MISSING: Final = "JobMissing"
+    API_REFUSED: Final = "ApiRefused"
+    SERVICE_ACCOUNT_NOT_FOUND: Final = "ServiceAccountNotFound"
+    POD_CREATION_FAILED: Final = "PodCreationFailed"
     SUSPENDED: Final = "Suspended"
     RESUMED: Final = "Resumed"
     PLUGINS_SYNCED: Final = "PluginsSynced"
+    NO_PLUGIN_SOURCES: Final = "NoPluginSources"
     PLUGIN_SYNC_FAILED: Final = "PluginSyncFailed"
     CONTAINERS_STARTED: Final = "ContainersStarted"
     IMAGE_PULL_FAILED: Final = "ImagePullFailed"
@@ -97,9 +101,18 @@ MESSAGES: Final[dict[str, str]] = {
     Reason.JOB_CREATED: "Created Job {job}.",
     Reason.JOB_ADOPTED: "Job {job} already existed and was adopted.",
     Reason.JOB_MISSING: "Job {job} was deleted before the experiment finished.",
+    Reason.API_REFUSED: "The API server refused the operator's request",
+    Reason.SERVICE_ACCOUNT_NOT_FOUND: (
+        "The runner Pod cannot be created: {detail}. Create the ServiceAccount "
+        "(kubectl create serviceaccount {account} -n {namespace}, bound to a Role that allows "
+        "patch on experiments/status), install the chart with runner.namespaces listing "
+        "{namespace}, or set spec.serviceAccountName to one that exists."
+    ),
+    Reason.POD_CREATION_FAILED: "The Job controller cannot create the runner Pod",
     Reason.SUSPENDED: "The Job is suspended (spec.suspend is true).",
     Reason.RESUMED: "The Job is no longer suspended.",
     Reason.PLUGINS_SYNCED: "Plugins were synced from S3.",
+    Reason.NO_PLUGIN_SOURCES: "No plugin sources are set: the runner uses the plugins in its image.",
     Reason.PLUGIN_SYNC_FAILED: "The plugin sync (init container) failed",
     Reason.CONTAINERS_STARTED: "The runner pod's containers started.",
     Reason.IMAGE_PULL_FAILED: "The runner image cannot be pulled",

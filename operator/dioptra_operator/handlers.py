@@ -5,6 +5,7 @@ Importing this module registers the handlers with kopf's default registry.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import kopf
@@ -12,13 +13,17 @@ import kopf
 from dioptra_operator import constants as c
 from dioptra_operator import reconcile, sweep_reconcile
 from dioptra_operator.job_builder import InvalidSpecError
-from dioptra_operator.k8s import ApiUnavailable
+from dioptra_operator.k8s import ApiRefused, ApiUnavailable
 from dioptra_operator.metrics import PHASES_SEEN, RECONCILE_ERRORS
+from dioptra_operator.pod_watch import PodWatch
 from dioptra_operator.settings import Settings
 
 # Loaded once by the startup handler in __main__; tests may replace it before the operator runs.
 SETTINGS = Settings()
 RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
+REFUSED_RETRY_DELAY = 30  # seconds; a refusal lasts until someone changes RBAC or policy
+# Experiments whose Job has no Pod yet; a thread started with the operator asks why.
+POD_WATCH = PodWatch(reconcile.explain_missing_pod)
 OWNED = {c.LABEL_EXPERIMENT: kopf.PRESENT}
 
 
@@ -49,10 +54,15 @@ def jobs_by_name(*, namespace: str | None, name: str, body: kopf.Body, **_: Any)
 
 
 def _job_essence(body: kopf.Body) -> dict[str, Any]:
-    """The parts of a Job that status mapping reads (its name, suspend flag and status)."""
+    """The parts of a Job that status mapping reads (name, suspend, init containers, status)."""
+    template = (body.spec.get("template") or {}).get("spec") or {}
+    inits = [{"name": init.get("name")} for init in template.get("initContainers") or []]
     return {
         "metadata": {"name": body.metadata.get("name")},
-        "spec": {"suspend": body.spec.get("suspend", False)},
+        "spec": {
+            "suspend": body.spec.get("suspend", False),
+            "template": {"spec": {"initContainers": inits}},
+        },
         "status": dict(body.status),
     }
 
@@ -109,20 +119,53 @@ def experiment_changed(
         except ApiUnavailable as api_exc:
             raise kopf.TemporaryError(str(api_exc), delay=RETRY_DELAY) from api_exc
         raise kopf.PermanentError(f"{c.MESSAGES[c.Reason.INVALID_SPEC]}: {exc}") from exc
+    except ApiRefused as exc:
+        # Forbidden or invalid: retrying soon changes nothing, but a person may fix it (RBAC,
+        # admission policy), so say it on the Experiment and try again now and then.
+        RECONCILE_ERRORS.labels("experiment", "refused").inc()
+        with contextlib.suppress(ApiUnavailable, ApiRefused):
+            reconcile.record_refusal(experiment, exc)
+        raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_DELAY) from exc
     except ApiUnavailable as exc:
         RECONCILE_ERRORS.labels("experiment", "temporary").inc()
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
+def _waiting_for_its_pod(status: kopf.Status, spec: kopf.Spec) -> bool:
+    """A plain Experiment whose Job exists but which nothing has seen start yet."""
+    return (
+        not spec.get("sweep")
+        and status.get("phase") == c.Phase.PENDING
+        and bool(status.get("jobName"))
+    )
+
+
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
 def experiment_seen(
-    *, type: str, namespace: str | None, name: str, status: kopf.Status, **_: Any
+    *,
+    type: str,
+    namespace: str | None,
+    name: str,
+    status: kopf.Status,
+    spec: kopf.Spec,
+    pods_by_job: kopf.Index[Any, Any] | None = None,
+    **_: Any,
 ) -> None:
-    """Feed the phase gauge; forget per-Experiment state on deletion."""
+    """Feed the phase gauge and the Pod watch; forget per-Experiment state on deletion."""
+    namespace = namespace or ""
     if type == "DELETED":
-        reconcile.forget(namespace or "", name)
+        reconcile.forget(namespace, name)
+        POD_WATCH.done(namespace, name)
+        return
+    PHASES_SEEN.observe(namespace, name, status.get("phase"))
+    if _waiting_for_its_pod(status, spec):
+        POD_WATCH.start_once()
+        job = str(status["jobName"])
+        POD_WATCH.waiting(
+            namespace, name, job, lambda: bool(pods_by_job and pods_by_job.get((namespace, job)))
+        )
     else:
-        PHASES_SEEN.observe(namespace or "", name, status.get("phase"))
+        POD_WATCH.done(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)

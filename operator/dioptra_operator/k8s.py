@@ -1,15 +1,19 @@
 """The operator's only gateway to the Kubernetes API (besides kopf's own watching).
 
 Responses are plain dicts (`_preload_content=False`) so the rest of the operator works on the
-same JSON shapes the API serves and the tests build. Transport and server errors become
-`ApiUnavailable`, which handlers turn into `kopf.TemporaryError`.
+same JSON shapes the API serves and the tests build. Every call goes through one error policy
+(`_calling`): transport and server errors become `ApiUnavailable` (retried soon), refusals
+(403 Forbidden, 422 Invalid...) become `ApiRefused` with the server's reason, which the
+handlers show on the Experiment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
+from collections.abc import Iterator
 from typing import Any, cast
 
 import kubernetes
@@ -22,6 +26,17 @@ MERGE_PATCH = "application/merge-patch+json"
 
 class ApiUnavailable(RuntimeError):
     """The API server failed or could not be reached; retrying later may succeed."""
+
+
+class ApiRefused(RuntimeError):
+    """The API server refused a request (forbidden, invalid): a person must change something.
+
+    The message quotes the server's own reason, e.g. an RBAC or admission refusal.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @functools.cache
@@ -39,10 +54,34 @@ def _json(response: Any) -> dict[str, Any]:
     return json.loads(data) if data else {}
 
 
-def _unavailable(exc: Exception, what: str) -> ApiUnavailable:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None) or type(exc).__name__
-    return ApiUnavailable(f"{what}: {status or ''} {reason}".strip())
+def _server_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
+@contextlib.contextmanager
+def _calling(what: str, *, absent_ok: bool = False) -> Iterator[None]:
+    """Turn what a call raises into the operator's two kinds of failure.
+
+    4xx answers other than 404 (and 409/429, which retrying settles) are refusals that will
+    not change by themselves; everything else (5xx, transport, timeouts) may pass. With
+    `absent_ok`, a 404 is left to the caller (raised as ApiException).
+    """
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status == 404 and absent_ok:
+            raise
+        status = exc.status or 0
+        detail = _server_message(exc) or exc.reason or ""
+        if 400 <= status < 500 and status not in (404, 409, 429):
+            raise ApiRefused(f"{what}: {detail}" if detail else what, status) from exc
+        raise ApiUnavailable(f"{what}: {status or ''} {detail}".strip()) from exc
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ApiUnavailable(f"{what}: {reason}") from exc
 
 
 def now() -> str:
@@ -55,12 +94,12 @@ def create_job(namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], boo
     api = kubernetes.client.BatchV1Api(_client())
     body: Any = job  # the client accepts plain dicts; its stubs only know V1Job
     try:
-        return _json(api.create_namespaced_job(namespace, body, _preload_content=False)), True
-    except ApiException as exc:
-        if exc.status != 409:
-            raise _unavailable(exc, f"creating Job {job['metadata']['name']}") from exc
-    except Exception as exc:
-        raise _unavailable(exc, f"creating Job {job['metadata']['name']}") from exc
+        with _calling(f"creating Job {job['metadata']['name']}"):
+            return _json(api.create_namespaced_job(namespace, body, _preload_content=False)), True
+    except ApiUnavailable as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, ApiException) and cause.status == 409):
+            raise
     existing = read_job(namespace, job["metadata"]["name"])
     if existing is None:  # deleted between our create and read: let the retry create it
         raise ApiUnavailable(f"Job {job['metadata']['name']} vanished while being adopted")
@@ -71,31 +110,26 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
     """The Job, or None when it does not exist."""
     api = kubernetes.client.BatchV1Api(_client())
     try:
-        return _json(api.read_namespaced_job(name, namespace, _preload_content=False))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise _unavailable(exc, f"reading Job {name}") from exc
-    except Exception as exc:
-        raise _unavailable(exc, f"reading Job {name}") from exc
+        with _calling(f"reading Job {name}", absent_ok=True):
+            return _json(api.read_namespaced_job(name, namespace, _preload_content=False))
+    except ApiException:
+        return None
 
 
 def list_jobs(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     """The Jobs matching the label selector (a sweep's point Jobs), straight from the API."""
     api = kubernetes.client.BatchV1Api(_client())
-    try:
+    with _calling("listing Jobs"):
         response = api.list_namespaced_job(
             namespace, label_selector=label_selector, _preload_content=False
         )
-    except Exception as exc:
-        raise _unavailable(exc, "listing Jobs") from exc
     return list(_json(response).get("items") or [])
 
 
 def set_job_suspend(namespace: str, name: str, suspend: bool) -> None:
     """Suspend or resume the Job (Kueue uses the same field to admit work)."""
     api = kubernetes.client.BatchV1Api(_client())
-    try:
+    with _calling(f"patching Job {name}"):
         api.patch_namespaced_job(
             name,
             namespace,
@@ -103,45 +137,62 @@ def set_job_suspend(namespace: str, name: str, suspend: bool) -> None:
             _content_type=MERGE_PATCH,
             _preload_content=False,
         )
-    except Exception as exc:
-        raise _unavailable(exc, f"patching Job {name}") from exc
 
 
 def delete_job(namespace: str, name: str) -> None:
     """Delete a superseded Job and, in the background, its Pods."""
     api = kubernetes.client.BatchV1Api(_client())
-    try:
+    with contextlib.suppress(ApiException), _calling(f"deleting Job {name}", absent_ok=True):
         api.delete_namespaced_job(
             name, namespace, propagation_policy="Background", _preload_content=False
         )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _unavailable(exc, f"deleting Job {name}") from exc
-    except Exception as exc:
-        raise _unavailable(exc, f"deleting Job {name}") from exc
+
+
+def job_creation_failures(namespace: str, job_name: str) -> list[str]:
+    """What the Job controller said when it could not create the Job's Pods, newest first.
+
+    The Job controller reports a Pod it cannot create (missing ServiceAccount, quota, Pod
+    Security) only as `FailedCreate` Events on the Job; the Pod never appears.
+    """
+    api = kubernetes.client.CoreV1Api(_client())
+    selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
+    with _calling(f"listing the Events of Job {job_name}"):
+        response = api.list_namespaced_event(
+            namespace, field_selector=selector, _preload_content=False
+        )
+
+    def when(event: dict[str, Any]) -> str:
+        return str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or (event.get("metadata") or {}).get("creationTimestamp")
+            or ""
+        )
+
+    events = sorted(_json(response).get("items") or [], key=when, reverse=True)
+    return [str(event.get("message") or "") for event in events]
 
 
 def read_experiment(namespace: str, name: str) -> dict[str, Any] | None:
     """The Experiment, or None when it is gone."""
     api = kubernetes.client.CustomObjectsApi(_client())
     try:
-        return _json(
-            api.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, namespace, c.PLURAL, name, _preload_content=False
+        with _calling(f"reading Experiment {name}", absent_ok=True):
+            return _json(
+                api.get_namespaced_custom_object(
+                    c.GROUP, c.VERSION, namespace, c.PLURAL, name, _preload_content=False
+                )
             )
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise _unavailable(exc, f"reading Experiment {name}") from exc
-    except Exception as exc:
-        raise _unavailable(exc, f"reading Experiment {name}") from exc
+    except ApiException:
+        return None
 
 
 def patch_experiment_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource: fields not named here (the runner's) are kept."""
     api = kubernetes.client.CustomObjectsApi(_client())
-    try:
+    with contextlib.suppress(ApiException), _calling(
+        f"patching Experiment {name} status", absent_ok=True
+    ):
         api.patch_namespaced_custom_object_status(
             c.GROUP,
             c.VERSION,
@@ -152,12 +203,6 @@ def patch_experiment_status(namespace: str, name: str, status: dict[str, Any]) -
             _content_type=MERGE_PATCH,
             _preload_content=False,
         )
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise _unavailable(exc, f"patching Experiment {name} status") from exc
-    except Exception as exc:
-        raise _unavailable(exc, f"patching Experiment {name} status") from exc
 
 
 def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:

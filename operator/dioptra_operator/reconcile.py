@@ -20,7 +20,7 @@ from dioptra_operator.conditions import Condition, make_condition, set_condition
 from dioptra_operator.job_builder import InvalidSpecError, build_job
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import observe, status_patch
+from dioptra_operator.status_mapping import creation_failure, observe, status_patch
 from dioptra_operator.sweep_plan import job_finished
 
 C = c.ConditionType
@@ -100,6 +100,44 @@ def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
         k8s.patch_experiment_status(namespace, name, patch)
     if changed:
         k8s.post_event(experiment, "Warning", R.INVALID_SPEC, message)
+
+
+def record_refusal(experiment: dict[str, Any], error: k8s.ApiRefused) -> None:
+    """Show a refused request on the Experiment (JobCreated=False, message, a Warning Event)."""
+    meta = experiment["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    message = f"{c.MESSAGES[R.API_REFUSED]}: {error}"
+    with experiment_lock(namespace, name):
+        fresh = k8s.read_experiment(namespace, name) or experiment
+        status = dict(fresh.get("status") or {})
+        conditions, changed = set_condition(
+            status.get("conditions"),
+            make_condition(C.JOB_CREATED, False, R.API_REFUSED, message, meta.get("generation")),
+            k8s.now(),
+        )
+        if not changed:
+            return
+        k8s.patch_experiment_status(namespace, name, {"conditions": conditions, "message": message})
+    k8s.post_event(experiment, "Warning", R.API_REFUSED, message)
+
+
+def explain_missing_pod(namespace: str, name: str, job_name: str) -> None:
+    """Record why the Job controller cannot create the Job's Pod, if it said why."""
+    failures = k8s.job_creation_failures(namespace, job_name)
+    if not failures:
+        return
+    with experiment_lock(namespace, name):
+        experiment = k8s.read_experiment(namespace, name)
+        if experiment is None:
+            return
+        status = dict(experiment.get("status") or {})
+        if status.get("jobName") != job_name or status.get("phase") != P.PENDING:
+            return  # moved on meanwhile
+        observation = creation_failure(failures[0], namespace, status.get("observedGeneration"))
+        patch, changed = status_patch(status, observation, k8s.now())
+        if patch:
+            k8s.patch_experiment_status(namespace, name, patch)
+    post_condition_events(experiment, changed, before=status.get("conditions") or [])
 
 
 def ensure_job(

@@ -8,6 +8,7 @@ under us. `merge_phase` decides how the operator's view combines with what the r
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,11 +145,12 @@ def observe(
     status = job.get("status") or {}
     times = {"start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
 
+    plugins = cond(C.PLUGINS_SYNCED, True, _plugins_reason(job))
     if _job_condition(job, "Complete"):
         return Observation(
             phase=P.SUCCEEDED,
             conditions=[
-                cond(C.PLUGINS_SYNCED, True, R.PLUGINS_SYNCED),
+                plugins,
                 cond(C.STALLED, False, R.CONTAINERS_STARTED),
                 cond(C.COMPLETE, True, R.SUCCEEDED),
             ],
@@ -199,16 +201,43 @@ def observe(
                 message=_message(R.PLUGIN_SYNC_FAILED, detail),
                 **times,
             )
-    synced = (
-        [cond(C.PLUGINS_SYNCED, True, R.PLUGINS_SYNCED)]
-        if _statuses(pod, "initContainerStatuses")
-        else []
-    )
+    synced = [plugins] if _statuses(pod, "initContainerStatuses") or not _syncs(job) else []
     for main in _statuses(pod, "containerStatuses"):
         state = main.get("state") or {}
         if "running" in state or "terminated" in state:
             return Observation(phase=P.RUNNING, conditions=[*started, *synced], **times)
     return Observation(phase=P.PENDING, conditions=resumed, **times)
+
+
+def _syncs(job: dict[str, Any]) -> bool:
+    """Whether the Job's Pod syncs plugins (an init container, present only with sources)."""
+    template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return bool(template.get("initContainers"))
+
+
+def _plugins_reason(job: dict[str, Any]) -> str:
+    return R.PLUGINS_SYNCED if _syncs(job) else R.NO_PLUGIN_SOURCES
+
+
+_MISSING_ACCOUNT = re.compile(r'serviceaccount "(?P<account>[^"]+)" not found')
+
+
+def creation_failure(message: str, namespace: str, generation: int | None = None) -> Observation:
+    """The Job controller could not create the Pod (its FailedCreate Event says `message`).
+
+    A missing ServiceAccount is the common case and gets a message saying how to fix it.
+    """
+    missing = _MISSING_ACCOUNT.search(message)
+    if missing:
+        reason = R.SERVICE_ACCOUNT_NOT_FOUND
+        text = c.MESSAGES[reason].format(
+            detail=missing.group(0), account=missing.group("account"), namespace=namespace
+        )
+    else:
+        reason = R.POD_CREATION_FAILED
+        text = _message(reason, message.strip()[:1024])
+    stalled = make_condition(C.STALLED, True, reason, text, generation)
+    return Observation(phase=P.PENDING, conditions=[stalled], message=text)
 
 
 def merge_phase(current: str | None, observed: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
+from support.proxy import ApiProxy
 from support.controlplane import (
     CONTROL_PLANE_BIN,
     ApiError,
@@ -438,11 +439,17 @@ class OperatorProcess:
         env: Mapping[str, str],
         log_path: Path,
         args: Sequence[str] | None = None,
+        proxy: ApiProxy | None = None,
     ) -> None:
         self.rbac = rbac
         namespace = rbac.cluster.namespace
         self.args = list(args) if args is not None else ["--standalone", f"--namespace={namespace}"]
-        self.kubeconfig = rbac.operator_kubeconfig(log_path.parent / "operator.kubeconfig")
+        kubeconfig = log_path.parent / "operator.kubeconfig"
+        if proxy is None:
+            self.kubeconfig = rbac.operator_kubeconfig(kubeconfig)
+        else:  # every request goes through the test's proxy (recorded, faults injected)
+            token = rbac.cluster.plane.token(namespace, rbac.operator_sa)
+            self.kubeconfig = proxy.kubeconfig(token, kubeconfig, namespace)
         self.env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -504,3 +511,5 @@ def operator_process(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[Operator
         yield process
     finally:
         process.stop()
+        # Shown by pytest only when the test failed: what the operator said.
+        print(f"--- operator log (last 60 lines) ---\n" + "\n".join(process.log.splitlines()[-60:]))

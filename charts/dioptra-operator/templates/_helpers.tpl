@@ -94,6 +94,11 @@ and the per-namespace Roles. Each rule says why it exists; nothing uses "*".
 - apiGroups: ["dioptra.dev"]
   resources: ["experiments/status"]
   verbs: ["patch"]
+# Own Jobs with blockOwnerDeletion: true (kopf.adopt), which the OwnerReferencesPermissionEnforcement
+# admission plugin (on in OpenShift) allows only to those who may update the owner's finalizers.
+- apiGroups: ["dioptra.dev"]
+  resources: ["experiments/finalizers"]
+  verbs: ["update"]
 # Create one Job per Experiment generation, follow it, unsuspend/adjust it, and delete stale ones.
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -104,10 +109,11 @@ and the per-namespace Roles. Each rule says why it exists; nothing uses "*".
   resources: ["pods"]
   verbs: ["list", "watch"]
 # Post Events on Experiments (kopf's handler events and our condition changes). kopf only
-# POSTs new core/v1 Events: it never patches them nor uses events.k8s.io.
+# POSTs new core/v1 Events: it never patches them nor uses events.k8s.io. List the Job
+# controller's FailedCreate Events of a Job that has no Pod, to say why on the Experiment.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf makes in every mode: it notices CRDs added or removed at runtime. */}}
