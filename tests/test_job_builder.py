@@ -252,3 +252,16 @@ def test_entry_point_must_be_exactly_one_kind(entry_point: dict[str, Any], fragm
 def test_local_plugin_sources_are_rejected_in_the_cluster(source: str) -> None:
     with pytest.raises(InvalidSpecError, match="s3://"):
         build_job(experiment(plugins={"sources": [source]}), SETTINGS)
+
+
+def test_integer_quantities_reach_the_job_as_strings() -> None:
+    resources = {"limits": {"cpu": 2, "memory": "2Gi"}, "requests": {"cpu": 0.5}}
+    init, main = containers(build_job(experiment(runner={"resources": resources}), SETTINGS))
+    wanted = {"limits": {"cpu": "2", "memory": "2Gi"}, "requests": {"cpu": "0.5"}}
+    assert main["resources"] == init["resources"] == wanted
+
+
+def test_a_failing_container_says_why_in_its_termination_message() -> None:
+    init, main = containers(build_job(experiment(), SETTINGS))
+    assert init["terminationMessagePolicy"] == main["terminationMessagePolicy"]
+    assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"

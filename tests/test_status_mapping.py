@@ -11,6 +11,7 @@ from dioptra_operator.constants import Phase as P
 from dioptra_operator.constants import Reason as R
 from dioptra_operator.status_mapping import (
     Observation,
+    creation_failure,
     format_duration,
     merge_phase,
     observe,
@@ -21,7 +22,11 @@ NOW = "2026-01-01T00:10:00Z"
 
 
 def job(
-    *, suspend: bool = False, active: int = 0, condition: tuple[str, str] | None = None
+    *,
+    suspend: bool = False,
+    active: int = 0,
+    condition: tuple[str, str] | None = None,
+    syncs: bool = True,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"startTime": "2026-01-01T00:00:00Z"}
     if active:
@@ -39,7 +44,9 @@ def job(
         ]
         if type_ == "Complete":
             status["completionTime"] = "2026-01-01T00:02:00Z"
-    return {"metadata": {"name": "exp-g1"}, "spec": {"suspend": suspend}, "status": status}
+    inits = [{"name": "sync"}] if syncs else []
+    spec = {"suspend": suspend, "template": {"spec": {"initContainers": inits}}}
+    return {"metadata": {"name": "exp-g1"}, "spec": spec, "status": status}
 
 
 def state(kind: str, **fields: Any) -> dict[str, Any]:
@@ -282,3 +289,39 @@ def test_a_later_pod_report_keeps_the_runners_failure_message() -> None:
     )
     patch, _ = status_patch(runner_said, with_pod, NOW)
     assert "message" not in patch
+
+
+def test_a_job_without_plugin_sources_says_no_plugins_were_synced() -> None:
+    running = observe(job(active=1, syncs=False), [pod(main=state("running"))])
+    assert reason_of(running, C.PLUGINS_SYNCED) == R.NO_PLUGIN_SOURCES
+    done = observe(job(condition=("Complete", "CompletionsReached"), syncs=False), [])
+    assert reason_of(done, C.PLUGINS_SYNCED) == R.NO_PLUGIN_SOURCES
+
+
+def test_a_completed_job_with_a_sync_says_plugins_were_synced() -> None:
+    done = observe(job(condition=("Complete", "CompletionsReached")), [])
+    assert reason_of(done, C.PLUGINS_SYNCED) == R.PLUGINS_SYNCED
+
+
+def test_a_missing_service_account_stalls_with_how_to_create_it() -> None:
+    message = (
+        'Error creating: pods "exp-g1-" is forbidden: error looking up service account '
+        'lab/runner: serviceaccount "runner" not found'
+    )
+    observation = creation_failure(message, "lab", generation=2)
+    assert observation.phase == P.PENDING
+    (stalled,) = observation.conditions
+    assert (stalled["type"], stalled["status"]) == (C.STALLED, "True")
+    assert stalled["reason"] == R.SERVICE_ACCOUNT_NOT_FOUND
+    assert stalled["observedGeneration"] == 2
+    assert 'serviceaccount "runner" not found' in stalled["message"]
+    assert "kubectl create serviceaccount runner -n lab" in stalled["message"]
+    assert observation.message == stalled["message"]
+
+
+def test_any_other_pod_creation_failure_is_quoted() -> None:
+    message = 'Error creating: pods "exp-g1-" is forbidden: exceeded quota: compute'
+    observation = creation_failure(message, "lab")
+    (stalled,) = observation.conditions
+    assert stalled["reason"] == R.POD_CREATION_FAILED
+    assert stalled["message"].endswith("exceeded quota: compute")
