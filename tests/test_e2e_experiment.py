@@ -1,15 +1,16 @@
-"""End to end with every real part: operator, kubelet, `dioptra plugins sync`, `dioptra run`.
+"""End to end with every real part: control plane, operator, `dioptra plugins sync`, `dioptra run`.
 
-An Experiment from `examples/` goes through the operator's Job, the real plugin sync from a
-moto S3 server, the real runner on Prefect 3 (the session's Prefect server, passed to the Job
-through the chart's DIOPTRA_PREFECT_API_URL) and the runner's status write-back.
+An Experiment from `examples/` goes through the operator's Job, the real Job controller and
+scheduler, the real plugin sync from a moto S3 server (the init container), the real runner on
+Prefect 3 (the session's Prefect server, passed to the Job through the chart's
+DIOPTRA_PREFECT_API_URL) and the runner's status write-back as the chart's runner
+ServiceAccount. The stand-in kubelet is the only fake: it runs the containers as processes.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from dioptra_operator import constants as c
-from support.k8s_emulator import K8sApi, wait_until
-from support.kubelet import OperatorProcess, TestKubelet
+from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.kubelet import StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILTINS = REPO / "runner-image" / "dioptra_builtins"
 
 
-def credentials_secret(api: K8sApi, name: str, key: str, secret: str) -> None:
+def credentials_secret(api: Cluster, name: str, key: str, secret: str) -> None:
     def b64(value: str) -> str:
         return base64.b64encode(value.encode()).decode()
 
@@ -45,7 +46,6 @@ def example(name: str, bucket: str, endpoint: str) -> dict[str, Any]:
     """An example Experiment, its S3 sources pointed at the test bucket."""
     manifest = yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
     manifest = copy.deepcopy(manifest)
-    manifest["metadata"]["namespace"] = "default"
     plugins = manifest["spec"].setdefault("plugins", {})
     plugins["sources"] = [
         f"s3://{bucket}/{source.split('/', 3)[3]}" for source in plugins.get("sources") or []
@@ -65,7 +65,7 @@ def push_builtins(s3: S3Server, bucket: str) -> None:
     s3.put_files(bucket, "dioptra_builtins", files)
 
 
-def status(api: K8sApi, name: str) -> dict[str, Any]:
+def status(api: Cluster, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
@@ -75,41 +75,42 @@ def condition(current: dict[str, Any], type_: str) -> dict[str, Any]:
 
 @pytest.fixture()
 def runner_operator(
-    k8s_api: K8sApi, prefect_api_url: str, tmp_path: Path
+    chart_rbac: ChartRbac, prefect_api_url: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     process = OperatorProcess(
-        k8s_api, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
+        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
     ).start()
     try:
         yield process
     finally:
         process.stop()
+        print("--- operator log ---\n" + "\n".join(process.log.splitlines()[-60:]))
 
 
 @pytest.fixture()
-def builtins_bucket(k8s_api: K8sApi, s3_server: S3Server) -> str:
+def builtins_bucket(cluster: Cluster, s3_server: S3Server) -> str:
     """A bucket holding the builtin plugins, and the Secret with credentials to read it."""
     bucket = s3_server.new_bucket()
     push_builtins(s3_server, bucket)
-    credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
     return bucket
 
 
 def test_an_example_experiment_succeeds_with_progress_and_results(
-    k8s_api: K8sApi,
+    cluster: Cluster,
     runner_operator: OperatorProcess,
-    kubelet: TestKubelet,
+    kubelet: StandInKubelet,
     s3_server: S3Server,
     builtins_bucket: str,
 ) -> None:
-    k8s_api.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
+    cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
 
     final = wait_until(
-        lambda: (s := status(k8s_api, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
+        lambda: (s := status(cluster, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
         timeout=150,
         what="the experiment to finish",
     )
-    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs)
+    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs_in(cluster.namespace))
     assert final["tasksTotal"] == final["tasksDone"] == 3
     assert {task["state"] for task in final["tasks"]} == {"Completed"}
     assert final["results"]
@@ -117,7 +118,7 @@ def test_an_example_experiment_succeeds_with_progress_and_results(
 
     # The runner reports Succeeded first; the operator then mirrors the completed Job.
     def completed() -> dict[str, Any] | None:
-        current = status(k8s_api, "random-integer")
+        current = status(cluster, "random-integer")
         types = {cond["type"] for cond in current.get("conditions", [])}
         return current if c.ConditionType.COMPLETE in types else None
 
@@ -139,17 +140,17 @@ with Flow("Random from a ConfigMap") as flow:
 
 
 def test_a_configmap_entry_point_runs_from_the_mounted_file(
-    k8s_api: K8sApi,
+    cluster: Cluster,
     runner_operator: OperatorProcess,
-    kubelet: TestKubelet,
+    kubelet: StandInKubelet,
     s3_server: S3Server,
     builtins_bucket: str,
 ) -> None:
-    k8s_api.create(
+    cluster.create(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "random-flow", "namespace": "default"},
+            "metadata": {"name": "random-flow"},
             "data": {"flow.py": FLOW_SOURCE},
         }
     )
@@ -157,28 +158,28 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
     manifest["metadata"]["name"] = "from-configmap"
     manifest["spec"]["entryPoint"] = {"configMapRef": {"name": "random-flow", "key": "flow.py"}}
     manifest["spec"]["parameters"] = {"seed": 7}
-    k8s_api.create(manifest)
+    cluster.create(manifest)
 
     final = wait_until(
-        lambda: (s := status(k8s_api, "from-configmap")).get("phase") in c.Phase.TERMINAL and s,
+        lambda: (s := status(cluster, "from-configmap")).get("phase") in c.Phase.TERMINAL and s,
         timeout=150,
         what="the experiment to finish",
     )
-    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs)
+    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs_in(cluster.namespace))
     assert final["progress"] == "2/2"
 
 
 @pytest.fixture()
 def failed_sync(
-    k8s_api: K8sApi, operator_process: OperatorProcess, kubelet: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, kubelet: StandInKubelet
 ) -> dict[str, Any]:
     """An Experiment whose init container met an S3 server that rejects its credentials."""
     strict = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # enforce credentials
     try:
-        credentials_secret(k8s_api, "s3-credentials", "AKIDWRONG", "wrong-secret")
-        k8s_api.create(example("random-integer", "plugins", strict.endpoint_url))
+        credentials_secret(cluster, "s3-credentials", "AKIDWRONG", "wrong-secret")
+        cluster.create(example("random-integer", "plugins", strict.endpoint_url))
         final = wait_until(
-            lambda: (s := status(k8s_api, "random-integer")).get("phase") == c.Phase.FAILED and s,
+            lambda: (s := status(cluster, "random-integer")).get("phase") == c.Phase.FAILED and s,
             timeout=60,
             what="the experiment to fail",
         )
@@ -188,7 +189,7 @@ def failed_sync(
 
 
 def test_bad_s3_credentials_fail_the_plugin_sync(
-    failed_sync: dict[str, Any], kubelet: TestKubelet
+    failed_sync: dict[str, Any], cluster: Cluster, kubelet: StandInKubelet
 ) -> None:
     failed = condition(failed_sync, c.ConditionType.FAILED)
     assert failed["reason"] == c.Reason.PLUGIN_SYNC_FAILED
@@ -196,15 +197,20 @@ def test_bad_s3_credentials_fail_the_plugin_sync(
     assert "InvalidAccessKeyId" in failed_sync["message"]
     assert "Traceback" not in failed_sync["message"]
     assert "wrong-secret" not in str(failed_sync)
-    sync_logs = [log for name, log in kubelet.logs.items() if name.endswith("/sync")]
+    sync_logs = [log for name, log in kubelet.logs_in(cluster.namespace).items() if name.endswith("/sync")]
     assert sync_logs and "Traceback" not in sync_logs[0]
 
 
 def test_a_failed_plugin_sync_is_announced_by_one_warning_event(
-    failed_sync: dict[str, Any], k8s_api: K8sApi
+    failed_sync: dict[str, Any], cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    time.sleep(0.5)  # let kopf's event poster flush
-    events = [
-        e for e in k8s_api.list("events", "default") if e["reason"] == c.Reason.PLUGIN_SYNC_FAILED
-    ]
-    assert [e["type"] for e in events] == ["Warning"]
+    def announced() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in cluster.events_for("random-integer", kind=c.KIND)
+            if e["reason"] == c.Reason.PLUGIN_SYNC_FAILED
+        ]
+
+    wait_until(announced, what="the PluginSyncFailed Event")
+    operator_process.stop()  # nothing more can be posted: count what was
+    assert [e["type"] for e in announced()] == ["Warning"]

@@ -733,6 +733,11 @@ class StandInKubelet:
     def main_running(self, job_name: str, namespace: str) -> bool:
         return any(w.running_main() for w in self.workers(namespace, job_name))
 
+    def logs_in(self, namespace: str) -> dict[str, str]:
+        """The output of every finished container in a namespace, by "<pod>/<container>"."""
+        prefix = f"{namespace}/"
+        return {k[len(prefix) :]: v for k, v in self.logs.items() if k.startswith(prefix)}
+
     def token_of(self, namespace: str, pod_name: str) -> str:
         """The ServiceAccount token the kubelet handed to a Pod's containers."""
         for worker in self.workers(namespace):
