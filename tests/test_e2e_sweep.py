@@ -1,15 +1,14 @@
 """End to end: a sweep in the cluster, one Job per point, at most `maxConcurrent` at once.
 
-The real operator (console script, kopf) against the API emulator and the test kubelet. The
-tests about scheduling run the stand-in runner (a process that sleeps, then exits); the last
-one runs the real runner with a real plugin sync from a moto S3, to see each point's headline
-results reach `status.sweep.points`.
+The real operator (console script, kopf) on the real control plane, with the stand-in kubelet.
+The tests about scheduling run the stand-in runner (a process that sleeps, then exits); the
+last ones run the real runner with a real plugin sync from a moto S3, to see each point's
+headline results reach `status.sweep.points`.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 from dioptra_operator import constants as c
 from dioptra_operator.job_builder import point_job_name
 from dioptra_runner.sweep import expand_sweep
-from support.k8s_emulator import K8sApi, wait_until
-from support.kubelet import OperatorProcess, TestKubelet, stand_in_kubelet
+from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.kubelet import StandInKubelet, stand_in_settings
 from support.s3 import FAKE_KEY, S3Server
 from test_e2e_experiment import credentials_secret, example, push_builtins
 
@@ -32,7 +31,7 @@ def sweep_experiment(name: str, sweep: dict[str, Any], **spec: Any) -> dict[str,
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.KIND,
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name},
         "spec": {
             "entryPoint": {"module": "acme.flows:flow"},
             "parameters": {"epsilon": 0.0, "seed": 7},
@@ -46,16 +45,12 @@ def expected_names(name: str, sweep: dict[str, Any], generation: int = 1) -> set
     return {point_job_name(name, generation, p.key) for p in expand_sweep(sweep, {})}
 
 
-def status(api: K8sApi, name: str) -> dict[str, Any]:
+def status(api: Cluster, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
-def point_jobs(api: K8sApi, name: str) -> list[dict[str, Any]]:
-    return [
-        job
-        for job in api.list("jobs", "default")
-        if (job["metadata"].get("labels") or {}).get(c.LABEL_EXPERIMENT) == name
-    ]
+def point_jobs(api: Cluster, name: str) -> list[dict[str, Any]]:
+    return api.list("jobs", labelSelector=f"{c.LABEL_EXPERIMENT}={name}")
 
 
 def finished(job: dict[str, Any]) -> bool:
@@ -65,26 +60,32 @@ def finished(job: dict[str, Any]) -> bool:
     )
 
 
-def wait_terminal(api: K8sApi, name: str, timeout: float = 60) -> dict[str, Any]:
-    return dict(
-        wait_until(
-            lambda: (s := status(api, name)).get("phase") in c.Phase.TERMINAL and s,
-            timeout=timeout,
-            what=f"{name} to finish (status now: {status(api, name)})",
-        )
+def wait_terminal(api: Cluster, name: str, timeout: float = 60) -> dict[str, Any]:
+    found = api.wait_for(
+        "experiments",
+        name,
+        lambda e: ((e or {}).get("status") or {}).get("phase") in c.Phase.TERMINAL,
+        timeout=timeout,
+        what=f"{name} to finish",
     )
+    return dict(found["status"])
 
 
 class JobWatcher:
-    """Polls the point Jobs in the background: the most ever unfinished, every uid ever seen."""
+    """Watches the point Jobs in the background: the most ever unfinished, every uid ever seen.
 
-    def __init__(self, api: K8sApi, name: str) -> None:
+    A watch sees every change the API server makes, so no state between two looks is missed.
+    """
+
+    def __init__(self, api: Cluster, name: str) -> None:
         self.api = api
         self.name = name
         self.most_unfinished = 0
         self.uids: dict[str, set[str]] = {}
+        self._jobs: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._version = api.request("GET", api.path("jobs"))["metadata"]["resourceVersion"]
 
     def __enter__(self) -> JobWatcher:
         self._thread.start()
@@ -92,55 +93,70 @@ class JobWatcher:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(70)
 
-    def _poll(self) -> None:
+    def _watch(self) -> None:
+        selector = f"{c.LABEL_EXPERIMENT}={self.name}"
         while not self._stop.is_set():
-            jobs = point_jobs(self.api, self.name)
-            unfinished = sum(1 for job in jobs if not finished(job))
-            self.most_unfinished = max(self.most_unfinished, unfinished)
-            for job in jobs:
-                self.uids.setdefault(job["metadata"]["name"], set()).add(job["metadata"]["uid"])
-            time.sleep(0.05)
+            for event in self.api.plane.watch(
+                self.api.path("jobs"),
+                resource_version=self._version,
+                timeout_seconds=2,
+                stop=self._stop.is_set,
+                labelSelector=selector,
+            ):
+                job = event["object"]
+                self._version = job["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                name = job["metadata"]["name"]
+                if event["type"] == "DELETED":
+                    self._jobs.pop(name, None)
+                else:
+                    self._jobs[name] = job
+                    self.uids.setdefault(name, set()).add(job["metadata"]["uid"])
+                unfinished = sum(1 for j in self._jobs.values() if not finished(j))
+                self.most_unfinished = max(self.most_unfinished, unfinished)
 
 
 @pytest.fixture()
-def stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A kubelet whose main containers succeed after a second and a half."""
-    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 1.5) as node:
-        yield node
+def stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandInKubelet]:
+    """Main containers of this namespace succeed after a second and a half."""
+    kubelet.configure(cluster.namespace, stand_in_settings(1.5))
+    yield kubelet
+    kubelet.forget(cluster.namespace)
 
 
 def test_a_sweep_never_has_more_point_jobs_unfinished_than_max_concurrent(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
     sweep = {"grid": GRID, "maxConcurrent": 2}
-    with JobWatcher(k8s_api, "capped") as watcher:
-        k8s_api.create(sweep_experiment("capped", sweep))
-        wait_terminal(k8s_api, "capped")
+    with JobWatcher(cluster, "capped") as watcher:
+        cluster.create(sweep_experiment("capped", sweep))
+        wait_terminal(cluster, "capped")
     assert watcher.most_unfinished == 2
 
 
 def test_every_point_gets_one_job_with_a_deterministic_name(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
     sweep = {"grid": GRID, "maxConcurrent": 2}
-    k8s_api.create(sweep_experiment("named", sweep))
-    wait_terminal(k8s_api, "named")
-    jobs = point_jobs(k8s_api, "named")
+    cluster.create(sweep_experiment("named", sweep))
+    wait_terminal(cluster, "named")
+    jobs = point_jobs(cluster, "named")
     assert {job["metadata"]["name"] for job in jobs} == expected_names("named", sweep)
 
 
 def test_each_point_job_runs_its_own_parameters_without_the_sweep(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
     import json
 
     sweep = {"grid": GRID, "maxConcurrent": 3}
-    k8s_api.create(sweep_experiment("snapshots", sweep))
-    wait_until(lambda: len(point_jobs(k8s_api, "snapshots")) == 3, what="three point Jobs")
+    cluster.create(sweep_experiment("snapshots", sweep))
+    wait_until(lambda: len(point_jobs(cluster, "snapshots")) == 3, what="three point Jobs")
     seen = []
-    for job in point_jobs(k8s_api, "snapshots"):
+    for job in point_jobs(cluster, "snapshots"):
         (main,) = job["spec"]["template"]["spec"]["containers"]
         env = {item["name"]: item.get("value") for item in main["env"]}
         snapshot = json.loads(env["DIOPTRA_EXPERIMENT"])
@@ -153,10 +169,10 @@ def test_each_point_job_runs_its_own_parameters_without_the_sweep(
 
 
 def test_a_sweep_whose_points_all_succeed_succeeds_with_counts_and_progress(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(sweep_experiment("counted", {"grid": GRID, "maxConcurrent": 2}))
-    final = wait_terminal(k8s_api, "counted")
+    cluster.create(sweep_experiment("counted", {"grid": GRID, "maxConcurrent": 2}))
+    final = wait_terminal(cluster, "counted")
     assert final["phase"] == c.Phase.SUCCEEDED
     assert final["sweep"]["counts"] == {"Pending": 0, "Running": 0, "Succeeded": 3, "Failed": 0}
     assert final["progress"] == "3/3"
@@ -166,11 +182,11 @@ def test_a_sweep_whose_points_all_succeed_succeeds_with_counts_and_progress(
 
 
 def test_a_sweep_with_a_failed_point_fails_once_every_point_finished(
-    k8s_api: K8sApi, operator_process: OperatorProcess, tmp_path: Path
+    cluster: Cluster, operator_process: OperatorProcess, kubelet: StandInKubelet
 ) -> None:
-    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 0.5, STAND_IN_EXIT="3"):
-        k8s_api.create(sweep_experiment("failing", {"grid": GRID, "maxConcurrent": 2}))
-        final = wait_terminal(k8s_api, "failing")
+    kubelet.configure(cluster.namespace, stand_in_settings(0.5, STAND_IN_EXIT="3"))
+    cluster.create(sweep_experiment("failing", {"grid": GRID, "maxConcurrent": 2}))
+    final = wait_terminal(cluster, "failing")
     assert final["phase"] == c.Phase.FAILED
     assert final["sweep"]["counts"]["Failed"] == 3
     assert final["progress"] == "3/3"
@@ -178,69 +194,78 @@ def test_a_sweep_with_a_failed_point_fails_once_every_point_finished(
 
 
 def test_restarting_the_operator_mid_sweep_creates_no_second_job(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
     sweep = {"grid": GRID, "maxConcurrent": 1}
-    with JobWatcher(k8s_api, "restarted") as watcher:
-        k8s_api.create(sweep_experiment("restarted", sweep))
-        wait_until(lambda: point_jobs(k8s_api, "restarted"), what="the first point Job")
+    with JobWatcher(cluster, "restarted") as watcher:
+        cluster.create(sweep_experiment("restarted", sweep))
+        wait_until(lambda: point_jobs(cluster, "restarted"), what="the first point Job")
         operator_process.restart()
-        final = wait_terminal(k8s_api, "restarted")
+        final = wait_terminal(cluster, "restarted")
     assert final["phase"] == c.Phase.SUCCEEDED
     assert set(watcher.uids) == expected_names("restarted", sweep)
     assert all(len(uids) == 1 for uids in watcher.uids.values()), watcher.uids
     assert watcher.most_unfinished == 1
 
 
-def test_an_invalid_sweep_fails_with_invalid_spec(
-    k8s_api: K8sApi, operator_process: OperatorProcess
+def test_a_sweep_too_large_to_run_fails_with_invalid_spec(
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    k8s_api.create(sweep_experiment("bad-sweep", {"grid": {"epsilon": []}}))
-    final = wait_terminal(k8s_api, "bad-sweep", timeout=15)
+    # The schema allows 1,024 values per parameter; the product of 40 x 30 passes the schema
+    # but not the operator's limit on points.
+    grid = {"epsilon": list(range(40)), "seed": list(range(30))}
+    cluster.create(sweep_experiment("bad-sweep", {"grid": grid}))
+    final = wait_terminal(cluster, "bad-sweep", timeout=15)
     assert final["phase"] == c.Phase.FAILED
     accepted = next(cond for cond in final["conditions"] if cond["type"] == "Accepted")
     assert accepted["reason"] == c.Reason.INVALID_SPEC
-    assert "spec.sweep.grid.epsilon" in accepted["message"]
-    assert point_jobs(k8s_api, "bad-sweep") == []
+    assert "1200 points" in accepted["message"]
+    assert point_jobs(cluster, "bad-sweep") == []
 
 
 def test_a_suspended_sweep_holds_its_point_jobs_until_resumed(
-    k8s_api: K8sApi, operator_process: OperatorProcess, stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(sweep_experiment("held", {"grid": GRID, "maxConcurrent": 2}, suspend=True))
-    wait_until(lambda: status(k8s_api, "held").get("phase") == c.Phase.SUSPENDED)
-    jobs = point_jobs(k8s_api, "held")
+    cluster.create(sweep_experiment("held", {"grid": GRID, "maxConcurrent": 2}, suspend=True))
+    cluster.wait_for(
+        "experiments",
+        "held",
+        lambda e: ((e or {}).get("status") or {}).get("phase") == c.Phase.SUSPENDED,
+        what="the sweep to be suspended",
+    )
+    jobs = point_jobs(cluster, "held")
     assert len(jobs) == 2 and all(job["spec"]["suspend"] for job in jobs)
-    k8s_api.patch("experiments", "held", {"spec": {"suspend": False}})
-    final = wait_terminal(k8s_api, "held")
+    cluster.patch("experiments", "held", {"spec": {"suspend": False}})
+    final = wait_terminal(cluster, "held")
     assert final["phase"] == c.Phase.SUCCEEDED
-    assert {job["metadata"]["name"] for job in point_jobs(k8s_api, "held")} == expected_names(
+    assert {job["metadata"]["name"] for job in point_jobs(cluster, "held")} == expected_names(
         "held", {"grid": GRID}
     )
 
 
 @pytest.mark.timeout(240)
 def test_each_points_headline_results_appear_in_the_sweep_summary(
-    k8s_api: K8sApi,
+    cluster: Cluster,
+    chart_rbac: ChartRbac,
     prefect_api_url: str,
-    kubelet: TestKubelet,
+    kubelet: StandInKubelet,
     s3_server: S3Server,
     tmp_path: Path,
 ) -> None:
     operator = OperatorProcess(
-        k8s_api, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
+        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
     ).start()
     try:
         bucket = s3_server.new_bucket()
         push_builtins(s3_server, bucket)
-        credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+        credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
         manifest = example("random-integer", bucket, s3_server.endpoint_url)
         manifest["spec"]["sweep"] = {"grid": {"seed": [1, 2]}, "maxConcurrent": 2}
-        k8s_api.create(manifest)
-        final = wait_terminal(k8s_api, "random-integer", timeout=200)
+        cluster.create(manifest)
+        final = wait_terminal(cluster, "random-integer", timeout=200)
     finally:
         operator.stop()
-    assert final["phase"] == c.Phase.SUCCEEDED, (final, kubelet.logs)
+    assert final["phase"] == c.Phase.SUCCEEDED, (final, kubelet.logs_in(cluster.namespace))
     rows = final["sweep"]["points"]
     assert [row["values"] for row in rows] == [{"seed": 1}, {"seed": 2}]
     assert all(row.get("results") for row in rows), rows
@@ -249,23 +274,24 @@ def test_each_points_headline_results_appear_in_the_sweep_summary(
 
 @pytest.mark.timeout(240)
 def test_point_runners_report_under_their_own_keys_and_not_the_top_level(
-    k8s_api: K8sApi,
+    cluster: Cluster,
+    chart_rbac: ChartRbac,
     prefect_api_url: str,
-    kubelet: TestKubelet,
+    kubelet: StandInKubelet,
     s3_server: S3Server,
     tmp_path: Path,
 ) -> None:
     operator = OperatorProcess(
-        k8s_api, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
+        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
     ).start()
     try:
         bucket = s3_server.new_bucket()
         push_builtins(s3_server, bucket)
-        credentials_secret(k8s_api, "s3-credentials", FAKE_KEY, FAKE_KEY)
+        credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
         manifest = example("random-integer", bucket, s3_server.endpoint_url)
         manifest["spec"]["sweep"] = {"points": [{"high": 10}, {"high": 20}], "maxConcurrent": 2}
-        k8s_api.create(manifest)
-        final = wait_terminal(k8s_api, "random-integer", timeout=200)
+        cluster.create(manifest)
+        final = wait_terminal(cluster, "random-integer", timeout=200)
     finally:
         operator.stop()
     keys = {row["key"] for row in final["sweep"]["points"]}
@@ -279,42 +305,48 @@ def test_point_runners_report_under_their_own_keys_and_not_the_top_level(
 
 
 @pytest.fixture()
-def slow_stand_in(k8s_api: K8sApi, tmp_path: Path) -> Iterator[TestKubelet]:
-    """A kubelet whose main containers run for 30 s (the tests change the spec meanwhile)."""
-    with stand_in_kubelet(k8s_api, tmp_path / "kubelet", 30) as node:
-        yield node
+def slow_stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandInKubelet]:
+    """Main containers run for 30 s (the tests change the spec meanwhile)."""
+    kubelet.configure(cluster.namespace, stand_in_settings(30))
+    yield kubelet
+    kubelet.forget(cluster.namespace)
 
 
-def job_names(api: K8sApi, name: str) -> set[str]:
+def job_names(api: Cluster, name: str) -> set[str]:
     return {job["metadata"]["name"] for job in point_jobs(api, name)}
 
 
 def test_changing_a_running_sweeps_spec_replaces_its_unfinished_point_jobs(
-    k8s_api: K8sApi, operator_process: OperatorProcess, slow_stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
 ) -> None:
     sweep = {"grid": GRID, "maxConcurrent": 1}
-    k8s_api.create(sweep_experiment("changed", sweep))
+    cluster.create(sweep_experiment("changed", sweep))
     first = sorted(expected_names("changed", sweep))
-    wait_until(lambda: job_names(k8s_api, "changed") & set(first), what="a generation-1 Job")
-    k8s_api.patch("experiments", "changed", {"spec": {"parameters": {"seed": 8}}})
+    wait_until(lambda: job_names(cluster, "changed") & set(first), what="a generation-1 Job")
+    cluster.patch("experiments", "changed", {"spec": {"parameters": {"seed": 8}}})
     wanted = expected_names("changed", sweep, generation=2)
     wait_until(
-        lambda: (names := job_names(k8s_api, "changed")) and names <= wanted,
-        what=f"only generation-2 point Jobs (now: {job_names(k8s_api, 'changed')})",
+        lambda: (names := job_names(cluster, "changed")) and names <= wanted,
+        what=f"only generation-2 point Jobs (now: {job_names(cluster, 'changed')})",
     )
-    assert len(job_names(k8s_api, "changed")) == 1
+    assert len(job_names(cluster, "changed")) == 1
 
 
 def test_dropping_the_sweep_replaces_the_point_jobs_with_one_plain_job(
-    k8s_api: K8sApi, operator_process: OperatorProcess, slow_stand_in: TestKubelet
+    cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
 ) -> None:
-    k8s_api.create(sweep_experiment("unswept", {"grid": GRID, "maxConcurrent": 2}))
-    wait_until(lambda: len(point_jobs(k8s_api, "unswept")) == 2, what="two point Jobs")
-    k8s_api.patch("experiments", "unswept", {"spec": {"sweep": None}})
+    cluster.create(sweep_experiment("unswept", {"grid": GRID, "maxConcurrent": 2}))
+    wait_until(lambda: len(point_jobs(cluster, "unswept")) == 2, what="two point Jobs")
+    cluster.patch("experiments", "unswept", {"spec": {"sweep": None}})
     wait_until(
-        lambda: job_names(k8s_api, "unswept") == {"unswept-g2"},
-        what=f"the plain Job alone (now: {job_names(k8s_api, 'unswept')})",
+        lambda: job_names(cluster, "unswept") == {"unswept-g2"},
+        what=f"the plain Job alone (now: {job_names(cluster, 'unswept')})",
     )
-    final = status(k8s_api, "unswept")
+    final = cluster.wait_for(
+        "experiments",
+        "unswept",
+        lambda e: ((e or {}).get("status") or {}).get("jobName") == "unswept-g2",
+        what="the plain Job in status",
+    )["status"]
     assert "sweep" not in final and "sweepPoints" not in final
-    assert final["jobName"] == "unswept-g2"
+    assert final["observedGeneration"] == 2

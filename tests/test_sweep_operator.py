@@ -162,13 +162,35 @@ def test_a_spec_without_a_sweep_has_no_points() -> None:
     ("point_job", "phase"),
     [
         (job(), P.PENDING),
-        (job(active=1), P.RUNNING),
+        (job(active=1), P.PENDING),
         (job(condition="Complete"), P.SUCCEEDED),
         (job(condition="Failed"), P.FAILED),
     ],
 )
 def test_a_point_jobs_phase_follows_its_status(point_job: dict[str, Any], phase: str) -> None:
     assert job_phase(point_job) == phase
+
+
+def test_a_point_runs_once_its_job_has_a_ready_pod() -> None:
+    ready = job(active=1)
+    ready["status"]["ready"] = 1
+    assert job_phase(ready) == P.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("statuses", "phase"),
+    [
+        ({"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+         P.PENDING),
+        ({"initContainerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
+        ({"containerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
+    ],
+    ids=["creating", "syncing", "running"],
+)
+def test_a_point_runs_once_a_container_of_its_pod_started(
+    statuses: dict[str, Any], phase: str
+) -> None:
+    assert job_phase(job(active=1), [{"status": statuses}]) == phase
 
 
 @pytest.mark.parametrize(

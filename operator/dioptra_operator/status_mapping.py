@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +208,20 @@ def observe(
         if "running" in state or "terminated" in state:
             return Observation(phase=P.RUNNING, conditions=[*started, *synced], **times)
     return Observation(phase=P.PENDING, conditions=resumed, **times)
+
+
+def pod_started(pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a container of one of the Pods runs or ran (the run has begun)."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for entry in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            state = entry.get("state") or {}
+            if "running" in state or "terminated" in state:
+                return True
+    return False
 
 
 def _syncs(job: dict[str, Any]) -> bool:

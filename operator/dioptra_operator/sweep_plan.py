@@ -21,6 +21,7 @@ from typing import Any
 from dioptra_runner.sweep import SweepPoint, summarize_points
 
 from dioptra_operator import constants as c
+from dioptra_operator.status_mapping import pod_started
 
 P = c.Phase
 R = c.Reason
@@ -40,13 +41,18 @@ def job_finished(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def job_phase(job: Mapping[str, Any]) -> str:
-    """The point's phase as its Job tells it: Pending until a Pod runs, then Running."""
+def job_phase(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The point's phase: Pending until a container of its Pod runs, then Running.
+
+    The same rule as a plain Experiment's: a Job with an active Pod that has not started
+    (unscheduled, pulling, waiting for a Secret) is not running yet. The Job's `ready` count
+    tells it without the Pod; the Pod tells it earlier (its plugin sync).
+    """
     finished = job_finished(job)
     if finished:
         return finished
-    status = job.get("status") or {}
-    return P.RUNNING if status.get("active") or status.get("startTime") else P.PENDING
+    ready = int((job.get("status") or {}).get("ready") or 0)
+    return P.RUNNING if ready or pod_started(pods) else P.PENDING
 
 
 def point_outcome(
@@ -54,6 +60,7 @@ def point_outcome(
     job: Mapping[str, Any] | None,
     report: Mapping[str, Any] | None,
     failure: str | None = None,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """`{"phase", "results", "message"}` of one point, for `summarize_points`.
 
@@ -67,7 +74,7 @@ def point_outcome(
         report = {}
     runner_phase = report.get("phase")
     if job is not None:
-        phase = job_phase(job)
+        phase = job_phase(job, pods)
     elif report.get("jobPhase") in _DONE:
         phase = str(report["jobPhase"])
     elif report.get("jobPhase"):
@@ -107,15 +114,18 @@ def plan_sweep(
     reports: Mapping[str, Mapping[str, Any]],
     limit: int,
     failures: Mapping[str, str] | None = None,
+    pods: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> SweepPlan:
     """The next points to start, in sweep order, keeping at most `limit` Jobs unfinished.
 
     `names` maps a point's key to its Job's name, `jobs` holds the point Jobs that exist (by
-    name), `reports` is `status.sweepPoints`. A point has started when its Job exists or the
+    name), `reports` is `status.sweepPoints`, `pods` the point Jobs' Pods (by Job name). A
+    point has started when its Job exists or the
     operator recorded one for it (`jobPhase`): it never gets a second Job, even after its Job
     was removed.
     """
     failures = failures or {}
+    pods = pods or {}
     outcomes: dict[str, dict[str, Any]] = {}
     waiting: list[SweepPoint] = []
     unfinished = 0
@@ -124,7 +134,9 @@ def plan_sweep(
         job = jobs.get(name)
         report = reports.get(point.key) or {}
         started = job is not None or (report.get("job") == name and bool(report.get("jobPhase")))
-        outcomes[point.key] = point_outcome(name, job, report, failures.get(name))
+        outcomes[point.key] = point_outcome(
+            name, job, report, failures.get(name), pods.get(name, ())
+        )
         if job is not None and job_finished(job) is None:
             unfinished += 1
         if not started:

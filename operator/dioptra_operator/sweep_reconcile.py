@@ -103,12 +103,13 @@ def reconcile_sweep(
             conditions = [cond for cond in conditions if cond.get("type") not in _PER_RUN]
         reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
 
+        pods = {job_name: pods_for(job_name) for job_name in jobs}
         failures = {
-            job_name: observe(job, pods_for(job_name)).message or ""
+            job_name: observe(job, pods[job_name]).message or ""
             for job_name, job in jobs.items()
             if job_finished(job) == P.FAILED
         }
-        plan = plan_sweep(points, names, jobs, reports, limit, failures)
+        plan = plan_sweep(points, names, jobs, reports, limit, failures, pods)
         suspend = bool(spec.get("suspend"))
         for job_name, job in jobs.items():
             if (
@@ -129,10 +130,10 @@ def reconcile_sweep(
                     "Created Job %s for sweep point %s", desired["metadata"]["name"], point.label
                 )
 
-        records = _job_records(names, jobs, reports, failures)
+        records = _job_records(names, jobs, reports, failures, pods)
         for key, record in records.items():
             reports[key] = {**(reports.get(key) or {}), **record}
-        outcomes = plan_sweep(points, names, jobs, reports, limit, failures).outcomes
+        outcomes = plan_sweep(points, names, jobs, reports, limit, failures, pods).outcomes
         summary = sweep_status(points, outcomes, suspended=suspend)
         summary["sweep"].update(generation=run, specHash=desired_hash)
 
@@ -164,6 +165,7 @@ def _job_records(
     jobs: Mapping[str, Mapping[str, Any]],
     reports: Mapping[str, Any],
     failures: Mapping[str, str],
+    pods: Mapping[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, Any]]:
     """The operator's changed fields of `status.sweepPoints`: each point Job's name and phase.
 
@@ -175,7 +177,8 @@ def _job_records(
         report = reports.get(key) or {}
         job = jobs.get(job_name)
         if job is not None:
-            record: dict[str, Any] = {"job": job_name, "jobPhase": job_phase(job)}
+            phase = job_phase(job, pods.get(job_name, []))
+            record: dict[str, Any] = {"job": job_name, "jobPhase": phase}
             if job_name in failures:
                 record["jobMessage"] = failures[job_name]
         elif report.get("job") == job_name and report.get("jobPhase") not in (None, *P.TERMINAL):
