@@ -1,4 +1,9 @@
-"""`dioptra run --in-cluster`: the Job's main container reports to the Experiment's status."""
+"""`dioptra run --in-cluster`: the Job's main container reports to the Experiment's status.
+
+The runner runs as the chart's runner ServiceAccount, whose Role allows only `patch` on
+`experiments/status`, so any other call would be refused by the real API server. It reaches the
+server through the test's recording proxy, which keeps each status patch it sent.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.k8s_emulator import K8sApi
+from collections.abc import Iterator
 
-pytestmark = pytest.mark.usefixtures("prefect_api_url")
+from support.cluster import ChartRbac, Cluster
+from support.proxy import ApiProxy, Seen
+
+pytestmark = [pytest.mark.usefixtures("prefect_api_url"), pytest.mark.timeout(240)]
 
 BIN = Path(sys.executable).parent
 
@@ -48,7 +56,7 @@ def experiment_document(script: str, width: int) -> dict[str, Any]:
     return {
         "apiVersion": "dioptra.dev/v1alpha1",
         "kind": "Experiment",
-        "metadata": {"name": "squares", "namespace": "default"},
+        "metadata": {"name": "squares"},
         "spec": {
             "entryPoint": {"script": script.replace("WIDTH", str(width))},
             "parameters": {"width": width},
@@ -74,44 +82,64 @@ def synced_plugins(tmp_path: Path) -> Path:
     return dest
 
 
+@pytest.fixture
+def proxy(cluster: Cluster) -> Iterator[ApiProxy]:
+    started = ApiProxy(cluster.plane).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
 def run_in_pod(
-    k8s_api: K8sApi, document: dict[str, Any], plugin_dir: Path
-) -> subprocess.CompletedProcess[str]:
-    k8s_api.create(document)
-    env = {
-        **os.environ,
-        **k8s_api.env(),
-        "DIOPTRA_EXPERIMENT": json.dumps(document),
-        "DIOPTRA_EXPERIMENT_NAME": document["metadata"]["name"],
-        "DIOPTRA_EXPERIMENT_NAMESPACE": "default",
-        "DIOPTRA_PLUGIN_DIR": str(plugin_dir),
-    }
-    return subprocess.run(
-        [str(BIN / "dioptra"), "run", "--in-cluster"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
+    cluster: Cluster, chart_rbac: ChartRbac, proxy: ApiProxy, tmp_path: Path
+) -> Any:
+    """Create the Experiment, then run the runner as its Pod would, as the runner account."""
+    token = cluster.plane.token(cluster.namespace, chart_rbac.runner_sa)
+    kubeconfig = proxy.kubeconfig(token, tmp_path / "runner.kubeconfig", cluster.namespace)
+
+    def run(document: dict[str, Any], plugin_dir: Path) -> subprocess.CompletedProcess[str]:
+        created = cluster.create(document)
+        snapshot = {**document, "metadata": {**document["metadata"], **created["metadata"]}}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "DIOPTRA_EXPERIMENT": json.dumps(snapshot),
+            "DIOPTRA_EXPERIMENT_NAME": document["metadata"]["name"],
+            "DIOPTRA_EXPERIMENT_NAMESPACE": cluster.namespace,
+            "DIOPTRA_PLUGIN_DIR": str(plugin_dir),
+        }
+        return subprocess.run(
+            [str(BIN / "dioptra"), "run", "--in-cluster"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+
+    return run
 
 
-def status_patches(k8s_api: K8sApi) -> list[dict[str, Any]]:
+def status_patches(proxy: ApiProxy) -> list[dict[str, Any]]:
     return [
         r.body["status"]
-        for r in k8s_api.requests
+        for r in proxy.seen
         if r.method == "PATCH" and r.path.endswith("/experiments/squares/status")
     ]
 
 
+def writes(proxy: ApiProxy) -> list[Seen]:
+    return [r for r in proxy.seen if r.method in ("PATCH", "PUT", "POST", "DELETE")]
+
+
 def test_the_runner_reports_phases_progress_results_and_plugin_versions(
-    k8s_api: K8sApi, synced_plugins: Path
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
 ) -> None:
-    done = run_in_pod(k8s_api, experiment_document(SCRIPT, 3), synced_plugins)
+    done = run_in_pod(experiment_document(SCRIPT, 3), synced_plugins)
 
     assert done.returncode == 0, done.stderr
-    phases = [p["phase"] for p in status_patches(k8s_api) if "phase" in p]
+    phases = [p["phase"] for p in status_patches(proxy) if "phase" in p]
     assert phases == ["Running", "Succeeded"]
-    status = k8s_api.get("experiments", "squares")["status"]
+    status = cluster.get("experiments", "squares")["status"]
     assert status["phase"] == "Succeeded"
     assert status["progress"] == "4/4"
     assert {t["state"] for t in status["tasks"]} == {"Completed"}
@@ -126,31 +154,31 @@ def test_the_runner_reports_phases_progress_results_and_plugin_versions(
     assert status["completionTime"] >= status["startTime"]
 
 
-def test_patches_touch_only_the_status_subresource(k8s_api: K8sApi, synced_plugins: Path) -> None:
-    run_in_pod(k8s_api, experiment_document(SCRIPT, 2), synced_plugins)
+def test_patches_touch_only_the_status_subresource(run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path) -> None:
+    run_in_pod(experiment_document(SCRIPT, 2), synced_plugins)
 
-    writes = [r for r in k8s_api.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
-    experiment_writes = [r for r in writes if "/experiments" in r.path and r.method != "POST"]
-    assert experiment_writes
-    assert all(r.path.endswith("/status") for r in experiment_writes)
+    sent = writes(proxy)
+    assert sent, "the runner reported nothing"
+    assert all(r.path.endswith("/experiments/squares/status") for r in sent), sent
+    assert all(r.status == 200 for r in proxy.seen), "the runner's Role refused a call"
 
 
 def test_a_200_task_flow_is_reported_in_a_few_coalesced_patches(
-    k8s_api: K8sApi, synced_plugins: Path
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
 ) -> None:
-    done = run_in_pod(k8s_api, experiment_document(SCRIPT, 200), synced_plugins)
+    done = run_in_pod(experiment_document(SCRIPT, 200), synced_plugins)
 
     assert done.returncode == 0, done.stderr
-    status = k8s_api.get("experiments", "squares")["status"]
+    status = cluster.get("experiments", "squares")["status"]
     assert status["progress"] == "201/201"
-    patches = status_patches(k8s_api)
+    patches = status_patches(proxy)
     # 201 tasks change state 402 times; the reporter sends at most ~4 patches a second.
     assert len(patches) < 60, len(patches)
     assert len(patches) < 402 // 5
 
 
 def test_a_failing_task_ends_failed_with_the_task_named(
-    k8s_api: K8sApi, synced_plugins: Path
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
 ) -> None:
     script = SCRIPT.replace(
         'pyplugs.call_task("clusterpkg", "maths", "report", values=squares)',
@@ -159,25 +187,25 @@ def test_a_failing_task_ends_failed_with_the_task_named(
     document = experiment_document(script, 1)
     document["spec"]["parameters"] = {"width": 1}
 
-    done = run_in_pod(k8s_api, document, synced_plugins)
+    done = run_in_pod(document, synced_plugins)
 
     assert done.returncode == 1
-    status = k8s_api.get("experiments", "squares")["status"]
+    status = cluster.get("experiments", "squares")["status"]
     assert status["phase"] == "Failed"
     assert status["message"] == "task clusterpkg.maths.explode failed: ValueError: bad calibration"
     assert "Traceback" in done.stderr  # the pod's log keeps the full traceback
 
 
 def test_an_invalid_snapshot_fails_the_experiment_with_the_reason(
-    k8s_api: K8sApi, synced_plugins: Path
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
 ) -> None:
     document = experiment_document(SCRIPT, 1)
     document["spec"]["parameters"] = {}
 
-    done = run_in_pod(k8s_api, document, synced_plugins)
+    done = run_in_pod(document, synced_plugins)
 
     assert done.returncode == 2
-    status = k8s_api.get("experiments", "squares")["status"]
+    status = cluster.get("experiments", "squares")["status"]
     assert status["phase"] == "Failed"
     assert status["message"].startswith("the flow cannot start")
     assert status["message"].endswith("missing parameter(s): width")

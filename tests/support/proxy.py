@@ -9,11 +9,12 @@ forwarding them. Watch streams are forwarded chunk by chunk.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 import aiohttp.web
@@ -27,12 +28,13 @@ _FORWARDED_HEADERS = {"content-type", "accept", "authorization", "user-agent"}
 
 
 class Seen(NamedTuple):
-    """One request as the proxy saw it, and the status it answered."""
+    """One request as the proxy saw it (its JSON body, if any), and the status it answered."""
 
     method: str
     path: str
     query: dict[str, str]
     status: int
+    body: Any = None
 
 
 class _Fault(NamedTuple):
@@ -137,14 +139,20 @@ class ApiProxy:
                     return fault.status
         return None
 
-    def _record(self, request: aiohttp.web.BaseRequest, status: int) -> None:
+    def _record(self, request: aiohttp.web.BaseRequest, status: int, body: bytes) -> None:
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        seen = Seen(request.method, request.path, dict(request.query), status, parsed)
         with self._lock:
-            self._seen.append(Seen(request.method, request.path, dict(request.query), status))
+            self._seen.append(seen)
 
     async def _forward(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        body = await request.read()
         injected = self._take_fault(request.method, request.path)
         if injected is not None:
-            self._record(request, injected)
+            self._record(request, injected, body)
             return aiohttp.web.json_response(
                 {
                     "kind": "Status",
@@ -156,7 +164,6 @@ class ApiProxy:
                 },
                 status=injected,
             )
-        body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
         async with self._session.request(
             request.method,
@@ -165,7 +172,7 @@ class ApiProxy:
             headers=headers,
             skip_auto_headers=("Content-Type",),  # none sent stays none (the server reads JSON)
         ) as upstream:
-            self._record(request, upstream.status)
+            self._record(request, upstream.status, body)
             response = aiohttp.web.StreamResponse(status=upstream.status)
             for name in ("Content-Type", "Content-Encoding"):
                 if name in upstream.headers:
