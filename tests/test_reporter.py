@@ -1,4 +1,7 @@
-"""The runner's status reporter against the Kubernetes API emulator."""
+"""The runner's status reporter on the real API server, as the chart's runner ServiceAccount.
+
+Its requests go through the test's recording proxy, which also injects server errors.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -18,23 +23,49 @@ from dioptra_runner.reporter import (
     changed_fields,
     to_json_value,
 )
-from support.k8s_emulator import K8sApi, RecordedRequest, wait_until
+from support.cluster import ChartRbac, Cluster, wait_until
+from support.proxy import ApiProxy, Seen
 
 NAME = "exp-1"
 EXPERIMENT = {
     "apiVersion": "dioptra.dev/v1alpha1",
     "kind": "Experiment",
     "metadata": {"name": NAME},
-    "spec": {"flow": "demo"},
+    "spec": {"entryPoint": {"module": "demo.flows:flow"}},
 }
 
 
-def _status_patches(api: K8sApi) -> list[RecordedRequest]:
-    return [r for r in api.requests if r.method == "PATCH"]
+class Api:
+    """The test's namespace, and the runner account's way to it through the proxy."""
+
+    def __init__(self, cluster: Cluster, proxy: ApiProxy, kubeconfig: Path) -> None:
+        self.cluster = cluster
+        self.proxy = proxy
+        self.kubeconfig_path = kubeconfig
+        self.namespace = cluster.namespace
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.cluster.get("experiments", name))
+
+    def client(self) -> kubernetes.client.ApiClient:
+        return kubernetes.config.new_client_from_config(str(self.kubeconfig_path))
 
 
-def _reporter(api: K8sApi, **kwargs: Any) -> KubernetesStatusReporter:
-    return KubernetesStatusReporter(NAME, "default", api_client=api.api_client(), **kwargs)
+@pytest.fixture()
+def api(cluster: Cluster, chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[Api]:
+    proxy = ApiProxy(cluster.plane).start()
+    token = cluster.plane.token(cluster.namespace, chart_rbac.runner_sa)
+    kubeconfig = proxy.kubeconfig(token, tmp_path / "runner.kubeconfig", cluster.namespace)
+    yield Api(cluster, proxy, kubeconfig)
+    proxy.stop()
+
+
+def _status_patches(api: Api) -> list[Seen]:
+    return [r for r in api.proxy.seen if r.method == "PATCH"]
+
+
+def _reporter(api: Api, **kwargs: Any) -> KubernetesStatusReporter:
+    return KubernetesStatusReporter(NAME, api.namespace, api_client=api.client(), **kwargs)
 
 
 def _task(index: int, state: str) -> dict[str, Any]:
@@ -42,9 +73,8 @@ def _task(index: int, state: str) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def experiment(k8s_api: K8sApi) -> dict[str, Any]:
-    created: dict[str, Any] = k8s_api.create(EXPERIMENT)
-    k8s_api.clear_requests()
+def experiment(api: Api) -> dict[str, Any]:
+    created: dict[str, Any] = api.cluster.create(EXPERIMENT)  # as admin, not through the proxy
     return created
 
 
@@ -78,33 +108,33 @@ def test_datetimes_become_rfc3339_utc_strings() -> None:
 
 
 def test_patches_go_to_the_status_subresource_and_never_touch_spec(
-    k8s_api: K8sApi, experiment: dict[str, Any]
+    api: Api, experiment: dict[str, Any]
 ) -> None:
-    reporter = _reporter(k8s_api)
+    reporter = _reporter(api)
     reporter.update(phase="Running", message="started")
     reporter.close()
 
-    patches = _status_patches(k8s_api)
-    stored = k8s_api.get("experiments", NAME)
+    patches = _status_patches(api)
+    stored = api.get(NAME)
     assert patches and all(p.path.endswith(f"/experiments/{NAME}/status") for p in patches)
     assert all(set(p.body) == {"status"} for p in patches)
-    assert stored["spec"] == EXPERIMENT["spec"]
+    assert stored["spec"] == experiment["spec"]  # as created (with the server's defaults)
     assert stored["metadata"]["generation"] == experiment["metadata"]["generation"]
 
 
 def test_phases_arrive_in_order_and_the_final_status_has_every_field(
-    k8s_api: K8sApi, experiment: dict[str, Any]
+    api: Api, experiment: dict[str, Any]
 ) -> None:
-    reporter = _reporter(k8s_api, min_interval=0.05)
+    reporter = _reporter(api, min_interval=0.05)
     reporter.update(phase="Running", startTime="2026-01-01T00:00:00Z", tasksTotal=2, tasksDone=0)
-    wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+    wait_until(lambda: _status_patches(api), what="the first patch")
     reporter.update(
         phase="Succeeded",
         tasks=[_task(0, "Completed"), _task(1, "Completed")],
         tasksDone=2,
         progress="2/2",
         results={"accuracy": 0.9},
-        plugins={"sources": []},
+        plugins=[{"path": "acme/__init__.py", "sha256": "0" * 64}],
         message="done",
         completionTime="2026-01-01T00:01:00Z",
         duration="1m0s",
@@ -112,9 +142,9 @@ def test_phases_arrive_in_order_and_the_final_status_has_every_field(
     reporter.close()
 
     phases = [
-        p.body["status"]["phase"] for p in _status_patches(k8s_api) if "phase" in p.body["status"]
+        p.body["status"]["phase"] for p in _status_patches(api) if "phase" in p.body["status"]
     ]
-    status = k8s_api.get("experiments", NAME)["status"]
+    status = api.get(NAME)["status"]
     assert phases == ["Running", "Succeeded"]
     assert status == {
         "phase": "Succeeded",
@@ -126,29 +156,29 @@ def test_phases_arrive_in_order_and_the_final_status_has_every_field(
         "progress": "2/2",
         "tasks": [_task(0, "Completed"), _task(1, "Completed")],
         "results": {"accuracy": 0.9},
-        "plugins": {"sources": []},
+        "plugins": [{"path": "acme/__init__.py", "sha256": "0" * 64}],
         "message": "done",
     }
 
 
 def test_a_later_patch_carries_only_the_fields_that_changed(
-    k8s_api: K8sApi, experiment: dict[str, Any]
+    api: Api, experiment: dict[str, Any]
 ) -> None:
-    reporter = _reporter(k8s_api, min_interval=0.05)
+    reporter = _reporter(api, min_interval=0.05)
     reporter.update(phase="Running", tasksTotal=3, tasksDone=0)
-    wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+    wait_until(lambda: _status_patches(api), what="the first patch")
     reporter.update(phase="Running", tasksTotal=3, tasksDone=1)
     reporter.close()
 
-    bodies = [p.body["status"] for p in _status_patches(k8s_api)]
+    bodies = [p.body["status"] for p in _status_patches(api)]
     assert bodies == [{"phase": "Running", "tasksTotal": 3, "tasksDone": 0}, {"tasksDone": 1}]
 
 
 def test_hundreds_of_rapid_updates_are_coalesced_into_a_few_patches(
-    k8s_api: K8sApi, experiment: dict[str, Any]
+    api: Api, experiment: dict[str, Any]
 ) -> None:
     min_interval = 0.1
-    reporter = _reporter(k8s_api, min_interval=min_interval)
+    reporter = _reporter(api, min_interval=min_interval)
     started = time.monotonic()
     tasks = [_task(i, "Pending") for i in range(200)]
     reporter.update(phase="Running", tasksTotal=200, tasksDone=0, tasks=tasks)
@@ -161,23 +191,23 @@ def test_hundreds_of_rapid_updates_are_coalesced_into_a_few_patches(
     elapsed = time.monotonic() - started
 
     bound = min(10, math.ceil(elapsed / min_interval) + 2)
-    status = k8s_api.get("experiments", NAME)["status"]
-    assert len(_status_patches(k8s_api)) <= bound
+    status = api.get(NAME)["status"]
+    assert len(_status_patches(api)) <= bound
     assert status["tasksDone"] == 200 and status["phase"] == "Succeeded"
     assert [t["state"] for t in status["tasks"]] == ["Completed"] * 200
 
 
 def test_server_errors_are_retried_until_the_status_arrives(
-    k8s_api: K8sApi, experiment: dict[str, Any]
+    api: Api, experiment: dict[str, Any]
 ) -> None:
-    k8s_api.fail("PATCH", r"/status$", status=500, times=2)
-    reporter = _reporter(k8s_api, min_interval=0.01)
+    api.proxy.fail("PATCH", r"/status$", status=500, times=2)
+    reporter = _reporter(api, min_interval=0.01)
     reporter.update(phase="Running")
     reporter.update(phase="Succeeded", tasksDone=1)
     reporter.close(timeout=10)
 
-    assert len(_status_patches(k8s_api)) == 3
-    assert k8s_api.get("experiments", NAME)["status"] == {"phase": "Succeeded", "tasksDone": 1}
+    assert len(_status_patches(api)) == 3
+    assert api.get(NAME)["status"] == {"phase": "Succeeded", "tasksDone": 1}
 
 
 def test_an_unreachable_api_never_raises_and_close_returns_within_its_timeout(
@@ -204,46 +234,48 @@ def test_an_unreachable_api_never_raises_and_close_returns_within_its_timeout(
 
 
 def test_a_status_update_is_dropped_with_a_warning_after_max_attempts(
-    k8s_api: K8sApi, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+    api: Api, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    k8s_api.fail("PATCH", r"/status$", status=503, times=2)
-    reporter = _reporter(k8s_api, min_interval=0.01, max_attempts=2)
+    api.proxy.fail("PATCH", r"/status$", status=503, times=2)
+    reporter = _reporter(api, min_interval=0.01, max_attempts=2)
     with caplog.at_level(logging.WARNING, logger="dioptra_runner.reporter"):
         reporter.update(phase="Running")
         reporter.close(timeout=5)
 
     assert "after 2 failed attempts" in caplog.text
-    assert "status" not in k8s_api.get("experiments", NAME)
+    assert "status" not in api.get(NAME)
 
 
 def test_a_deleted_experiment_stops_reporting_with_one_log_line(
-    k8s_api: K8sApi, caplog: pytest.LogCaptureFixture
+    api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    reporter = _reporter(k8s_api, min_interval=0.01)
+    reporter = _reporter(api, min_interval=0.01)
     with caplog.at_level(logging.INFO, logger="dioptra_runner.reporter"):
         reporter.update(phase="Running")
-        wait_until(lambda: _status_patches(k8s_api), what="the first patch")
+        wait_until(lambda: _status_patches(api), what="the first patch")
         reporter.update(phase="Succeeded")
         reporter.close(timeout=2)
 
-    assert len(_status_patches(k8s_api)) == 1
+    assert len(_status_patches(api)) == 1
     reporter_lines = [r.getMessage() for r in caplog.records if r.name == "dioptra_runner.reporter"]
-    assert reporter_lines == ["Experiment default/exp-1 no longer exists: status reporting stopped"]
+    assert reporter_lines == [
+        f"Experiment {api.namespace}/exp-1 no longer exists: status reporting stopped"
+    ]
 
 
 def test_from_environment_reports_through_the_kubeconfig(
-    k8s_api: K8sApi, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    api: Api, experiment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(k8s_api.kubeconfig_path))
+    monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig_path))
     monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAME", NAME)
-    monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAMESPACE", "default")
+    monkeypatch.setenv("DIOPTRA_EXPERIMENT_NAMESPACE", api.namespace)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
     reporter = KubernetesStatusReporter.from_environment()
     reporter.update(phase="Running")
     reporter.close()
 
-    assert k8s_api.get("experiments", NAME)["status"] == {"phase": "Running"}
+    assert api.get(NAME)["status"] == {"phase": "Running"}
 
 
 def test_from_environment_without_the_experiment_name_is_a_one_line_error(
@@ -261,3 +293,17 @@ def test_the_null_reporter_accepts_updates_and_closes_at_once() -> None:
     started = time.monotonic()
     reporter.close(timeout=0)
     assert time.monotonic() - started < 0.1
+
+
+def test_a_status_the_server_refuses_is_dropped_at_once_with_its_reason(
+    api: Api, experiment: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = _reporter(api, min_interval=0.01)
+    with caplog.at_level(logging.WARNING, logger="dioptra_runner.reporter"):
+        reporter.update(phase="Exploded")  # not a phase the CRD allows
+        reporter.close(timeout=5)
+    refused = [p for p in _status_patches(api) if p.status == 422]
+    assert len(refused) == 1, "a refusal is not retried"
+    assert "refused a status update" in caplog.text
+    assert "status.phase" in caplog.text  # the server's own reason
+    assert "status" not in api.get(NAME)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import hashlib
 import json
 import logging
@@ -178,6 +179,20 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+class _Outcome(enum.Enum):
+    SENT = "sent"
+    RETRY = "retry"  # a server or network failure: the same patch may work later
+    REFUSED = "refused"  # forbidden or invalid: it never will
+
+
+def _server_message(error: BaseException) -> str:
+    """The API server's own reason for a refusal (never headers or credentials)."""
+    try:
+        return str(json.loads(getattr(error, "body", None) or "{}").get("message", ""))[:500]
+    except (ValueError, AttributeError):
+        return ""
+
+
 class KubernetesStatusReporter:
     """Patches ``experiments/<name>/status`` from a background thread, coalescing updates."""
 
@@ -203,7 +218,6 @@ class KubernetesStatusReporter:
         self._deadline: float | None = None  # set by close(): flush until then
         self._stopped = False  # 404 or no configuration: nothing more will be sent
         self._last_send = 0.0
-        self.patches_sent = 0
         self._thread = threading.Thread(
             target=self._run, name=f"dioptra-status-{namespace}/{name}", daemon=True
         )
@@ -295,7 +309,10 @@ class KubernetesStatusReporter:
                         wait = remaining if wait is None else min(wait, remaining)
                     self._cond.wait(wait)
                 self._last_send = time.monotonic()
-            if self._send(changes):
+            outcome = self._send(changes)
+            if outcome is not _Outcome.RETRY:
+                # Sent, or refused for good (retrying the same patch cannot help): these keys
+                # are sent again only when they change.
                 with self._cond:
                     self._sent.update(changes)
                 attempt = 0
@@ -319,8 +336,8 @@ class KubernetesStatusReporter:
             return self.min_interval
         return max(self.min_interval, min(_MAX_BACKOFF, _FIRST_BACKOFF * 2 ** (attempt - 1)))
 
-    def _send(self, changes: dict[str, Any]) -> bool:
-        """One patch attempt; True on success. A 404 or a missing configuration stops reporting."""
+    def _send(self, changes: dict[str, Any]) -> _Outcome:
+        """One patch attempt. A 404 or a missing configuration stops reporting."""
         try:
             api = self._custom_objects_api()
         except Exception as e:
@@ -331,7 +348,7 @@ class KubernetesStatusReporter:
                 _describe(e),
             )
             self._stop()
-            return False
+            return _Outcome.RETRY
         remaining = self._remaining()
         limit = _CALL_TIMEOUT[1] if remaining is None else max(0.1, remaining)
         timeout = (min(_CALL_TIMEOUT[0], limit), min(_CALL_TIMEOUT[1], limit))
@@ -347,23 +364,32 @@ class KubernetesStatusReporter:
                 _content_type="application/merge-patch+json",
             )
         except Exception as e:
-            if getattr(e, "status", None) == 404:
+            status = getattr(e, "status", None)
+            if status == 404:
                 logger.warning(
                     "Experiment %s/%s no longer exists: status reporting stopped",
                     self.namespace,
                     self.name,
                 )
                 self._stop()
-                return False
+                return _Outcome.RETRY
+            if isinstance(status, int) and 400 <= status < 500 and status not in (409, 429):
+                logger.warning(
+                    "The API server refused a status update of Experiment %s/%s (%s): %s",
+                    self.namespace,
+                    self.name,
+                    _describe(e),
+                    _server_message(e),
+                )
+                return _Outcome.REFUSED
             logger.debug(
                 "Status patch of Experiment %s/%s failed: %s",
                 self.namespace,
                 self.name,
                 _describe(e),
             )
-            return False
-        self.patches_sent += 1
-        return True
+            return _Outcome.RETRY
+        return _Outcome.SENT
 
     def _stop(self) -> None:
         with self._cond:
