@@ -459,3 +459,39 @@ def test_the_liveness_endpoint_answers_as_the_chart_probes_it(
         wait_until(healthy, what="/healthz to answer 200")
     finally:
         process.stop()
+
+
+def test_a_refused_job_shows_on_the_experiment_with_the_servers_reason(
+    cluster: Cluster, chart_rbac: ChartRbac, tmp_path: Path
+) -> None:
+    # Without `update` on experiments/finalizers, OwnerReferencesPermissionEnforcement refuses
+    # a Job that blocks its owner's deletion: what the chart's rule is for.
+    role = cluster.get("roles", chart_rbac.release)
+    role["rules"] = [r for r in role["rules"] if "experiments/finalizers" not in r["resources"]]
+    cluster.request("PUT", cluster.path("roles", name=chart_rbac.release), role)
+    process = OperatorProcess(chart_rbac, {}, tmp_path / "operator.log").start()
+    try:
+        cluster.create(experiment("refused"))
+        refused = wait_until(
+            lambda: (cond := maybe_condition(cluster, "refused", c.ConditionType.JOB_CREATED))
+            and cond["reason"] == c.Reason.API_REFUSED
+            and cond,
+            what="the refusal on the Experiment",
+        )
+        assert "blockOwnerDeletion" in refused["message"]
+        assert status(cluster, "refused")["message"] == refused["message"]
+        (warning, *_) = wait_until(lambda: events_for(cluster, "refused", c.Reason.API_REFUSED))
+        assert warning["type"] == "Warning"
+        # kopf's own report of the failed handler reaches the Experiment as an Event too.
+        (failure, *_) = wait_until(
+            lambda: [
+                e
+                for e in cluster.events_for("refused", kind=c.KIND)
+                if "failed temporarily" in e["message"]
+            ],
+            what="kopf's handler failure as an Event",
+        )
+        assert failure["type"] == "Error"  # kopf names the type after the log line's level
+        assert jobs_of(cluster, "refused") == []
+    finally:
+        process.stop()

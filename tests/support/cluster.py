@@ -53,7 +53,11 @@ __all__ = [
     "control_plane",
     "experiment_crd",
     "helm",
+    "install_chart_rbac",
+    "install_crd",
     "operator_process",
+    "private_control_plane",
+    "render_chart",
     "wait_until",
 ]
 
@@ -319,27 +323,50 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         plane.stop()
 
 
-@pytest.fixture(scope="session")
-def experiment_crd(control_plane: ControlPlane) -> dict[str, Any]:
-    """The Experiment CRD from `crds/`, applied with kubectl and Established."""
+def install_crd(plane: ControlPlane) -> dict[str, Any]:
+    """Apply `crds/` with kubectl and wait for the CRD to be Established; return it."""
     result = subprocess.run(
         [str(CONTROL_PLANE_BIN / "kubectl"), "apply", "-f", str(CRD_PATH)],
-        env=kubectl_env(control_plane.admin_kubeconfig),
+        env=kubectl_env(plane.admin_kubeconfig),
         capture_output=True,
         text=True,
         timeout=60,
     )
     if result.returncode != 0:
         pytest.fail(f"the API server refused crds/: {result.stderr}")
+    return wait_for_crd(plane)
+
+
+def wait_for_crd(plane: ControlPlane) -> dict[str, Any]:
     name = yaml.safe_load(CRD_PATH.read_text())["metadata"]["name"]
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
 
     def established() -> dict[str, Any] | None:
-        crd = control_plane.request("GET", path)
+        try:
+            crd = plane.request("GET", path)
+        except ApiError:
+            return None
         conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
         return crd if conditions.get("Established") == "True" else None
 
     return dict(wait_until(established, what="the CRD to be Established"))
+
+
+@pytest.fixture(scope="session")
+def experiment_crd(control_plane: ControlPlane) -> dict[str, Any]:
+    """The Experiment CRD from `crds/`, applied with kubectl and Established."""
+    return install_crd(control_plane)
+
+
+@contextlib.contextmanager
+def private_control_plane(folder: Path) -> Iterator[ControlPlane]:
+    """A control plane of one's own, for tests that need the whole cluster to themselves
+    (cluster-wide operators, a chart that installs the CRD)."""
+    plane = start_control_plane(folder)
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture()
@@ -360,18 +387,24 @@ def cluster(
 
 
 class ChartRbac:
-    """The chart's identities in one namespace: the operator's and the runner's."""
+    """The chart's identities, applied for real: the operator's and the runners'."""
 
-    def __init__(self, cluster: Cluster, release: str, manifests: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, cluster: Cluster, release: str, namespace: str, manifests: list[dict[str, Any]]
+    ) -> None:
         self.cluster = cluster
         self.release = release
+        self.namespace = namespace  # the release's namespace, where the operator's account is
         self.manifests = manifests
         self.operator_sa = release
         self.runner_sa = RUNNER_SA
 
+    def operator_token(self) -> str:
+        return self.cluster.plane.token(self.namespace, self.operator_sa)
+
     def operator_kubeconfig(self, path: Path) -> Path:
-        return self.cluster.plane.service_account_kubeconfig(
-            self.cluster.namespace, self.operator_sa, path
+        return self.cluster.plane.kubeconfig(
+            path, namespace=self.cluster.namespace, token=self.operator_token()
         )
 
     def remove_cluster_scoped(self) -> None:
@@ -384,6 +417,7 @@ class ChartRbac:
 def render_chart(
     namespace: str, release: str, values: Sequence[str] = (), show_only: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
+    """`helm template` of the chart with `--set` values (only the named templates, if any)."""
     args = ["template", release, str(CHART), "--namespace", namespace]
     for value in values:
         args += ["--set", value]
@@ -393,27 +427,37 @@ def render_chart(
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-def install_chart_rbac(cluster: Cluster, values: Sequence[str] = ()) -> ChartRbac:
-    """Apply the chart's ServiceAccounts and RBAC for the test's namespace (no Deployment)."""
+RBAC_TEMPLATES = (
+    "templates/serviceaccount.yaml",
+    "templates/rbac.yaml",
+    "templates/runner-rbac.yaml",
+)
+
+
+def install_chart_rbac(
+    cluster: Cluster,
+    values: Sequence[str] | None = None,
+    *,
+    release_namespace: str | None = None,
+) -> ChartRbac:
+    """Apply the chart's ServiceAccounts and RBAC (no Deployment), rendered by `helm template`.
+
+    By default in single-namespace mode for the test's namespace, the release in it too.
+    """
+    namespace = release_namespace or cluster.namespace
     release = f"dioptra-{cluster.namespace}"[:53]
+    if values is None:
+        values = ["watch.clusterWide=false", f"watch.namespaces={{{cluster.namespace}}}"]
     manifests = render_chart(
-        cluster.namespace,
+        namespace,
         release,
-        [
-            "watch.clusterWide=false",
-            f"watch.namespaces={{{cluster.namespace}}}",
-            f"fullnameOverride={release}",
-            "crds.enabled=false",
-            *values,
-        ],
-        [
-            "templates/serviceaccount.yaml",
-            "templates/rbac.yaml",
-            "templates/runner-rbac.yaml",
-        ],
+        [f"fullnameOverride={release}", "crds.enabled=false", *values],
+        RBAC_TEMPLATES,
     )
+    if not cluster.exists("namespaces", namespace):
+        new_namespace(cluster.plane, namespace)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
-    return ChartRbac(cluster, release, manifests)
+    return ChartRbac(cluster, release, namespace, manifests)
 
 
 @pytest.fixture()
@@ -448,8 +492,7 @@ class OperatorProcess:
         if proxy is None:
             self.kubeconfig = rbac.operator_kubeconfig(kubeconfig)
         else:  # every request goes through the test's proxy (recorded, faults injected)
-            token = rbac.cluster.plane.token(namespace, rbac.operator_sa)
-            self.kubeconfig = proxy.kubeconfig(token, kubeconfig, namespace)
+            self.kubeconfig = proxy.kubeconfig(rbac.operator_token(), kubeconfig, namespace)
         self.env = {
             "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
