@@ -385,7 +385,7 @@ def test_single_namespace_mode_grants_jobs_only_through_namespaced_roles(helm: H
         ("everything-set", ["lab-a", "lab-b"]),
     ],
 )
-def test_runners_may_only_read_experiments_and_patch_their_status(
+def test_runners_may_only_patch_experiment_status(
     helm: Helm, mode: str, namespaces: list[str]
 ) -> None:
     docs = render(helm, mode)
@@ -393,11 +393,10 @@ def test_runners_may_only_read_experiments_and_patch_their_status(
     assert [r["metadata"]["namespace"] for r in runner_roles] == namespaces
     for role in runner_roles:
         assert role["rules"] == [
-            {"apiGroups": ["dioptra.dev"], "resources": ["experiments"], "verbs": ["get"]},
             {
                 "apiGroups": ["dioptra.dev"],
                 "resources": ["experiments/status"],
-                "verbs": ["get", "patch"],
+                "verbs": ["patch"],
             },
         ]
     runner_accounts = [

@@ -20,7 +20,12 @@ from dioptra_operator.conditions import Condition, make_condition, set_condition
 from dioptra_operator.job_builder import InvalidSpecError, build_job
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import creation_failure, observe, status_patch
+from dioptra_operator.status_mapping import (
+    Observation,
+    creation_failure,
+    observe,
+    status_patch,
+)
 from dioptra_operator.sweep_plan import job_finished
 
 C = c.ConditionType
@@ -29,6 +34,9 @@ P = c.Phase
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
+# What the operator last wrote from each Experiment's Job: (job name, generation, observation).
+# A Job or Pod event that implies the same observation again needs no read and no write.
+_mirrored: dict[tuple[str, str], tuple[str, int | None, Observation]] = {}
 
 # Conditions that describe one run; a new Job starts without them.
 _PER_RUN = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
@@ -43,7 +51,25 @@ def forget(namespace: str, name: str) -> None:
     """Drop per-Experiment state once the Experiment is gone."""
     with _locks_guard:
         _locks.pop((namespace, name), None)
+        _mirrored.pop((namespace, name), None)
     PHASES_SEEN.forget(namespace, name)
+
+
+def _remember(namespace: str, name: str, job: str, generation: Any, seen: Observation) -> None:
+    with _locks_guard:
+        _mirrored[(namespace, name)] = (job, generation, seen)
+
+
+def _already_mirrored(
+    namespace: str, name: str, job_name: str, job: dict[str, Any], pods: list[dict[str, Any]]
+) -> bool:
+    with _locks_guard:
+        known = _mirrored.get((namespace, name))
+    return (
+        known is not None
+        and known[0] == job_name
+        and observe(job, pods, generation=known[1]) == known[2]
+    )
 
 
 def _apply(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -230,11 +256,11 @@ def ensure_job(
                 changed.append(new)
         base["conditions"] = conditions
         status = _apply(status, base)
-        observed, observed_changed = status_patch(
-            status, observe(job, pods, generation=generation), now
-        )
+        observation = observe(job, pods, generation=generation)
+        observed, observed_changed = status_patch(status, observation, now)
         patch = {**base, **observed}
         k8s.patch_experiment_status(namespace, name, patch)
+        _remember(namespace, name, job["metadata"]["name"], generation, observation)
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
     post_condition_events(fresh, [*changed, *observed_changed], before=conditions_before)
 
@@ -271,6 +297,8 @@ def sync_status(
     pods: list[dict[str, Any]],
 ) -> None:
     """Mirror a Job's (None: deleted) and its Pods' state into the Experiment's status."""
+    if job is not None and _already_mirrored(namespace, experiment_name, job_name, job, pods):
+        return  # nothing new since our last write (e.g. the event of our own Job's creation)
     with experiment_lock(namespace, experiment_name):
         experiment = k8s.read_experiment(namespace, experiment_name)
         if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
@@ -282,9 +310,11 @@ def sync_status(
             # Removed by ttlSecondsAfterFinished after the run ended is not news; else it is.
             _record_missing_job(experiment, status, job_name)
             return
-        observation = observe(job, pods, generation=status.get("observedGeneration"))
+        generation = status.get("observedGeneration")
+        observation = observe(job, pods, generation=generation)
         patch, changed = status_patch(status, observation, k8s.now())
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)
             PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))
+        _remember(namespace, experiment_name, job_name, generation, observation)
     post_condition_events(experiment, changed, before=status.get("conditions") or [])

@@ -11,8 +11,7 @@ What runs, and why:
   need `update` on the owner's finalizers), TokenRequest for ServiceAccount tokens.
 - kube-controller-manager with only the controllers our product leans on: Job, garbage collector,
   ServiceAccount (and its token controller), namespace deletion, TTL after finished,
-  Deployment/ReplicaSet (the chart's operator and Prefect server), EndpointSlice (Services
-  resolved by the stand-in kubelet), the root CA publisher (the `kube-root-ca.crt` ConfigMap
+  Deployment/ReplicaSet (the chart's operator and Prefect server), the root CA publisher (the `kube-root-ca.crt` ConfigMap
   every ServiceAccount token volume projects) and ClusterRole aggregation. No node lifecycle controller: the stand-in node never
   heartbeats and must not be tainted away.
 - kube-scheduler, which binds Pods to the stand-in kubelet's Node.
@@ -67,7 +66,6 @@ CONTROLLERS = (
     "ttl-after-finished-controller",
     "deployment-controller",
     "replicaset-controller",
-    "endpointslice-controller",
     "root-ca-certificate-publisher-controller",
     "clusterrole-aggregation-controller",
 )

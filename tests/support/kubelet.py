@@ -27,7 +27,8 @@ What a process cannot have, and what stands in for it:
   path; a Pod with `automountServiceAccountToken: false` gets nothing.
 - The network: each Pod gets its own address in 127.1.0.0/16 as its Pod IP; "0.0.0.0" in args
   and env (bind everywhere) becomes that address; a Service name (`svc.ns.svc[.cluster.local]`)
-  becomes the address and port of one of its ready endpoints (what DNS plus kube-proxy do).
+  becomes the address and target port of a running Pod it selects (what DNS plus kube-proxy
+  do).
 - The user: processes run as the test's own user (`runAsUser` needs images; see the podman tier).
 - Memory limits: `kill(..., reason="OOMKilled")` is the test's way to have the kernel kill it.
 """
@@ -379,6 +380,7 @@ class _PodWorker:
                     "reason": waiting.reason, "message": str(waiting)}}, container)
                 self.deleted.wait(0.5)
         command = self._command(spec, env, mounts, main=key == "containerStatuses")
+        self.kubelet.commands[f"{self.namespace}/{self.name}/{name}"] = command
         workdir = _map_path(spec.get("workingDir") or "", mounts) or str(self.folder)
         Path(workdir).mkdir(parents=True, exist_ok=True)
         started = _now()
@@ -597,6 +599,7 @@ class StandInKubelet:
         self.folder = folder or Path(tempfile.mkdtemp(prefix="stand-in-kubelet-"))
         self.logs: dict[str, str] = {}  # "<namespace>/<pod>/<container>" -> output so far
         self.errors: list[str] = []
+        self.commands: dict[str, list[str]] = {}  # "<namespace>/<pod>/<container>" -> argv run
         self._settings: dict[str, NamespaceSettings] = {}
         self._workers: dict[str, _PodWorker] = {}  # by Pod uid
         self._lock = threading.Lock()
@@ -759,33 +762,40 @@ class StandInKubelet:
         return _SERVICE_NAME.sub(self._endpoint, value)
 
     def _endpoint(self, match: re.Match[str]) -> str:
+        """`svc.ns.svc:port` -> `podIP:targetPort` of a ready Pod the Service selects.
+
+        The Service's selector is followed here rather than its EndpointSlices: the stand-in's
+        Pod IPs are loopback addresses, which EndpointSlices may not hold.
+        """
         namespace, service = match.group("ns"), match.group("svc")
         try:
             svc = self.plane.request("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
-            slices = self.plane.request(
-                "GET",
-                f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-                f"?labelSelector=kubernetes.io/service-name%3D{service}",
-            )["items"]
         except ApiError:
             return match.group(0)
-        wanted = int(match.group("port") or 0)
-        service_port = next(
-            (p for p in svc["spec"].get("ports") or [] if not wanted or p["port"] == wanted),
-            None,
-        )
-        for endpoint_slice in slices:
-            port = next(
-                (
-                    p["port"]
-                    for p in endpoint_slice.get("ports") or []
-                    if service_port is None or p.get("name", "") == service_port.get("name", "")
-                ),
-                None,
-            )
-            for endpoint in endpoint_slice.get("endpoints") or []:
-                if (endpoint.get("conditions") or {}).get("ready") and port:
-                    return f"{endpoint['addresses'][0]}:{port}"
+        wanted = int(match.group("port") or 80)
+        port = next((p for p in svc["spec"].get("ports") or [] if p["port"] == wanted), None)
+        selector = svc["spec"].get("selector") or {}
+        if port is None or not selector:
+            return match.group(0)
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.namespace == namespace]
+        for worker in workers:
+            labels = worker.pod["metadata"].get("labels") or {}
+            if any(labels.get(k) != v for k, v in selector.items()) or not worker.running_main():
+                continue
+            target = port.get("targetPort", port["port"])
+            if isinstance(target, str):  # a named container port
+                target = next(
+                    (
+                        p["containerPort"]
+                        for c in worker.pod["spec"]["containers"]
+                        for p in c.get("ports") or []
+                        if p.get("name") == target
+                    ),
+                    None,
+                )
+            if target:
+                return f"{worker.ip}:{target}"
         return match.group(0)
 
     # -- the Pod watch --------------------------------------------------------------------------
