@@ -103,15 +103,28 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 COMMANDS = {
-    "dioptra-operator": lambda ns: [str(VENV_BIN / "dioptra-operator"), "--standalone",
-                                    f"--namespace={ns}"],
-    "minimal kopf": lambda ns: [str(VENV_BIN / "kopf"), "run", "--standalone", f"--namespace={ns}",
-                                str(REPO / "bench" / "minimal_operator.py")],
+    "dioptra-operator": lambda ns: [
+        str(VENV_BIN / "dioptra-operator"),
+        "--standalone",
+        f"--namespace={ns}",
+    ],
+    "minimal kopf": lambda ns: [
+        str(VENV_BIN / "kopf"),
+        "run",
+        "--standalone",
+        f"--namespace={ns}",
+        str(REPO / "bench" / "minimal_operator.py"),
+    ],
 }
 
 
-def wait_for(jobs: list[str], watcher: JobWatcher, process: subprocess.Popen[bytes],
-             log: Path, timeout: float) -> None:
+def wait_for(
+    jobs: list[str],
+    watcher: JobWatcher,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float,
+) -> None:
     deadline = time.monotonic() + timeout
     while not all(job in watcher.seen for job in jobs):
         if process.poll() is not None:
@@ -122,8 +135,15 @@ def wait_for(jobs: list[str], watcher: JobWatcher, process: subprocess.Popen[byt
         time.sleep(0.02)
 
 
-def run_one(plane: ControlPlane, label: str, namespace: str, folder: Path, count: int,
-            clients: int, suspend: bool) -> dict[str, Any]:
+def run_one(
+    plane: ControlPlane,
+    label: str,
+    namespace: str,
+    folder: Path,
+    count: int,
+    clients: int,
+    suspend: bool,
+) -> dict[str, Any]:
     new_namespace(plane, namespace, labels={})
     cluster = Cluster(plane, namespace, folder / namespace)
     cluster.wait_for("serviceaccounts", "default", bool)
@@ -131,11 +151,16 @@ def run_one(plane: ControlPlane, label: str, namespace: str, folder: Path, count
     kubeconfig = rbac.operator_kubeconfig(folder / f"{namespace}.kubeconfig")
     watcher = JobWatcher(plane, namespace).start()
     log = folder / f"{namespace}.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DIOPTRA_METRICS_PORT": "0",
-           "POD_NAMESPACE": namespace}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "DIOPTRA_METRICS_PORT": "0",
+        "POD_NAMESPACE": namespace,
+    }
     with log.open("wb") as out:
-        process = subprocess.Popen(COMMANDS[label](namespace), env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            COMMANDS[label](namespace), env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         # Readiness: the first Experiment's Job proves the watches and handlers are up.
         cluster.create(experiment("warmup", suspend))
@@ -197,8 +222,17 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for index, label in enumerate(COMMANDS):
                     namespace = f"bench-{repeat}-{index}"
-                    results.append(run_one(plane, label, namespace, folder, args.count,
-                                           args.clients, suspend=not args.pods))
+                    results.append(
+                        run_one(
+                            plane,
+                            label,
+                            namespace,
+                            folder,
+                            args.count,
+                            args.clients,
+                            suspend=not args.pods,
+                        )
+                    )
                     print(json.dumps(results[-1]), file=sys.stderr)
         finally:
             plane.stop()
@@ -206,22 +240,27 @@ def main() -> None:
         for result in results:
             print(json.dumps(result))
         return
-    header = ("operator", "all Jobs s", "p50 s", "p99 s", "max s", "peak RSS MiB", "CPU s",
-              "load")
-    print(f"{args.count} Experiments at once, {args.clients} clients, "
-          f"{'Pods created' if args.pods else 'suspended (no Pods)'}, {os.cpu_count()} CPUs")
+    header = ("operator", "all Jobs s", "p50 s", "p99 s", "max s", "peak RSS MiB", "CPU s", "load")
+    print(
+        f"{args.count} Experiments at once, {args.clients} clients, "
+        f"{'Pods created' if args.pods else 'suspended (no Pods)'}, {os.cpu_count()} CPUs"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in results:
-        print(f"| {r['operator']} | {r['all_jobs_s']} | {r['p50_s']} | {r['p99_s']} | "
-              f"{r['max_s']} | {r['rss_peak_mib']} | {r['cpu_s']} | {r['load_average_1m']} |")
+        print(
+            f"| {r['operator']} | {r['all_jobs_s']} | {r['p50_s']} | {r['p99_s']} | "
+            f"{r['max_s']} | {r['rss_peak_mib']} | {r['cpu_s']} | {r['load_average_1m']} |"
+        )
     ours = [r["all_jobs_s"] for r in results if r["operator"] == "dioptra-operator"]
     minimal = [r["all_jobs_s"] for r in results if r["operator"] == "minimal kopf"]
     ratio = statistics.median(ours) / statistics.median(minimal)
     p99 = max(r["p99_s"] for r in results if r["operator"] == "dioptra-operator")
     rss = max(r["rss_peak_mib"] for r in results if r["operator"] == "dioptra-operator")
-    print(f"burst time ratio ours/minimal: {ratio:.2f} (goal <= 1.3); "
-          f"our p99 {p99} s (goal < 1 s); our peak RSS {rss} MiB (goal < 120 MiB)")
+    print(
+        f"burst time ratio ours/minimal: {ratio:.2f} (goal <= 1.3); "
+        f"our p99 {p99} s (goal < 1 s); our peak RSS {rss} MiB (goal < 120 MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,7 @@ def create_job(
     }
     kopf.adopt(job, owner=body)
     try:
-        kubernetes.client.BatchV1Api().create_namespaced_job(
-            namespace, job, _preload_content=False
-        )
+        kubernetes.client.BatchV1Api().create_namespaced_job(namespace, job, _preload_content=False)
     except ApiException as exc:
         if exc.status != 409:
             raise

@@ -1,7 +1,6 @@
 """Shared fixtures. Each server fixture lives in its own module under tests/support/."""
 
 from support.cluster import *  # noqa: F403
-from support.k8s_emulator import *  # noqa: F403
 from support.kubelet import *  # noqa: F403
 from support.plugin_tree import *  # noqa: F403
 from support.prefect import *  # noqa: F403

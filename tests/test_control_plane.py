@@ -71,9 +71,7 @@ def test_the_control_plane_serves_the_pinned_kubernetes_version(
 def test_rbac_is_enforced_for_service_accounts(cluster: Cluster) -> None:
     token = cluster.plane.token(cluster.namespace, "default")
     with pytest.raises(ApiError) as refused:
-        cluster.plane.request(
-            "GET", f"/api/v1/namespaces/{cluster.namespace}/secrets", token=token
-        )
+        cluster.plane.request("GET", f"/api/v1/namespaces/{cluster.namespace}/secrets", token=token)
     assert refused.value.status == 403
 
 
@@ -113,9 +111,7 @@ def test_a_failing_pod_fails_its_job_with_backoff_limit_exceeded(
 def test_a_job_past_its_deadline_has_its_pod_stopped(
     cluster: Cluster, kubelet: StandInKubelet
 ) -> None:
-    cluster.create(
-        python_job("slow", "import time; time.sleep(600)", activeDeadlineSeconds=1)
-    )
+    cluster.create(python_job("slow", "import time; time.sleep(600)", activeDeadlineSeconds=1))
     job = cluster.wait_for("jobs", "slow", finished, what="the deadline")
     failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "DeadlineExceeded"

@@ -157,7 +157,10 @@ MALFORMED = {
         "exactly one of module, script, configMapRef or taskGraph must be set",
     ),
     "no-entry-point-kind": (experiment(entryPoint={"flow": "flow"}), "exactly one of module"),
-    "bad-module": (experiment(entryPoint={"module": "not a module path"}), "spec.entryPoint.module"),
+    "bad-module": (
+        experiment(entryPoint={"module": "not a module path"}),
+        "spec.entryPoint.module",
+    ),
     "bad-bucket": (experiment(plugins={"sources": ["s3://UPPER/prefix"]}), "spec.plugins.sources"),
     "suspend-not-bool": (experiment(suspend="yes"), "spec.suspend"),
     "misspelt-field": (experiment(entrypoint={"module": "acme.flows:flow"}), "entrypoint"),
@@ -306,6 +309,7 @@ def test_a_status_the_schema_refuses_is_refused_by_the_server(
 ) -> None:
     cluster.create(experiment("strict"))
     with pytest.raises(ApiError) as refused:
-        cluster.patch("experiments", "strict", {"status": {"phase": "Exploded"}},
-                      subresource="status")
+        cluster.patch(
+            "experiments", "strict", {"status": {"phase": "Exploded"}}, subresource="status"
+        )
     assert "status.phase" in json.dumps(refused.value.body)

@@ -48,7 +48,7 @@ MALFORMED = {
     "bad-module": (with_spec(entryPoint={"module": "not a module path"}), "spec.entryPoint.module"),
     "bad-bucket": (with_spec(plugins={"sources": ["s3://UPPER/prefix"]}), "spec.plugins.sources"),
     "suspend-not-bool": (with_spec(suspend="yes"), "spec.suspend"),
-    "misspelt-field": (with_spec(entrypoint={"module": "acme.flows:flow"}), 'unknown field'),
+    "misspelt-field": (with_spec(entrypoint={"module": "acme.flows:flow"}), "unknown field"),
     "no-entry-point": ({**VALID, "spec": {"parameters": {"n": 1}}}, "spec.entryPoint"),
 }
 

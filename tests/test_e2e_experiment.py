@@ -110,7 +110,10 @@ def test_an_example_experiment_succeeds_with_progress_and_results(
         timeout=150,
         what="the experiment to finish",
     )
-    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs_in(cluster.namespace))
+    assert final["phase"] == c.Phase.SUCCEEDED, (
+        final.get("message"),
+        kubelet.logs_in(cluster.namespace),
+    )
     assert final["tasksTotal"] == final["tasksDone"] == 3
     assert {task["state"] for task in final["tasks"]} == {"Completed"}
     assert final["results"]
@@ -165,7 +168,10 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
         timeout=150,
         what="the experiment to finish",
     )
-    assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), kubelet.logs_in(cluster.namespace))
+    assert final["phase"] == c.Phase.SUCCEEDED, (
+        final.get("message"),
+        kubelet.logs_in(cluster.namespace),
+    )
     assert final["progress"] == "2/2"
 
 
@@ -197,7 +203,9 @@ def test_bad_s3_credentials_fail_the_plugin_sync(
     assert "InvalidAccessKeyId" in failed_sync["message"]
     assert "Traceback" not in failed_sync["message"]
     assert "wrong-secret" not in str(failed_sync)
-    sync_logs = [log for name, log in kubelet.logs_in(cluster.namespace).items() if name.endswith("/sync")]
+    sync_logs = [
+        log for name, log in kubelet.logs_in(cluster.namespace).items() if name.endswith("/sync")
+    ]
     assert sync_logs and "Traceback" not in sync_logs[0]
 
 

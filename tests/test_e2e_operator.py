@@ -91,7 +91,9 @@ def test_an_experiment_gets_one_job_owned_by_it(
 ) -> None:
     created = cluster.create(experiment("owned"))
     current = cluster.wait_for(
-        "experiments", "owned", lambda e: (e or {}).get("status", {}).get("jobName"),
+        "experiments",
+        "owned",
+        lambda e: (e or {}).get("status", {}).get("jobName"),
         what="the Job in status",
     )["status"]
     (job,) = jobs_of(cluster, "owned")
@@ -202,8 +204,10 @@ def test_suspending_a_running_experiment_stops_its_pod(
     cluster.wait_for(
         "jobs",
         "paused-g1",
-        lambda job: not (job or {}).get("status", {}).get("active")
-        and not stand_in.main_running("paused-g1", cluster.namespace),
+        lambda job: (
+            not (job or {}).get("status", {}).get("active")
+            and not stand_in.main_running("paused-g1", cluster.namespace)
+        ),
         what="the pod to stop",
     )
 
@@ -396,7 +400,9 @@ def test_an_api_error_while_creating_the_job_is_retried(
     try:
         cluster.create(experiment("flaky"))
         cluster.wait_for(
-            "experiments", "flaky", lambda e: (e or {}).get("status", {}).get("jobName"),
+            "experiments",
+            "flaky",
+            lambda e: (e or {}).get("status", {}).get("jobName"),
             what="the retry",
         )
         assert [j["metadata"]["name"] for j in jobs_of(cluster, "flaky")] == ["flaky-g1"]
@@ -473,9 +479,11 @@ def test_a_refused_job_shows_on_the_experiment_with_the_servers_reason(
     try:
         cluster.create(experiment("refused"))
         refused = wait_until(
-            lambda: (cond := maybe_condition(cluster, "refused", c.ConditionType.JOB_CREATED))
-            and cond["reason"] == c.Reason.API_REFUSED
-            and cond,
+            lambda: (
+                (cond := maybe_condition(cluster, "refused", c.ConditionType.JOB_CREATED))
+                and cond["reason"] == c.Reason.API_REFUSED
+                and cond
+            ),
             what="the refusal on the Experiment",
         )
         assert "blockOwnerDeletion" in refused["message"]

@@ -98,14 +98,25 @@ def readme_experiment(s3: S3Server) -> dict[str, Any]:
 
 def helm_install(inst: Installation, values: list[str]) -> None:
     inst.helm(
-        "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
-        "--wait", "--timeout", "120s", *values,
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        *values,
     )
 
 
 def create_credentials(inst: Installation) -> None:
     inst.cluster.kubectl(
-        "create", "secret", "generic", "s3-credentials",
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
         f"--from-literal=AWS_ACCESS_KEY_ID={FAKE_KEY}",
         f"--from-literal=AWS_SECRET_ACCESS_KEY={FAKE_KEY}",
     )
@@ -166,8 +177,19 @@ def test_an_upgrade_to_single_namespace_mode_replaces_the_operator_and_its_right
     helm_install(inst, values)
     (first,) = inst.operator_pods()
     inst.helm(
-        "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--wait", "--timeout", "120s",
-        *values, "--set", "watch.clusterWide=false", "--set", "watch.namespaces={default}",
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+        *values,
+        "--set",
+        "watch.clusterWide=false",
+        "--set",
+        "watch.namespaces={default}",
     )
     (second,) = inst.operator_pods()
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
@@ -209,4 +231,3 @@ def test_uninstall_keeps_the_crd_and_the_experiments(
     # Deletable without the operator: no finalizer holds it.
     inst.cluster.delete("experiments", "kept")
     inst.cluster.wait_for("experiments", "kept", lambda e: e is None, what="the deletion")
-

@@ -69,8 +69,14 @@ NEEDED_BUT_NOT_EXERCISED: dict[Triple, str] = {
 
 K8S_PY = REPO / "operator" / "dioptra_operator" / "k8s.py"
 # How the Kubernetes client's method names map to RBAC attributes.
-_CLIENT_VERBS = {"create": "create", "read": "get", "list": "list", "patch": "patch",
-                 "delete": "delete", "replace": "update"}
+_CLIENT_VERBS = {
+    "create": "create",
+    "read": "get",
+    "list": "list",
+    "patch": "patch",
+    "delete": "delete",
+    "replace": "update",
+}
 _CLIENT_RESOURCES = {
     "job": ("batch", "jobs"),
     "event": ("", "events"),
@@ -416,9 +422,7 @@ def test_the_scenario_reaches_every_api_call_in_the_operators_code(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_the_api_server_allows_every_request_the_operator_makes(
-    observed: Any, mode: str
-) -> None:
+def test_the_api_server_allows_every_request_the_operator_makes(observed: Any, mode: str) -> None:
     refused = [s for s in observed(mode) if s.status in (401, 403)]
     assert not refused, f"{mode}: the chart's RBAC refused {refused}"
 

@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from collections.abc import Iterator
-
 from support.cluster import ChartRbac, Cluster
 from support.proxy import ApiProxy, Seen
 
@@ -90,9 +89,7 @@ def proxy(cluster: Cluster) -> Iterator[ApiProxy]:
 
 
 @pytest.fixture
-def run_in_pod(
-    cluster: Cluster, chart_rbac: ChartRbac, proxy: ApiProxy, tmp_path: Path
-) -> Any:
+def run_in_pod(cluster: Cluster, chart_rbac: ChartRbac, proxy: ApiProxy, tmp_path: Path) -> Any:
     """Create the Experiment, then run the runner as its Pod would, as the runner account."""
     token = cluster.plane.token(cluster.namespace, chart_rbac.runner_sa)
     kubeconfig = proxy.kubeconfig(token, tmp_path / "runner.kubeconfig", cluster.namespace)
@@ -154,7 +151,9 @@ def test_the_runner_reports_phases_progress_results_and_plugin_versions(
     assert status["completionTime"] >= status["startTime"]
 
 
-def test_patches_touch_only_the_status_subresource(run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path) -> None:
+def test_patches_touch_only_the_status_subresource(
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
+) -> None:
     run_in_pod(experiment_document(SCRIPT, 2), synced_plugins)
 
     sent = writes(proxy)

@@ -180,8 +180,10 @@ def test_a_point_runs_once_its_job_has_a_ready_pod() -> None:
 @pytest.mark.parametrize(
     ("statuses", "phase"),
     [
-        ({"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
-         P.PENDING),
+        (
+            {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+            P.PENDING,
+        ),
         ({"initContainerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
         ({"containerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
     ],

@@ -112,7 +112,9 @@ MESSAGES: Final[dict[str, str]] = {
     Reason.SUSPENDED: "The Job is suspended (spec.suspend is true).",
     Reason.RESUMED: "The Job is no longer suspended.",
     Reason.PLUGINS_SYNCED: "Plugins were synced from S3.",
-    Reason.NO_PLUGIN_SOURCES: "No plugin sources are set: the runner uses the plugins in its image.",
+    Reason.NO_PLUGIN_SOURCES: (
+        "No plugin sources are set: the runner uses the plugins in its image."
+    ),
     Reason.PLUGIN_SYNC_FAILED: "The plugin sync (init container) failed",
     Reason.CONTAINERS_STARTED: "The runner pod's containers started.",
     Reason.IMAGE_PULL_FAILED: "The runner image cannot be pulled",

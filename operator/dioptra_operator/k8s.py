@@ -205,8 +205,9 @@ def read_experiment(namespace: str, name: str) -> dict[str, Any] | None:
 def patch_experiment_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource: fields not named here (the runner's) are kept."""
     api = kubernetes.client.CustomObjectsApi(_client())
-    with contextlib.suppress(ApiException), _calling(
-        f"patching Experiment {name} status", absent_ok=True
+    with (
+        contextlib.suppress(ApiException),
+        _calling(f"patching Experiment {name} status", absent_ok=True),
     ):
         _json(
             api.patch_namespaced_custom_object_status(

@@ -108,4 +108,6 @@ class PodWatch:
                 try:
                     self._check(namespace, name, job)
                 except Exception as exc:  # one Experiment's trouble must not stop the others
-                    _log.warning("Could not check why Job %s/%s has no Pod: %s", namespace, job, exc)
+                    _log.warning(
+                        "Could not check why Job %s/%s has no Pod: %s", namespace, job, exc
+                    )

@@ -155,11 +155,10 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
         missing = re.match(r"'([^']+)' is a required property", error.message)
         if missing:
             return [(_format_path([*parts, missing.group(1)]), "required field is missing")]
-    if error.validator == "oneOf" and all(
-        set(branch) == {"required"} for branch in error.validator_value
-    ):
+    branches = error.validator_value if error.validator == "oneOf" else None
+    if isinstance(branches, list) and all(set(branch) == {"required"} for branch in branches):
         # The schema's "exactly one of these fields" (a oneOf of `required` branches).
-        names = " or ".join(name for branch in error.validator_value for name in branch["required"])
+        names = " or ".join(name for branch in branches for name in branch["required"])
         return [(path, f"exactly one of {names} must be set")]
     if error.validator == "pattern":
         # The regex itself is noise to a user; the field's description says what is expected.

@@ -1,4 +1,4 @@
-"""Fixtures on the real control plane: the session's cluster, a namespace per test, the chart's RBAC.
+"""Fixtures on the real control plane: the session's cluster, a namespace per test, the RBAC.
 
 - `control_plane` (session): etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
 - `cluster` (per test): a fresh namespace, labelled to enforce the restricted Pod Security
@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 import yaml
 
-from support.proxy import ApiProxy
 from support.controlplane import (
     CONTROL_PLANE_BIN,
     ApiError,
@@ -40,6 +39,7 @@ from support.controlplane import (
     kubectl_env,
     start_control_plane,
 )
+from support.proxy import ApiProxy
 
 __all__ = [
     "CHART",
@@ -88,8 +88,9 @@ def wait_until(
         time.sleep(interval)
 
 
-def helm(*args: str, env: Mapping[str, str] | None = None, check: bool = True,
-         input: str | None = None) -> subprocess.CompletedProcess[str]:
+def helm(
+    *args: str, env: Mapping[str, str] | None = None, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real helm (from `make tools`), with its caches in a private folder."""
     binary = TOOLS_BIN / "helm"
     if not binary.exists():
@@ -103,7 +104,11 @@ def helm(*args: str, env: Mapping[str, str] | None = None, check: bool = True,
         **(env or {}),
     }
     result = subprocess.run(
-        [str(binary), *args], env=full_env, capture_output=True, text=True, input=input,
+        [str(binary), *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        input=input,
         timeout=120,
     )
     if check and result.returncode != 0:
@@ -137,7 +142,9 @@ class Cluster:
         """The real kubectl (built with the control plane), as admin, in the test's namespace."""
         result = subprocess.run(
             [str(CONTROL_PLANE_BIN / "kubectl"), *args],
-            env=kubectl_env(self.kubeconfig_path, {"KUBECACHEDIR": str(self.folder / "kube-cache")}),
+            env=kubectl_env(
+                self.kubeconfig_path, {"KUBECACHEDIR": str(self.folder / "kube-cache")}
+            ),
             capture_output=True,
             text=True,
             input=input,
@@ -187,8 +194,11 @@ class Cluster:
         if "status" in body:
             with contextlib.suppress(ApiError):
                 created = self.patch(
-                    ref, created["metadata"]["name"], {"status": body["status"]},
-                    namespace=namespace, subresource="status",
+                    ref,
+                    created["metadata"]["name"],
+                    {"status": body["status"]},
+                    namespace=namespace,
+                    subresource="status",
                 )
         return created
 
@@ -215,7 +225,9 @@ class Cluster:
             else "application/merge-patch+json"
         )
         return self.request(
-            "PATCH", self.path(ref, namespace, name, subresource), patch,
+            "PATCH",
+            self.path(ref, namespace, name, subresource),
+            patch,
             content_type=content_type,
         )
 
@@ -555,4 +567,4 @@ def operator_process(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[Operator
     finally:
         process.stop()
         # Shown by pytest only when the test failed: what the operator said.
-        print(f"--- operator log (last 60 lines) ---\n" + "\n".join(process.log.splitlines()[-60:]))
+        print("--- operator log (last 60 lines) ---\n" + "\n".join(process.log.splitlines()[-60:]))

@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane for the tests: etcd, kube-apiserver, controller-manager, scheduler.
+"""A real Kubernetes control plane for tests: etcd, kube-apiserver, controller-manager, scheduler.
 
 The binaries are upstream's, built from the Go modules pinned in `tests/controlplane/` by
 `make tools` into `.tools/controlplane/bin`. One control plane serves the whole pytest session
@@ -11,9 +11,10 @@ What runs, and why:
   need `update` on the owner's finalizers), TokenRequest for ServiceAccount tokens.
 - kube-controller-manager with only the controllers our product leans on: Job, garbage collector,
   ServiceAccount (and its token controller), namespace deletion, TTL after finished,
-  Deployment/ReplicaSet (the chart's operator and Prefect server), the root CA publisher (the `kube-root-ca.crt` ConfigMap
-  every ServiceAccount token volume projects) and ClusterRole aggregation. No node lifecycle controller: the stand-in node never
-  heartbeats and must not be tainted away.
+  Deployment/ReplicaSet (the chart's operator and Prefect server), the root CA publisher (the
+  `kube-root-ca.crt` ConfigMap every ServiceAccount token volume projects) and ClusterRole
+  aggregation. No node lifecycle controller: the stand-in node never heartbeats and must not
+  be tainted away.
 - kube-scheduler, which binds Pods to the stand-in kubelet's Node.
 Nothing else is faked here; the stand-in kubelet lives in `support/kubelet.py`.
 """
@@ -180,7 +181,10 @@ class ControlPlane:
             ],
             "users": [{"name": "test", "user": user}],
             "contexts": [
-                {"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}
+                {
+                    "name": "test",
+                    "context": {"cluster": "test", "user": "test", "namespace": namespace},
+                }
             ],
             "current-context": "test",
         }
@@ -216,9 +220,7 @@ class ControlPlane:
         )
         return str(answer["status"]["token"])
 
-    def service_account_kubeconfig(
-        self, namespace: str, service_account: str, path: Path
-    ) -> Path:
+    def service_account_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount (what its Pods would get)."""
         return self.kubeconfig(
             path, namespace=namespace, token=self.token(namespace, service_account)

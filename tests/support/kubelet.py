@@ -40,7 +40,6 @@ import contextlib
 import datetime
 import http.server
 import itertools
-import json
 import os
 import re
 import shutil
@@ -216,8 +215,9 @@ class _PodWorker:
             "podIPs": [{"ip": self.ip}],
             "startTime": _now(),
             "conditions": self._conditions(initialized=not inits, ready=False),
-            "initContainerStatuses": [_status(c, waiting if i else creating) for i, c in
-                                      enumerate(inits)],
+            "initContainerStatuses": [
+                _status(c, waiting if i else creating) for i, c in enumerate(inits)
+            ],
             "containerStatuses": [_status(c, waiting if inits else creating) for c in mains],
         }
         self._write_status()
@@ -376,8 +376,13 @@ class _PodWorker:
                 env = self._env(spec, mounts)
                 break
             except _Waiting as waiting:
-                self._set_container(key, index, spec, {"waiting": {
-                    "reason": waiting.reason, "message": str(waiting)}}, container)
+                self._set_container(
+                    key,
+                    index,
+                    spec,
+                    {"waiting": {"reason": waiting.reason, "message": str(waiting)}},
+                    container,
+                )
                 self.deleted.wait(0.5)
         command = self._command(spec, env, mounts, main=key == "containerStatuses")
         self.kubelet.commands[f"{self.namespace}/{self.name}/{name}"] = command
@@ -396,9 +401,21 @@ class _PodWorker:
                     start_new_session=True,  # the container's processes form one group
                 )
             except OSError as error:
-                self._set_container(key, index, spec, {"terminated": {
-                    "exitCode": 128, "reason": "StartError", "message": str(error),
-                    "startedAt": started, "finishedAt": _now()}}, container)
+                self._set_container(
+                    key,
+                    index,
+                    spec,
+                    {
+                        "terminated": {
+                            "exitCode": 128,
+                            "reason": "StartError",
+                            "message": str(error),
+                            "startedAt": started,
+                            "finishedAt": _now(),
+                        }
+                    },
+                    container,
+                )
                 return 128
         self._set_container(key, index, spec, {"running": {"startedAt": started}}, container)
         if key == "containerStatuses":
@@ -472,8 +489,10 @@ class _PodWorker:
         env.update(settings.env)
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
-            for kind, ref in (("configmaps", source.get("configMapRef")),
-                              ("secrets", source.get("secretRef"))):
+            for kind, ref in (
+                ("configmaps", source.get("configMapRef")),
+                ("secrets", source.get("secretRef")),
+            ):
                 if ref:
                     for key, value in self._all_keys(kind, ref).items():
                         env[prefix + key] = value
@@ -566,10 +585,8 @@ class _PodWorker:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in alive:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         for process in processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # nothing of the container outlives it
@@ -968,4 +985,3 @@ def stand_in_settings(seconds: float, **env: str) -> NamespaceSettings:
         main_command=list(STAND_IN_RUNNER),
         env={"STAND_IN_SECONDS": str(seconds), **env},
     )
-
