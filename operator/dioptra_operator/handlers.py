@@ -21,7 +21,8 @@ from dioptra_operator.settings import Settings
 # Loaded once by the startup handler in __main__; tests may replace it before the operator runs.
 SETTINGS = Settings()
 RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
-REFUSED_RETRY_DELAY = 30  # seconds; a refusal lasts until someone changes RBAC or policy
+# A refusal lasts until someone changes RBAC or policy: retried after 3, 6, 12... up to 30 s.
+REFUSED_RETRY_DELAY = 30
 # Experiments whose Job has no Pod yet; a thread started with the operator asks why.
 POD_WATCH = PodWatch(reconcile.explain_missing_pod)
 OWNED = {c.LABEL_EXPERIMENT: kopf.PRESENT}
@@ -73,6 +74,7 @@ def _job_essence(body: kopf.Body) -> dict[str, Any]:
 def experiment_changed(
     *,
     reason: str,
+    retry: int,
     diff: kopf.Diff,
     body: kopf.Body,
     namespace: str | None,
@@ -125,7 +127,8 @@ def experiment_changed(
         RECONCILE_ERRORS.labels("experiment", "refused").inc()
         with contextlib.suppress(ApiUnavailable, ApiRefused):
             reconcile.record_refusal(experiment, exc)
-        raise kopf.TemporaryError(str(exc), delay=REFUSED_RETRY_DELAY) from exc
+        delay = min(REFUSED_RETRY_DELAY, RETRY_DELAY * 2**retry)
+        raise kopf.TemporaryError(str(exc), delay=delay) from exc
     except ApiUnavailable as exc:
         RECONCILE_ERRORS.labels("experiment", "temporary").inc()
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc

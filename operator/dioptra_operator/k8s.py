@@ -72,6 +72,15 @@ def _server_message(exc: ApiException) -> str:
         return ""
 
 
+# Refusals that settle by themselves: just after the CRD is installed, the API server's
+# admission (OwnerReferencesPermissionEnforcement) may not know the Experiment kind yet.
+_SETTLING = ("cannot find RESTMapping",)
+
+
+def _settles(detail: str) -> bool:
+    return any(text in detail for text in _SETTLING)
+
+
 @contextlib.contextmanager
 def _calling(what: str, *, absent_ok: bool = False) -> Iterator[None]:
     """Turn what a call raises into the operator's two kinds of failure.
@@ -87,7 +96,7 @@ def _calling(what: str, *, absent_ok: bool = False) -> Iterator[None]:
             raise
         status = exc.status or 0
         detail = _server_message(exc) or exc.reason or ""
-        if 400 <= status < 500 and status not in (404, 409, 429):
+        if 400 <= status < 500 and status not in (404, 409, 429) and not _settles(detail):
             raise ApiRefused(f"{what}: {detail}" if detail else what, status) from exc
         raise ApiUnavailable(f"{what}: {status or ''} {detail}".strip()) from exc
     except Exception as exc:
