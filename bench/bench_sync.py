@@ -122,7 +122,7 @@ def our_command(bucket: str, dest: Path, env: Env) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "dioptra_runner.sync",
+        "dioptra_sync",
         "sync",
         "--dest",
         str(dest),

@@ -1,7 +1,7 @@
 """`dioptra plugins sync|push` as a user runs them: exit codes, output lines, messages.
 
 Runs the `dioptra` console script when the whole CLI imports, else the same handlers through
-`python -m dioptra_runner.sync` (the run command is written separately and may be missing).
+`python -m dioptra_sync` (the run command is written separately and may be missing).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dioptra_runner.sync import MANIFEST_NAME
+from dioptra_sync import MANIFEST_NAME
 from support.s3 import S3Server, start_moto_server
 
 FULL_CLI = importlib.util.find_spec("dioptra_runner.run_command") is not None
@@ -27,7 +27,7 @@ DIOPTRA = Path(sys.executable).with_name("dioptra")
 def command(*args: str) -> list[str]:
     if FULL_CLI and DIOPTRA.exists():
         return [str(DIOPTRA), "plugins", *args]
-    return [sys.executable, "-m", "dioptra_runner.sync", *args]
+    return [sys.executable, "-m", "dioptra_sync", *args]
 
 
 def dioptra_plugins(
@@ -296,7 +296,7 @@ def test_a_sync_through_the_fast_client_imports_neither_botocore_nor_prefect(
 ) -> None:
     script = (
         "import sys\n"
-        "from dioptra_runner.sync.command import main\n"
+        "from dioptra_sync.command import main\n"
         f"code = main(['sync', '--dest', {str(tmp_path)!r}, {source!r}])\n"
         "heavy = {'botocore', 'boto3', 'prefect', 'kubernetes', 'rich'} & set(sys.modules)\n"
         "print(code, sorted(heavy))\n"

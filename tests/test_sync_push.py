@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dioptra_runner.sync import MANIFEST_NAME, SyncError, push_folder, sync_sources
+from dioptra_sync import MANIFEST_NAME, SyncError, push_folder, sync_sources
 from support.s3 import S3Server
 
 TREE = {

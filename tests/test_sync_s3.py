@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dioptra_runner.sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources, uri
+from dioptra_sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources, uri
 from support.s3 import FlakyProxy, RecordedRequest, S3Server
 
 TREE = {

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-from dioptra_runner.sync.backend import fast_client_settings
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.manifest import ManifestEntry
-from dioptra_runner.sync.messages import explain
-from dioptra_runner.sync.plan import RemoteFile, make_plan, merge
-from dioptra_runner.sync.progress import Progress
-from dioptra_runner.sync.sigv4 import Credentials, sign
-from dioptra_runner.sync.uri import LocalSource, S3Source, check_relative_key, parse_source
+from dioptra_sync.backend import fast_client_settings
+from dioptra_sync.errors import SyncError
+from dioptra_sync.manifest import ManifestEntry
+from dioptra_sync.messages import explain
+from dioptra_sync.plan import RemoteFile, make_plan, merge
+from dioptra_sync.progress import Progress
+from dioptra_sync.sigv4 import Credentials, sign
+from dioptra_sync.uri import LocalSource, S3Source, check_relative_key, parse_source
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ def _build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="sync or publish task plugin folders")
     plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND")
     plugin_commands.required = True
-    from dioptra_runner.sync.command import add_push_arguments, add_sync_arguments
+    from dioptra_sync.command import add_push_arguments, add_sync_arguments
 
     add_sync_arguments(
         plugin_commands.add_parser("sync", help="sync plugins from S3 into a local folder")

@@ -171,7 +171,7 @@ def _plugin_folder(
     sources = experiment.resolved_plugin_sources()
     if not sources:
         return None
-    from dioptra_runner.sync import SyncError, sync_sources
+    from dioptra_sync import SyncError, sync_sources
 
     plugins_spec = experiment.spec.get("plugins", {})
     if plugins_spec.get("region"):
@@ -195,7 +195,7 @@ def _plugin_folder(
 def _manifest(plugin_dir: Path | None) -> dict[str, Any] | None:
     if plugin_dir is None:
         return None
-    from dioptra_runner.sync import load_manifest
+    from dioptra_sync import load_manifest
 
     return load_manifest(plugin_dir)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.plan import RemoteFile
-from dioptra_runner.sync.uri import S3Source
+from dioptra_sync.errors import SyncError
+from dioptra_sync.plan import RemoteFile
+from dioptra_sync.uri import S3Source
 
 CLIENT_ENV = "DIOPTRA_S3_CLIENT"
 
@@ -55,8 +55,8 @@ def make_backend(endpoint_url: str | None, workers: int) -> Backend:
         raise SyncError(f"{CLIENT_ENV}={choice!r}: expected auto, http or botocore")
     settings = fast_client_settings(endpoint_url, os.environ) if choice != "botocore" else None
     if settings is not None:
-        from dioptra_runner.sync.s3_http import HttpBackend
-        from dioptra_runner.sync.sigv4 import Credentials
+        from dioptra_sync.s3_http import HttpBackend
+        from dioptra_sync.sigv4 import Credentials
 
         endpoint, key_id, secret, token, region = settings
         attempts = os.environ.get("AWS_MAX_ATTEMPTS", "5")
@@ -70,6 +70,6 @@ def make_backend(endpoint_url: str | None, workers: int) -> Backend:
         raise SyncError(
             f"{CLIENT_ENV}=http needs an endpoint URL and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         )
-    from dioptra_runner.sync.s3 import BotoBackend
+    from dioptra_sync.s3 import BotoBackend
 
     return BotoBackend(endpoint_url, workers)

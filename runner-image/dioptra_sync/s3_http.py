@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from dioptra_runner.sync import uri
-from dioptra_runner.sync.atomic import write_atomically
-from dioptra_runner.sync.plan import RemoteFile, remote_files_from_listing
-from dioptra_runner.sync.sigv4 import Credentials, sign, uri_encode
-from dioptra_runner.sync.uri import S3Source
+from dioptra_sync import uri
+from dioptra_sync.atomic import write_atomically
+from dioptra_sync.plan import RemoteFile, remote_files_from_listing
+from dioptra_sync.sigv4 import Credentials, sign, uri_encode
+from dioptra_sync.uri import S3Source
 
 CHUNK = 1024 * 1024
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.messages import explain
+from dioptra_sync.errors import SyncError
+from dioptra_sync.messages import explain
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.manifest import ManifestEntry
-from dioptra_runner.sync.uri import check_relative_key, is_skipped_name
+from dioptra_sync.errors import SyncError
+from dioptra_sync.manifest import ManifestEntry
+from dioptra_sync.uri import check_relative_key, is_skipped_name
 
 
 @dataclass(frozen=True)

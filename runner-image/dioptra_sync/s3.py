@@ -30,11 +30,11 @@ from botocore.exceptions import (
     ReadTimeoutError as BotoReadTimeoutError,
 )
 
-from dioptra_runner.sync import uri
-from dioptra_runner.sync.atomic import write_atomically
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.plan import RemoteFile, remote_files_from_listing
-from dioptra_runner.sync.uri import S3Source
+from dioptra_sync import uri
+from dioptra_sync.atomic import write_atomically
+from dioptra_sync.errors import SyncError
+from dioptra_sync.plan import RemoteFile, remote_files_from_listing
+from dioptra_sync.uri import S3Source
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

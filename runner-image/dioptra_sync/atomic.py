@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from dioptra_runner.sync.uri import TEMP_MARKER
+from dioptra_sync.uri import TEMP_MARKER
 
 
 def temp_name(target: Path) -> Path:

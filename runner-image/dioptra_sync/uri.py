@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from dioptra_runner.sync.errors import SyncError
+from dioptra_sync.errors import SyncError
 
 MANIFEST_NAME = ".dioptra-plugins.json"
 """The manifest's file name at the top of the destination folder."""

@@ -19,19 +19,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dioptra_runner.sync.backend import Backend, make_backend
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.local import copy_file, list_local
-from dioptra_runner.sync.manifest import (
+from dioptra_sync.backend import Backend, make_backend
+from dioptra_sync.errors import SyncError
+from dioptra_sync.local import copy_file, list_local
+from dioptra_sync.manifest import (
     ManifestEntry,
     manifest_document,
     read_manifest,
     write_manifest,
 )
-from dioptra_runner.sync.plan import Override, RemoteFile, make_plan
-from dioptra_runner.sync.progress import Progress
-from dioptra_runner.sync.uri import LocalSource, S3Source, Source, parse_source
-from dioptra_runner.sync.work import guard, mib, plural, run_parallel
+from dioptra_sync.plan import Override, RemoteFile, make_plan
+from dioptra_sync.progress import Progress
+from dioptra_sync.uri import LocalSource, S3Source, Source, parse_source
+from dioptra_sync.work import guard, mib, plural, run_parallel
 
 DEFAULT_WORKERS = 16
 LARGE_FILE = 1024 * 1024

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dioptra_runner.sync.engine import DEFAULT_WORKERS
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.local import walk_files
-from dioptra_runner.sync.progress import Progress
-from dioptra_runner.sync.uri import S3Source, parse_source
-from dioptra_runner.sync.work import guard, mib, run_parallel
+from dioptra_sync.engine import DEFAULT_WORKERS
+from dioptra_sync.errors import SyncError
+from dioptra_sync.local import walk_files
+from dioptra_sync.progress import Progress
+from dioptra_sync.uri import S3Source, parse_source
+from dioptra_sync.work import guard, mib, run_parallel
 
 
 @dataclass
@@ -69,7 +69,7 @@ def push_folder(
     local = walk_files(folder, label=str(folder))
     if not local:
         raise SyncError(f"{folder}: no plugin files to push")
-    from dioptra_runner.sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
+    from dioptra_sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
 
     client = make_client(endpoint_url, workers)
     endpoint = str(client.meta.endpoint_url)

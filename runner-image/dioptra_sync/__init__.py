@@ -1,11 +1,11 @@
 """Plugin sync and push: S3 (or local folders) <-> a plugin folder. Depends on boto3 only.
 
 Commands: `dioptra plugins sync --dest DIR SOURCE...` (the Job's init container) and
-`dioptra plugins push LOCAL_DIR s3://bucket/prefix` (also `python -m dioptra_runner.sync`).
+`dioptra plugins push LOCAL_DIR s3://bucket/prefix` (also `python -m dioptra_sync`).
 
 Python API (what the runner calls)::
 
-    from dioptra_runner.sync import SyncError, sync_sources
+    from dioptra_sync import SyncError, sync_sources
 
     report = sync_sources(["s3://bucket/plugins", "./more-plugins"], Path(plugin_dir),
                           endpoint_url=None, allow_empty=False, base=experiment_folder)
@@ -49,11 +49,11 @@ Transient errors are retried with backoff (`AWS_MAX_ATTEMPTS`, default 5). Nothi
 imports Prefect, the Kubernetes client or rich.
 """
 
-from dioptra_runner.sync.engine import SyncReport, sync_sources
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.manifest import load_manifest
-from dioptra_runner.sync.push import PushReport, push_folder
-from dioptra_runner.sync.uri import MANIFEST_NAME
+from dioptra_sync.engine import SyncReport, sync_sources
+from dioptra_sync.errors import SyncError
+from dioptra_sync.manifest import load_manifest
+from dioptra_sync.push import PushReport, push_folder
+from dioptra_sync.uri import MANIFEST_NAME
 
 __all__ = [
     "MANIFEST_NAME",

@@ -11,10 +11,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from dioptra_runner.sync.atomic import write_atomically
-from dioptra_runner.sync.errors import SyncError
-from dioptra_runner.sync.plan import RemoteFile
-from dioptra_runner.sync.uri import LocalSource, check_relative_key, is_skipped_name
+from dioptra_sync.atomic import write_atomically
+from dioptra_sync.errors import SyncError
+from dioptra_sync.plan import RemoteFile
+from dioptra_sync.uri import LocalSource, check_relative_key, is_skipped_name
 
 CHUNK = 1024 * 1024
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dioptra_runner.sync.uri import MANIFEST_NAME, TEMP_MARKER
+from dioptra_sync.uri import MANIFEST_NAME, TEMP_MARKER
 
 FORMAT_VERSION = 1
 

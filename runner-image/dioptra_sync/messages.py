@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from dioptra_runner.sync.errors import SyncError
+from dioptra_sync.errors import SyncError
 
 _AUTH_HINTS = {
     "InvalidAccessKeyId": "the server does not know this access key id; check AWS_ACCESS_KEY_ID",
@@ -33,7 +33,7 @@ def explain(
     where = f"{source}: {key!r}" if key else source
     if isinstance(error, SyncError):
         return error
-    from dioptra_runner.sync.s3_http import EndpointUnreachable, S3HttpError
+    from dioptra_sync.s3_http import EndpointUnreachable, S3HttpError
 
     if isinstance(error, S3HttpError):
         return SyncError(

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from dioptra_runner.sync.errors import SyncError
+from dioptra_sync.errors import SyncError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -90,7 +90,7 @@ def run_sync(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from dioptra_runner.sync.engine import DEFAULT_WORKERS, sync_sources
+    from dioptra_sync.engine import DEFAULT_WORKERS, sync_sources
 
     try:
         report = sync_sources(
@@ -117,8 +117,8 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from dioptra_runner.sync.engine import DEFAULT_WORKERS
-    from dioptra_runner.sync.push import push_folder
+    from dioptra_sync.engine import DEFAULT_WORKERS
+    from dioptra_sync.push import push_folder
 
     try:
         report = push_folder(
@@ -139,8 +139,8 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dioptra_runner.sync {sync,push} ...`: the same commands without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m dioptra_runner.sync")
+    """`python -m dioptra_sync {sync,push} ...`: the same commands without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m dioptra_sync")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     add_sync_arguments(commands.add_parser("sync", help="sync plugins into a folder"))
