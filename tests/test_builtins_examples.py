@@ -15,11 +15,11 @@ import pytest
 import yaml
 from dioptra.flow import Flow
 from dioptra.sdk.utilities.contexts import plugin_dirs
+from dioptra_api.sweep import expand_sweep
 from dioptra_builtins.random.rng import init_rng
 from dioptra_builtins.random.sample import draw_random_integer
 from dioptra_runner.entrypoint import load_flow
 from dioptra_runner.experiment import Experiment, load_experiment_file, validate_document
-from dioptra_runner.sweep import expand_sweep
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLE_FLOWS = [

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dioptra_runner import schema as crd_schema
+from dioptra_api import schema as crd_schema
 from dioptra_runner.experiment import load_experiment_file, validate_document
 from support.cluster import Cluster
 from support.controlplane import ApiError

@@ -165,7 +165,7 @@ def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path)
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
     assert (site / "dioptra_runner" / crd.name).read_bytes() == crd.read_bytes()
-    probe = "from dioptra_runner.schema import find_crd_path; print(find_crd_path())"
+    probe = "from dioptra_api.schema import find_crd_path; print(find_crd_path())"
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("DIOPTRA_CRD_PATH", None)
     found = subprocess.run(

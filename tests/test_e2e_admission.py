@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import dioptra_api as c
 import pytest
 import yaml
-from dioptra_operator import constants as c
 from support.cluster import Cluster, OperatorProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

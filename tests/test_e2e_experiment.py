@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dioptra_api as c
 import pytest
 import yaml
-from dioptra_operator import constants as c
 from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
 from support.kubelet import StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server

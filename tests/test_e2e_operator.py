@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dioptra_api as c
 import pytest
-from dioptra_operator import constants as c
 from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
 from support.controlplane import free_port
 from support.kubelet import StandInKubelet, stand_in_settings

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dioptra_api as c
 import pytest
-from dioptra_operator import constants as c
+from dioptra_api.sweep import expand_sweep
 from dioptra_operator.job_builder import point_job_name
-from dioptra_runner.sweep import expand_sweep
 from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
 from support.kubelet import StandInKubelet, stand_in_settings
 from support.s3 import FAKE_KEY, S3Server

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dioptra_runner import schema as crd_schema
+from dioptra_api import schema as crd_schema
 from dioptra_runner.experiment import (
     ExperimentError,
     experiment_from_env,

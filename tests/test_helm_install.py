@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dioptra_api as c
 import pytest
 import yaml
-from dioptra_operator import constants as c
 from support.cluster import CHART, Cluster, helm, private_control_plane, wait_for_crd
 from support.controlplane import ApiError, free_port, kubectl_env
 from support.kubelet import StandInKubelet, running_kubelet

@@ -6,8 +6,8 @@ import copy
 import json
 from typing import Any
 
+import dioptra_api as c
 import pytest
-from dioptra_operator import constants as c
 from dioptra_operator.job_builder import InvalidSpecError, build_job, job_name, spec_hash
 from dioptra_operator.settings import Settings
 

@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import dioptra_api as c
 import pytest
-from dioptra_operator import constants as c
 from support.cluster import (
     Cluster,
     OperatorProcess,

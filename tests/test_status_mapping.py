@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from dioptra_operator.conditions import find_condition, make_condition
-from dioptra_operator.constants import ConditionType as C
-from dioptra_operator.constants import Phase as P
-from dioptra_operator.constants import Reason as R
+from dioptra_api import ConditionType as C
+from dioptra_api import Phase as P
+from dioptra_api import Reason as R
+from dioptra_api.clock import duration_between
+from dioptra_api.conditions import find_condition, make_condition
 from dioptra_operator.status_mapping import (
     Observation,
     creation_failure,
-    format_duration,
     merge_phase,
     observe,
     status_patch,
@@ -261,7 +261,7 @@ def test_resumed_is_reported_after_a_suspension() -> None:
     ],
 )
 def test_durations_read_like_kubectl(end: str, expected: str) -> None:
-    assert format_duration("2026-01-01T00:00:00Z", end) == expected
+    assert duration_between("2026-01-01T00:00:00Z", end) == expected
 
 
 def test_a_later_pod_report_refines_the_operators_own_failure_message() -> None:

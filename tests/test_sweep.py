@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from dioptra_runner.sweep import (
+from dioptra_api.sweep import (
     MAX_HEADLINES,
     MAX_POINTS,
     SweepError,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import dioptra_api as c
 import pytest
-from dioptra_operator import constants as c
+from dioptra_api.sweep import SweepPoint, expand_sweep
 from dioptra_operator.job_builder import (
     InvalidSpecError,
     build_job,
@@ -25,7 +26,6 @@ from dioptra_operator.sweep_plan import (
     sweep_status,
 )
 from dioptra_runner.reporter import PointStatusReporter
-from dioptra_runner.sweep import SweepPoint, expand_sweep
 
 P = c.Phase
 SETTINGS = Settings(runner_image="registry.example/runner:1")

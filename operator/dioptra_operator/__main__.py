@@ -11,10 +11,10 @@ import sys
 from typing import Any
 
 import kopf
+from dioptra_api import GROUP
 from kopf import cli as kopf_cli
 
 from dioptra_operator import handlers, metrics
-from dioptra_operator.constants import GROUP
 from dioptra_operator.settings import Settings
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import dioptra_api as c
 import kopf
 
-from dioptra_operator import constants as c
 from dioptra_operator import reconcile, sweep_reconcile
 from dioptra_operator.job_builder import InvalidSpecError
 from dioptra_operator.k8s import ApiRefused, ApiUnavailable

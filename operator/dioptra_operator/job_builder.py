@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any
 
-from dioptra_runner.sweep import SweepError, SweepPoint, expand_sweep
+import dioptra_api as c
+from dioptra_api.sweep import SweepError, SweepPoint, expand_sweep
 
-from dioptra_operator import constants as c
 from dioptra_operator.settings import Settings
 
 _ENTRY_POINT_KINDS = ("module", "script", "configMapRef", "taskGraph")
@@ -211,7 +211,7 @@ def build_job(
     resources = container_resources(runner.get("resources") or {})
 
     common_env = [
-        {"name": "DIOPTRA_PLUGIN_DIR", "value": c.PLUGIN_DIR},
+        {"name": c.PLUGIN_DIR_ENV, "value": c.PLUGIN_DIR},
         {"name": "HOME", "value": c.TMP_DIR},
     ]
     mounts: list[dict[str, Any]] = [
@@ -226,9 +226,9 @@ def build_job(
     main_env = [
         *common_env,
         {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
-        {"name": "DIOPTRA_EXPERIMENT", "value": snapshot},
-        {"name": "DIOPTRA_EXPERIMENT_NAME", "value": meta["name"]},
-        {"name": "DIOPTRA_EXPERIMENT_NAMESPACE", "value": meta.get("namespace") or "default"},
+        {"name": c.EXPERIMENT_ENV, "value": snapshot},
+        {"name": c.NAME_ENV, "value": meta["name"]},
+        {"name": c.NAMESPACE_ENV, "value": meta.get("namespace") or "default"},
         *point_env,
     ]
     if settings.prefect_api_url:
@@ -240,7 +240,7 @@ def build_job(
     if config_map:
         volumes.append({"name": "entrypoint", "configMap": {"name": config_map["name"]}})
         main_mounts.append({"name": "entrypoint", "mountPath": c.ENTRYPOINT_DIR, "readOnly": True})
-        main_env.append({"name": "DIOPTRA_ENTRYPOINT_DIR", "value": c.ENTRYPOINT_DIR})
+        main_env.append({"name": c.ENTRYPOINT_DIR_ENV, "value": c.ENTRYPOINT_DIR})
 
     main: dict[str, Any] = {
         "name": c.MAIN_CONTAINER,

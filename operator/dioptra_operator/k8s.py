@@ -10,16 +10,14 @@ handlers show on the Experiment.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import json
 from collections.abc import Iterator
 from typing import Any, cast
 
+import dioptra_api as c
 import kubernetes
 from kubernetes.client.exceptions import ApiException
-
-from dioptra_operator import constants as c
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -102,11 +100,6 @@ def _calling(what: str, *, absent_ok: bool = False) -> Iterator[None]:
     except Exception as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__
         raise ApiUnavailable(f"{what}: {reason}") from exc
-
-
-def now() -> str:
-    """The current time in the API's RFC 3339 format (seconds, UTC)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def create_job(namespace: str, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -10,11 +10,10 @@ import threading
 from collections import Counter as _Tally
 from collections.abc import Iterator
 
+from dioptra_api import Phase
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from dioptra_operator.constants import Phase
 
 PHASES = (
     Phase.PENDING,

@@ -12,11 +12,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, cast
 
+import dioptra_api as c
 import kopf
+from dioptra_api import clock
+from dioptra_api.conditions import Condition, make_condition, set_condition
 
-from dioptra_operator import constants as c
 from dioptra_operator import k8s
-from dioptra_operator.conditions import Condition, make_condition, set_condition
 from dioptra_operator.job_builder import InvalidSpecError, build_job
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
@@ -118,7 +119,7 @@ def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
         conditions, changed = set_condition(
             status.get("conditions"),
             make_condition(C.ACCEPTED, False, R.INVALID_SPEC, message, meta.get("generation")),
-            k8s.now(),
+            clock.now(),
         )
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
         if changed:
@@ -139,7 +140,7 @@ def record_refusal(experiment: dict[str, Any], error: k8s.ApiRefused) -> None:
         conditions, changed = set_condition(
             status.get("conditions"),
             make_condition(C.JOB_CREATED, False, R.API_REFUSED, message, meta.get("generation")),
-            k8s.now(),
+            clock.now(),
         )
         if not changed:
             return
@@ -160,7 +161,7 @@ def explain_missing_pod(namespace: str, name: str, job_name: str) -> None:
         if status.get("jobName") != job_name or status.get("phase") != P.PENDING:
             return  # moved on meanwhile
         observation = creation_failure(failures[0], namespace, status.get("observedGeneration"))
-        patch, changed = status_patch(status, observation, k8s.now())
+        patch, changed = status_patch(status, observation, clock.now())
         if patch:
             k8s.patch_experiment_status(namespace, name, patch)
     post_condition_events(experiment, changed, before=status.get("conditions") or [])
@@ -201,7 +202,7 @@ def ensure_job(
             _record_missing_job(fresh, status, recorded)
             return
         base: dict[str, Any] = {"observedGeneration": generation}
-        now = k8s.now()
+        now = clock.now()
         conditions = status.get("conditions") or []
 
         annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
@@ -283,7 +284,7 @@ def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_
     for cond in observation.conditions:
         cond["message"] = message
     observation.message = message
-    patch, changed = status_patch(status, observation, k8s.now())
+    patch, changed = status_patch(status, observation, clock.now())
     if patch:
         k8s.patch_experiment_status(meta["namespace"], meta["name"], patch)
     post_condition_events(experiment, changed, before=status.get("conditions") or [])
@@ -312,7 +313,7 @@ def sync_status(
             return
         generation = status.get("observedGeneration")
         observation = observe(job, pods, generation=generation)
-        patch, changed = status_patch(status, observation, k8s.now())
+        patch, changed = status_patch(status, observation, clock.now())
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)
             PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))

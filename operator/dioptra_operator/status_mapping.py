@@ -7,14 +7,14 @@ under us. `merge_phase` decides how the operator's view combines with what the r
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dioptra_operator import constants as c
-from dioptra_operator.conditions import Condition, find_condition, make_condition, set_condition
+import dioptra_api as c
+from dioptra_api.clock import duration_between
+from dioptra_api.conditions import Condition, find_condition, make_condition, set_condition
 
 C = c.ConditionType
 R = c.Reason
@@ -276,22 +276,6 @@ def merge_phase(current: str | None, observed: str) -> str:
 _ONLY_AFTER_TRUE = frozenset({C.SUSPENDED, C.STALLED})
 
 
-def _parse_time(value: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def format_duration(start: str, end: str) -> str:
-    """A short human duration like kubectl's (`45s`, `3m7s`, `2h5m`)."""
-    seconds = max(0, int((_parse_time(end) - _parse_time(start)).total_seconds()))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
 def status_patch(
     status: dict[str, Any], observation: Observation, now: str
 ) -> tuple[dict[str, Any], list[Condition]]:
@@ -341,5 +325,5 @@ def status_patch(
         if not status.get("completionTime"):
             patch["completionTime"] = end
         if not status.get("duration") and start:
-            patch["duration"] = format_duration(start, end)
+            patch["duration"] = duration_between(start, end)
     return patch, changed

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dioptra_runner.sweep import SweepPoint, summarize_points
+import dioptra_api as c
+from dioptra_api.sweep import SweepPoint, summarize_points
 
-from dioptra_operator import constants as c
 from dioptra_operator.status_mapping import pod_started
 
 P = c.Phase

@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import dioptra_api as c
 import kopf
-from dioptra_runner.sweep import max_concurrent
+from dioptra_api import clock
+from dioptra_api.clock import duration_between
+from dioptra_api.conditions import Condition, find_condition, make_condition, set_condition
+from dioptra_api.sweep import max_concurrent
 
-from dioptra_operator import constants as c
 from dioptra_operator import k8s
-from dioptra_operator.conditions import Condition, find_condition, make_condition, set_condition
 from dioptra_operator.job_builder import (
     build_job,
     point_job_name,
@@ -33,7 +35,7 @@ from dioptra_operator.job_builder import (
 from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import experiment_lock, post_condition_events
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import format_duration, observe
+from dioptra_operator.status_mapping import observe
 from dioptra_operator.sweep_plan import job_finished, job_phase, plan_sweep, sweep_status
 
 C = c.ConditionType
@@ -137,7 +139,7 @@ def reconcile_sweep(
         summary = sweep_status(points, outcomes, suspended=suspend)
         summary["sweep"].update(generation=run, specHash=desired_hash)
 
-        now = k8s.now()
+        now = clock.now()
         conditions, changed = _conditions(conditions, summary, created, suspend, generation, now)
         patch: dict[str, Any] = {
             "observedGeneration": generation,
@@ -150,7 +152,7 @@ def reconcile_sweep(
             patch["completionTime"] = now
             start = status.get("startTime") or patch.get("startTime")
             if start:
-                patch["duration"] = format_duration(start, now)
+                patch["duration"] = duration_between(start, now)
         patch = {key: value for key, value in patch.items() if status.get(key) != value}
         if records:
             patch["sweepPoints"] = records

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from dioptra.flow import Flow
+from dioptra_api import ENTRYPOINT_DIR, ENTRYPOINT_DIR_ENV
 
 # Where the Job mounts a ConfigMap entry point; the operator also passes it as
 # DIOPTRA_ENTRYPOINT_DIR so that the folder can move (and tests can map it).
-CONFIGMAP_MOUNT = Path("/etc/dioptra/entrypoint")
-ENTRYPOINT_DIR_ENV = "DIOPTRA_ENTRYPOINT_DIR"
 
 
 class EntryPointError(Exception):
@@ -34,7 +33,7 @@ class EntryPointError(Exception):
 def load_flow(entry_point: dict[str, Any], *, configmap_dir: Path | None = None) -> Flow:
     """Import or execute the entry point and return the Flow it defines."""
     if configmap_dir is None:
-        configmap_dir = Path(os.environ.get(ENTRYPOINT_DIR_ENV) or CONFIGMAP_MOUNT)
+        configmap_dir = Path(os.environ.get(ENTRYPOINT_DIR_ENV) or ENTRYPOINT_DIR)
     attribute = entry_point.get("flow") or "flow"
     if "module" in entry_point:
         return _flow_from_module(entry_point["module"])

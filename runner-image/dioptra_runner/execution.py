@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from dioptra_api import PLUGIN_DIR_ENV, Phase
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_SYNC = 0, 1, 2, 3
 
 _LOG = logging.getLogger("dioptra.run")
@@ -45,11 +47,11 @@ class PointRun:
 
 
 def phase_name(succeeded: bool) -> str:
-    return "Succeeded" if succeeded else "Failed"
+    return Phase.SUCCEEDED if succeeded else Phase.FAILED
 
 
 def sweep_summary(runs: list[PointRun]) -> dict[str, Any]:
-    from dioptra_runner.sweep import summarize_points
+    from dioptra_api.sweep import summarize_points
 
     outcomes = {
         r.point.index: {
@@ -74,7 +76,7 @@ def run_flow(
     from dioptra.sdk.utilities.contexts import plugin_dirs
 
     if plugin_dir is not None:
-        os.environ["DIOPTRA_PLUGIN_DIR"] = str(plugin_dir.resolve())
+        os.environ[PLUGIN_DIR_ENV] = str(plugin_dir.resolve())
     with plugin_dirs([]):
         searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
         flow = _load_flow(experiment)
@@ -126,8 +128,7 @@ def _plan_runs(
 ) -> list[PointRun]:
     """One run, or one per sweep point; every problem of every run reported before any runs."""
     from dioptra.flow import FlowValidationError
-
-    from dioptra_runner.sweep import SweepError, expand_sweep
+    from dioptra_api.sweep import SweepError, expand_sweep
 
     plugin_problems = flow.problems()
     if sweep:

@@ -1,6 +1,6 @@
 """Load an Experiment (a YAML file for `dioptra run`, or JSON from the Job's env) and validate it.
 
-Validation uses the CRD's own `openAPIV3Schema` (see `dioptra_runner.schema`), so a file that
+Validation uses the CRD's own `openAPIV3Schema` (see `dioptra_api.schema`), so a file that
 `dioptra run` accepts is one that `kubectl apply` accepts, and the user sees every problem at
 once, each with its field path (`spec.plugins.sources[0]: ...`), instead of a traceback.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import jsonschema
 import yaml
-
-from dioptra_runner import schema as crd_schema
+from dioptra_api import API_VERSION, DNS_LABEL_MAX, EXPERIMENT_ENV, KIND, VERSION
+from dioptra_api import schema as crd_schema
 
 __all__ = [
     "API_VERSION",
@@ -33,13 +33,8 @@ __all__ = [
     "validate_status",
 ]
 
-GROUP = "dioptra.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "Experiment"
-
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_NAME_MAX = 63  # the name is a label value on the Job (dioptra.dev/experiment)
+_NAME_MAX = DNS_LABEL_MAX  # the name is a label value on the Job (dioptra.dev/experiment)
 
 
 class ExperimentError(ValueError):
@@ -304,9 +299,9 @@ def experiment_from_env(json_text: str) -> Experiment:
     except json.JSONDecodeError as error:
         raise ExperimentError(
             [f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"],
-            source="DIOPTRA_EXPERIMENT",
+            source=EXPERIMENT_ENV,
         ) from None
     try:
         return experiment_from_document(document)
     except ExperimentError as error:
-        raise ExperimentError(error.errors, source="DIOPTRA_EXPERIMENT") from None
+        raise ExperimentError(error.errors, source=EXPERIMENT_ENV) from None

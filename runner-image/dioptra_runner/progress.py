@@ -7,8 +7,7 @@ import time
 from typing import IO, Any
 
 from dioptra.flow import COMPLETED, FAILED, NOT_RUN, RUNNING, TaskOutcome
-
-from dioptra_runner.status import format_duration
+from dioptra_api.clock import format_duration
 
 _STYLES = {COMPLETED: "green", FAILED: "bold red", NOT_RUN: "yellow", RUNNING: "cyan"}
 

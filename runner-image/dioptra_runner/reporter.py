@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dioptra_api import GROUP, NAME_ENV, NAMESPACE_ENV, PLURAL, VERSION
+
 if TYPE_CHECKING:
     import kubernetes.client
 
@@ -44,12 +46,6 @@ __all__ = [
     "to_json_value",
 ]
 
-GROUP = "dioptra.dev"
-VERSION = "v1alpha1"
-PLURAL = "experiments"
-NAME_ENV = "DIOPTRA_EXPERIMENT_NAME"
-NAMESPACE_ENV = "DIOPTRA_EXPERIMENT_NAMESPACE"
-SWEEP_POINT_ENV = "DIOPTRA_SWEEP_POINT"
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 # Backoff between attempts of one patch: doubles from the first value up to the cap (seconds).

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from dioptra_api import EXPERIMENT_ENV, PLUGIN_DIR_ENV, Phase
+
 from dioptra_runner.execution import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -92,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         _configure_logging(args, cache)
         if args.in_cluster:
             reporter = _cluster_reporter()
-        reporter.update(phase="Running", startTime=_iso(started), message="running the entry point")
+        reporter.update(
+            phase=Phase.RUNNING, startTime=_iso(started), message="running the entry point"
+        )
         parameters = _parameters(experiment.spec, args.overrides)
         plugin_dir = _plugin_folder(args, experiment, cache, out)
         manifest = _manifest(plugin_dir)
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except RunAborted as aborted:
         _LOG.error("%s", aborted)
         elapsed = time.monotonic() - clock
-        _finish(reporter, "Failed", str(aborted), started, elapsed, reason=aborted.reason)
+        _finish(reporter, Phase.FAILED, str(aborted), started, elapsed, reason=aborted.reason)
         print_error(str(aborted), args)
         return aborted.code
 
@@ -133,8 +137,8 @@ def _load_experiment(args: argparse.Namespace) -> Any:
     try:
         if args.experiment:
             return load_experiment_file(args.experiment)
-        if args.in_cluster and os.environ.get("DIOPTRA_EXPERIMENT"):
-            return experiment_from_env(os.environ["DIOPTRA_EXPERIMENT"])
+        if args.in_cluster and os.environ.get(EXPERIMENT_ENV):
+            return experiment_from_env(os.environ[EXPERIMENT_ENV])
     except ExperimentError as error:
         raise RunAborted(str(error), EXIT_INVALID, "InvalidSpec") from None
     raise RunAborted(
@@ -166,7 +170,7 @@ def _plugin_folder(
 ) -> Path | None:
     """Where the plugins are: synced by the init container in a pod, synced now locally."""
     if args.in_cluster:
-        folder = os.environ.get("DIOPTRA_PLUGIN_DIR")
+        folder = os.environ.get(PLUGIN_DIR_ENV)
         return Path(folder) if folder else None
     sources = experiment.resolved_plugin_sources()
     if not sources:
@@ -211,7 +215,7 @@ def _finish(
     sweep: dict[str, Any] | None = None,
     reason: str | None = None,
 ) -> None:
-    from dioptra_runner.status import format_duration
+    from dioptra_api.clock import format_duration
 
     fields: dict[str, Any] = {
         "phase": phase,
@@ -238,7 +242,7 @@ def _one_line(message: str) -> str:
 
 
 def _iso(moment: dt.datetime) -> str:
-    from dioptra_runner.status import iso
+    from dioptra_api.clock import rfc3339 as iso
 
     return iso(moment) or ""
 
@@ -277,7 +281,9 @@ def _configure_logging(args: argparse.Namespace, cache: Path) -> None:
 
 
 def _cluster_reporter() -> Any:
-    from dioptra_runner.reporter import SWEEP_POINT_ENV, KubernetesStatusReporter
+    from dioptra_api import SWEEP_POINT_ENV
+
+    from dioptra_runner.reporter import KubernetesStatusReporter
     from dioptra_runner.reporter import PointStatusReporter as Point
 
     try:

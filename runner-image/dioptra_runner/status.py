@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dioptra.flow import COMPLETED, FAILED, NOT_RUN, TaskOutcome
+from dioptra_api.clock import rfc3339
 
 FINISHED_STATES = frozenset({COMPLETED, FAILED, NOT_RUN})
 # A task output larger than this (as JSON) stays out of the status: etcd objects are
@@ -16,35 +16,12 @@ FINISHED_STATES = frozenset({COMPLETED, FAILED, NOT_RUN})
 MAX_OUTPUT_BYTES = 2048
 
 
-def iso(moment: dt.datetime | None) -> str | None:
-    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
-    if moment is None:
-        return None
-    return moment.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_duration(seconds: float | None) -> str:
-    """``42s``, ``3m07s``, ``1h02m`` for printer columns and tables."""
-    if seconds is None:
-        return ""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def task_entry(outcome: TaskOutcome) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": outcome.name, "task": outcome.task, "state": outcome.state}
     if outcome.start_time:
-        entry["startTime"] = iso(outcome.start_time)
+        entry["startTime"] = rfc3339(outcome.start_time)
     if outcome.end_time:
-        entry["endTime"] = iso(outcome.end_time)
+        entry["endTime"] = rfc3339(outcome.end_time)
     if outcome.message:
         entry["message"] = outcome.message[:500]
     return entry

@@ -18,7 +18,9 @@ def print_summary(
     elapsed: float,
     out: IO[str],
 ) -> None:
-    from dioptra_runner.status import format_duration, result_rows, task_entry
+    from dioptra_api.clock import format_duration
+
+    from dioptra_runner.status import result_rows, task_entry
 
     result = run_.result
     if args.output == "json":
@@ -56,7 +58,7 @@ def print_sweep(
     elapsed: float,
     out: IO[str],
 ) -> None:
-    from dioptra_runner.status import format_duration
+    from dioptra_api.clock import format_duration
 
     succeeded = all(r.result.is_successful() for r in runs)
     if args.output == "json":

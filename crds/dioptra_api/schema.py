@@ -41,14 +41,14 @@ def _candidate_paths() -> Iterator[Path]:
     """Where the CRD may be, best first.
 
     1. `$DIOPTRA_CRD_PATH` (explicit override, e.g. for a wheel installed without the data);
-    2. `<repo>/crds/` next to this source tree (a dev checkout or editable install);
-    3. inside the installed `dioptra_runner` package: runner-image/Dockerfile copies the CRD
-       there just before building the wheel (package data), so the repository keeps one copy.
+    2. `crds/` itself, beside this package (a dev checkout or editable install);
+    3. inside the installed `dioptra_api` package: the Dockerfiles copy the CRD there just
+       before building the wheel (package data), so the repository keeps one copy.
     """
     override = os.environ.get(CRD_PATH_ENV)
     if override:
         yield Path(override)
-    yield _PACKAGE_DIR.parent.parent / "crds" / CRD_FILE_NAME
+    yield _PACKAGE_DIR.parent / CRD_FILE_NAME
     yield _PACKAGE_DIR / CRD_FILE_NAME
 
 

@@ -1,12 +1,49 @@
-"""Names shared by the operator, its Jobs and its tests: the API, labels, phases and conditions.
+"""The API's vocabulary: group and kind, labels, the Job contract, phases, conditions, reasons.
 
-Everything a user or another component can observe (label keys, condition types, reasons) is
-spelled once here so that the builder, the status mapping and the handlers cannot drift apart.
+Everything a user or another component can observe (label keys, env names, condition types,
+reasons) is spelled once here, for the operator, the runner and the tests alike.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+__all__ = [
+    "ANNOTATION_SPEC_HASH",
+    "API_VERSION",
+    "COMPONENT_RUNNER",
+    "DNS_LABEL_MAX",
+    "ENTRYPOINT_DIR",
+    "ENTRYPOINT_DIR_ENV",
+    "EXPERIMENT_ENV",
+    "GROUP",
+    "INIT_CONTAINER",
+    "KIND",
+    "LABEL_COMPONENT",
+    "LABEL_EXPERIMENT",
+    "LABEL_GENERATION",
+    "LABEL_KUEUE_QUEUE",
+    "LABEL_MANAGED_BY",
+    "LABEL_SWEEP_POINT",
+    "MAIN_CONTAINER",
+    "MANAGED_BY",
+    "MESSAGES",
+    "NAMESPACE_ENV",
+    "NAME_ENV",
+    "PLUGIN_DIR",
+    "PLUGIN_DIR_ENV",
+    "PLURAL",
+    "PREFECT_HOME",
+    "RUNNER_UID",
+    "SWEEP_POINT_ENV",
+    "TMP_DIR",
+    "VERSION",
+    "WARNING_WHEN_FALSE",
+    "WARNING_WHEN_TRUE",
+    "ConditionType",
+    "Phase",
+    "Reason",
+]
 
 GROUP: Final = "dioptra.dev"
 VERSION: Final = "v1alpha1"
@@ -37,6 +74,12 @@ INIT_CONTAINER: Final = "sync"
 MAIN_CONTAINER: Final = "runner"
 RUNNER_UID: Final = 65532
 DNS_LABEL_MAX: Final = 63
+# The runner's environment in the Job (docs/architecture.md, "The Job's contract").
+PLUGIN_DIR_ENV: Final = "DIOPTRA_PLUGIN_DIR"
+EXPERIMENT_ENV: Final = "DIOPTRA_EXPERIMENT"  # the JSON snapshot of the generation it runs
+NAME_ENV: Final = "DIOPTRA_EXPERIMENT_NAME"
+NAMESPACE_ENV: Final = "DIOPTRA_EXPERIMENT_NAMESPACE"
+ENTRYPOINT_DIR_ENV: Final = "DIOPTRA_ENTRYPOINT_DIR"
 # Tells the runner of a point Job which `status.sweepPoints` entry is its own.
 SWEEP_POINT_ENV: Final = "DIOPTRA_SWEEP_POINT"
 

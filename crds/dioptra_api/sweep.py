@@ -39,6 +39,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dioptra_api.vocabulary import Phase
+
 __all__ = [
     "MAX_HEADLINES",
     "MAX_POINTS",
@@ -52,7 +54,7 @@ __all__ = [
 BASE = "spec.sweep"
 MAX_POINTS = 1000
 MAX_HEADLINES = 8
-_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+_PHASES = (Phase.PENDING, Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED)
 _FIELDS = ("grid", "points", "maxConcurrent")
 _MESSAGE_CHARS = 200
 _STRING_CHARS = 64
@@ -129,7 +131,7 @@ def summarize_points(
     rows: list[dict[str, Any]] = []
     for point in points:
         outcome = outcomes.get(point.index) or outcomes.get(point.key) or {}
-        phase = str(outcome.get("phase") or "Pending")
+        phase = str(outcome.get("phase") or Phase.PENDING)
         counts[phase] = counts.get(phase, 0) + 1
         if len(rows) >= max_rows:
             continue

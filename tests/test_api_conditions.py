@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dioptra_operator.conditions import find_condition, make_condition, set_condition
+from dioptra_api.conditions import find_condition, make_condition, set_condition
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
