@@ -42,6 +42,7 @@ tools: $(TOOLS)/bin/helm $(TOOLS)/controlplane/.built
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=runner-image:operator:crds $(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

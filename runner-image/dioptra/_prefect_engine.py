@@ -1,4 +1,4 @@
-"""Execute a recorded :class:`dioptra.flow.Flow` as one Prefect 3 flow run.
+"""Execute a recorded flow graph (:class:`dioptra.graph.FlowGraph`) as one Prefect 3 flow run.
 
 Kept apart from ``flow.py`` so that defining a flow (and importing plugins)
 never imports Prefect; only running one does.
@@ -21,12 +21,12 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dioptra.flow import (
+from dioptra.graph import (
     COMPLETED,
     FAILED,
     NOT_RUN,
     RUNNING,
-    Flow,
+    FlowGraph,
     FlowRunResult,
     ItemRef,
     Parameter,
@@ -48,7 +48,7 @@ class _TaskFailures(RuntimeError):
 
 
 def run_on_prefect(
-    flow: Flow,
+    flow: FlowGraph,
     parameters: dict[str, Any],
     *,
     listener: TaskListener | None,
@@ -98,7 +98,7 @@ def run_on_prefect(
 
 
 def _schedule(
-    flow: Flow,
+    flow: FlowGraph,
     parameters: dict[str, Any],
     outcomes: dict[str, TaskOutcome],
     notify: Callable[[TaskOutcome], None],

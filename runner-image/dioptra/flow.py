@@ -16,267 +16,53 @@ therefore run concurrently, and a node whose upstream failed never runs.
 
 from __future__ import annotations
 
-import contextvars
-import datetime as dt
-import functools
-import inspect
-import traceback
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from dioptra.pyplugs import PluginInfo
+from dioptra import pyplugs
+from dioptra._prefect_engine import run_on_prefect
+from dioptra.graph import (
+    COMPLETED,
+    FAILED,
+    NOT_RUN,
+    PENDING,
+    RUNNING,
+    FlowDefinitionError,
+    FlowGraph,
+    FlowRunResult,
+    FlowValidationError,
+    ItemRef,
+    Parameter,
+    TaskListener,
+    TaskNode,
+    TaskOptions,
+    TaskOutcome,
+    current_flow,
+)
 
 __all__ = [
+    "COMPLETED",
+    "FAILED",
+    "NOT_RUN",
+    "PENDING",
+    "RUNNING",
     "Flow",
     "FlowDefinitionError",
+    "FlowGraph",
     "FlowRunResult",
     "FlowValidationError",
+    "ItemRef",
     "Parameter",
     "TaskListener",
     "TaskNode",
+    "TaskOptions",
     "TaskOutcome",
     "current_flow",
 ]
 
-_ACTIVE_FLOW: contextvars.ContextVar[Flow | None] = contextvars.ContextVar(
-    "dioptra_active_flow", default=None
-)
-_NO_DEFAULT: Any = object()
 
-# Task states as users see them in progress views and in the Experiment status.
-PENDING, RUNNING, COMPLETED, FAILED, NOT_RUN = "Pending", "Running", "Completed", "Failed", "NotRun"
-
-
-class FlowDefinitionError(TypeError):
-    """The flow is being defined in a way that cannot work (e.g. unpacking a single output)."""
-
-
-class FlowValidationError(ValueError):
-    """The flow cannot start: parameters or plugins are wrong. Lists every problem found."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-def current_flow() -> Flow | None:
-    """The flow whose ``with`` block is being executed, if any."""
-    return _ACTIVE_FLOW.get()
-
-
-class Parameter:
-    """A named flow input, filled from ``flow.run(parameters=...)``."""
-
-    def __init__(self, name: str, default: Any = _NO_DEFAULT, required: bool | None = None) -> None:
-        if not name or not isinstance(name, str):
-            raise FlowDefinitionError(f"a Parameter needs a non-empty name, got {name!r}")
-        self.name = name
-        self.default = default
-        self.required = (default is _NO_DEFAULT) if required is None else required
-        flow = current_flow()
-        if flow is not None:
-            flow.add_parameter(self)
-
-    @property
-    def has_default(self) -> bool:
-        return self.default is not _NO_DEFAULT
-
-    def __getitem__(self, key: Any) -> ItemRef:
-        return ItemRef(self, (key,))
-
-    def __repr__(self) -> str:
-        return f"<Parameter {self.name}>"
-
-
-class TaskNode:
-    """A recorded call of a task plugin: a placeholder for its future output."""
-
-    def __init__(
-        self,
-        flow: Flow,
-        name: str,
-        task: str,
-        func: Callable[..., Any] | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        upstream: list[TaskNode],
-        nout: int | None,
-        problem: str | None,
-        options: TaskOptions,
-    ) -> None:
-        self.flow = flow
-        self.name = name
-        self.task = task
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.upstream = upstream
-        self.nout = nout
-        self.problem = problem
-        self.options = options
-
-    @property
-    def data_dependencies(self) -> list[TaskNode]:
-        """Nodes whose output this node reads, in first-use order."""
-        found: dict[int, TaskNode] = {}
-        for value in (*self.args, *self.kwargs.values()):
-            for node in _referenced_nodes(value):
-                found.setdefault(id(node), node)
-        return list(found.values())
-
-    @property
-    def dependencies(self) -> list[TaskNode]:
-        """All nodes that must finish first: data edges then ordering edges."""
-        found = {id(n): n for n in self.data_dependencies}
-        for node in self.upstream:
-            found.setdefault(id(node), node)
-        return list(found.values())
-
-    def __iter__(self) -> Iterator[ItemRef]:
-        if self.problem:
-            raise FlowDefinitionError(
-                f"cannot unpack the output of task {self.name!r}: {self.problem}"
-            )
-        if self.nout is None:
-            raise FlowDefinitionError(
-                f"cannot unpack the output of task {self.name!r}: its plugin does not declare "
-                "how many values it returns; decorate it with @pyplugs.task_nout(n)"
-            )
-        return iter([ItemRef(self, (i,)) for i in range(self.nout)])
-
-    def __getitem__(self, key: Any) -> ItemRef:
-        return ItemRef(self, (key,))
-
-    def __repr__(self) -> str:
-        return f"<TaskNode {self.name}>"
-
-
-@dataclass(frozen=True)
-class ItemRef:
-    """An element or key of another node's output (``node[0]``, ``node["meta"]``)."""
-
-    source: TaskNode | Parameter
-    path: tuple[Any, ...]
-
-    def __getitem__(self, key: Any) -> ItemRef:
-        return ItemRef(self.source, (*self.path, key))
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    """Per-node execution options (the declarative task graph sets them per step)."""
-
-    retries: int = 0
-    retry_delay_seconds: float = 0
-    timeout_seconds: float | None = None
-
-
-class TaskListener(Protocol):
-    """Receives task state changes as they happen (the runner's progress view and status)."""
-
-    def task_changed(self, outcome: TaskOutcome) -> None: ...
-
-
-@dataclass
-class TaskOutcome:
-    """What happened to one node in a run."""
-
-    name: str
-    task: str
-    state: str = PENDING
-    result: Any = None
-    error: BaseException | None = None
-    message: str = ""
-    start_time: dt.datetime | None = None
-    end_time: dt.datetime | None = None
-    traceback: str = ""
-
-    @property
-    def duration(self) -> float | None:
-        if self.start_time is None or self.end_time is None:
-            return None
-        return (self.end_time - self.start_time).total_seconds()
-
-    def is_successful(self) -> bool:
-        return self.state == COMPLETED
-
-    def is_failed(self) -> bool:
-        return self.state == FAILED
-
-
-@dataclass
-class FlowRunResult:
-    """The outcome of :meth:`Flow.run`: the flow's state and each node's state and value."""
-
-    flow_name: str
-    state: str
-    tasks: dict[str, TaskOutcome] = field(default_factory=dict)
-    message: str = ""
-    flow_run_id: str | None = None
-
-    def is_successful(self) -> bool:
-        return self.state == COMPLETED
-
-    def is_failed(self) -> bool:
-        return self.state == FAILED
-
-    def __getitem__(self, node: TaskNode | str) -> TaskOutcome:
-        return self.tasks[node.name if isinstance(node, TaskNode) else node]
-
-    @property
-    def result(self) -> Mapping[TaskNode | str, TaskOutcome]:
-        """Prefect 1 style access: ``state.result[node].result``."""
-        return _OutcomeView(self.tasks)
-
-    @property
-    def failed_tasks(self) -> list[TaskOutcome]:
-        return [t for t in self.tasks.values() if t.state == FAILED]
-
-
-class _OutcomeView(Mapping[Any, TaskOutcome]):
-    def __init__(self, tasks: dict[str, TaskOutcome]) -> None:
-        self._tasks = tasks
-
-    def __getitem__(self, key: Any) -> TaskOutcome:
-        return self._tasks[key.name if isinstance(key, TaskNode) else key]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._tasks)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-
-class Flow:
+class Flow(FlowGraph):
     """A graph of task nodes, recorded in a ``with`` block and run on Prefect 3."""
-
-    def __init__(self, name: str, *, max_parallel_tasks: int | None = None) -> None:
-        self.name = name
-        self.max_parallel_tasks = max_parallel_tasks
-        self.parameters: dict[str, Parameter] = {}
-        self.tasks: list[TaskNode] = []
-        self._token: contextvars.Token[Flow | None] | None = None
-
-    # -- definition ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Flow:
-        self._token = _ACTIVE_FLOW.set(self)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _ACTIVE_FLOW.reset(self._token)
-            self._token = None
-
-    def add_parameter(self, parameter: Parameter) -> None:
-        known = self.parameters.get(parameter.name)
-        if known is not None and known is not parameter:
-            raise FlowDefinitionError(
-                f"flow {self.name!r} declares parameter {parameter.name!r} twice"
-            )
-        self.parameters[parameter.name] = parameter
 
     def add_plugin_task(
         self,
@@ -295,116 +81,9 @@ class Flow:
         once. A plugin module that exists but fails to import (say a library is not
         installed) raises here, with its own error, as Dioptra does.
         """
-        from dioptra import pyplugs
-
-        qualified = ".".join(p for p in (package, plugin, func or "") if p)
-        try:
-            info = pyplugs.info(package, plugin, func)
-        except pyplugs.PyplugsError as error:
-            return self.add_task(
-                None, qualified, args, kwargs, name=name, problem=str(error), options=options
-            )
-        return self.add_task(
-            info.func, info.qualified_name, args, kwargs, name=name, options=options
+        return pyplugs.add_plugin_task(
+            self, package, plugin, func, args, kwargs, options, name=name
         )
-
-    def add_task(
-        self,
-        func: Callable[..., Any] | None,
-        task: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        name: str | None = None,
-        problem: str | None = None,
-        options: TaskOptions | None = None,
-    ) -> TaskNode:
-        """Record a call of ``func``; ``upstream_tasks`` in kwargs becomes ordering edges."""
-        kwargs = dict(kwargs or {})
-        upstream = list(kwargs.pop("upstream_tasks", None) or [])
-        for item in upstream:
-            if not isinstance(item, TaskNode):
-                raise FlowDefinitionError(
-                    f"upstream_tasks of {task!r} must be task nodes, got {item!r}"
-                )
-        for value in (*args, *kwargs.values()):
-            self._adopt_parameters(value)
-        node = TaskNode(
-            flow=self,
-            name=self._unique_name(name or task),
-            task=task,
-            func=func,
-            args=tuple(args),
-            kwargs=kwargs,
-            upstream=upstream,
-            nout=getattr(func, "_task_nout", None),
-            problem=problem,
-            options=options or TaskOptions(),
-        )
-        self.tasks.append(node)
-        return node
-
-    def _adopt_parameters(self, value: Any) -> None:
-        """A Parameter made outside the ``with`` block joins the flow when a node uses it."""
-        for item in _walk(value):
-            if isinstance(item, Parameter) and item.name not in self.parameters:
-                self.add_parameter(item)
-            elif isinstance(item, ItemRef) and isinstance(item.source, Parameter):
-                self._adopt_parameters(item.source)
-
-    def _unique_name(self, base: str) -> str:
-        taken = {node.name for node in self.tasks}
-        if base not in taken:
-            return base
-        suffix = 2
-        while f"{base}-{suffix}" in taken:
-            suffix += 1
-        return f"{base}-{suffix}"
-
-    # -- validation ---------------------------------------------------------------------------
-
-    def problems(self) -> list[str]:
-        """Everything that stops the flow from running, independent of parameter values."""
-        found = [f"task {node.name}: {node.problem}" for node in self.tasks if node.problem]
-        for node in self.tasks:
-            if node.func is None or node.problem:
-                continue
-            issue = _signature_problem(node)
-            if issue:
-                found.append(f"task {node.name}: {issue}")
-        return found
-
-    def resolve_parameters(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Parameter values for a run, or FlowValidationError naming each missing/unknown one."""
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.parameters))
-        missing = sorted(
-            name for name, p in self.parameters.items() if name not in given and not p.has_default
-        )
-        problems = []
-        if missing:
-            problems.append(f"missing parameter(s): {', '.join(missing)}")
-        if unknown:
-            declared = ", ".join(sorted(self.parameters)) or "none"
-            problems.append(
-                f"unknown parameter(s): {', '.join(unknown)} "
-                f"(flow {self.name!r} declares: {declared})"
-            )
-        if problems:
-            raise FlowValidationError(problems)
-        return {name: given.get(name, p.default) for name, p in self.parameters.items()}
-
-    def check(self, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Validate plugins and parameters together; list every problem found."""
-        problems = self.problems()
-        try:
-            values = self.resolve_parameters(parameters)
-        except FlowValidationError as error:
-            problems = error.problems + problems
-            values = {}
-        if problems:
-            raise FlowValidationError(problems)
-        return values
 
     # -- execution ----------------------------------------------------------------------------
 
@@ -421,8 +100,6 @@ class Flow:
         are wrong. Task failures do not raise: they are in the returned result.
         """
         values = self.check(parameters)
-        from dioptra._prefect_engine import run_on_prefect
-
         return run_on_prefect(
             self,
             values,
@@ -432,80 +109,3 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {len(self.tasks)} tasks>"
-
-
-def task_from_plugin(info: PluginInfo) -> Callable[..., Any]:
-    """A callable that records a node inside a flow definition and calls the plugin outside."""
-
-    @functools.wraps(info.func)
-    def plugin_task(*args: Any, **kwargs: Any) -> Any:
-        flow = current_flow()
-        if flow is not None:
-            return flow.add_task(info.func, info.qualified_name, args, kwargs)
-        kwargs.pop("upstream_tasks", None)
-        return info.func(*args, **kwargs)
-
-    return plugin_task
-
-
-# -- helpers shared with the Prefect engine -----------------------------------------------------
-
-
-def _walk(value: Any) -> Iterator[Any]:
-    """Every value nested in lists, tuples, sets and dict values (placeholders included)."""
-    yield value
-    if isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            yield from _walk(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _walk(item)
-
-
-def _referenced_nodes(value: Any) -> Iterator[TaskNode]:
-    for item in _walk(value):
-        if isinstance(item, TaskNode):
-            yield item
-        elif isinstance(item, ItemRef) and isinstance(item.source, TaskNode):
-            yield item.source
-
-
-def _signature_problem(node: TaskNode) -> str | None:
-    """Whether the recorded arguments can bind to the plugin's signature."""
-    assert node.func is not None
-    try:
-        signature = inspect.signature(node.func)
-    except (TypeError, ValueError):
-        return None
-    try:
-        signature.bind(*node.args, **node.kwargs)
-    except TypeError as error:
-        return f"arguments do not match {node.task}{signature}: {error}"
-    return None
-
-
-def substitute(value: Any, replace: Callable[[Any], Any]) -> Any:
-    """Rebuild ``value`` with every placeholder passed through ``replace``."""
-    if isinstance(value, TaskNode | Parameter | ItemRef):
-        return replace(value)
-    if isinstance(value, list):
-        return [substitute(v, replace) for v in value]
-    if isinstance(value, tuple):
-        return tuple(substitute(v, replace) for v in value)
-    if isinstance(value, dict):
-        return {k: substitute(v, replace) for k, v in value.items()}
-    return value
-
-
-def pick(value: Any, path: tuple[Any, ...]) -> Any:
-    """Follow an ItemRef's path into a value."""
-    for key in path:
-        value = value[key]
-    return value
-
-
-def describe_error(error: BaseException) -> tuple[str, str]:
-    """A one-line summary of an error and its full traceback (for logs, not summaries)."""
-    summary = f"{type(error).__name__}: {error}".strip().splitlines()
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return (summary[0] if summary else type(error).__name__), text

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from dioptra.graph import FlowGraph, TaskNode, TaskOptions, current_flow
+
 __all__ = [
     "PluginInfo",
     "PyplugsError",
@@ -202,22 +204,57 @@ def get_task(package: str, plugin: str, func: str | None = None) -> Callable[...
     Outside a flow definition calling it runs the plugin directly (``upstream_tasks``
     is accepted and ignored), which keeps plugins easy to try out in a REPL.
     """
-    plugin_info = info(package, plugin, func)
-    from dioptra.flow import task_from_plugin
-
-    return task_from_plugin(plugin_info)
+    return _as_task(info(package, plugin, func))
 
 
 def call_task(package: str, plugin: str, func: str | None = None, *args: Any, **kwargs: Any) -> Any:
     """Add a task node calling this plugin to the flow being defined (see :func:`get_task`)."""
-    from dioptra.flow import current_flow, task_from_plugin
-
     flow = current_flow()
     if flow is not None:
-        # Record the node even when the plugin cannot be found, so the flow can
-        # report every missing plugin at once before anything runs.
-        return flow.add_plugin_task(package, plugin, func, args, kwargs)
-    return task_from_plugin(info(package, plugin, func))(*args, **kwargs)
+        return add_plugin_task(flow, package, plugin, func, args, kwargs)
+    return _as_task(info(package, plugin, func))(*args, **kwargs)
+
+
+def add_plugin_task(
+    flow: FlowGraph,
+    package: str,
+    plugin: str,
+    func: str | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: TaskOptions | None = None,
+    *,
+    name: str | None = None,
+) -> TaskNode:
+    """Record a call of a registered plugin in `flow`; a missing plugin is noted, not raised.
+
+    Noting instead of raising lets the flow list every missing plugin at once before anything
+    runs. A plugin module that exists but fails to import (say a library is not installed)
+    raises here, with its own error, as Dioptra does. (Not Dioptra API: the runner's task
+    graphs use it to name their steps.)
+    """
+    qualified = ".".join(p for p in (package, plugin, func or "") if p)
+    try:
+        found = info(package, plugin, func)
+    except PyplugsError as error:
+        return flow.add_task(
+            None, qualified, args, kwargs, name=name, problem=str(error), options=options
+        )
+    return flow.add_task(found.func, found.qualified_name, args, kwargs, name=name, options=options)
+
+
+def _as_task(plugin_info: PluginInfo) -> Callable[..., Any]:
+    """A callable that records a node inside a flow definition and calls the plugin outside."""
+
+    @functools.wraps(plugin_info.func)
+    def plugin_task(*args: Any, **kwargs: Any) -> Any:
+        flow = current_flow()
+        if flow is not None:
+            return flow.add_task(plugin_info.func, plugin_info.qualified_name, args, kwargs)
+        kwargs.pop("upstream_tasks", None)
+        return plugin_info.func(*args, **kwargs)
+
+    return plugin_task
 
 
 def names_factory(package: str) -> Callable[[], list[str]]:

@@ -18,16 +18,9 @@ from typing import Any
 from dioptra.flow import Flow
 from dioptra_api import ENTRYPOINT_DIR, ENTRYPOINT_DIR_ENV
 
-# Where the Job mounts a ConfigMap entry point; the operator also passes it as
-# DIOPTRA_ENTRYPOINT_DIR so that the folder can move (and tests can map it).
+from dioptra_runner.errors import EntryPointError
 
-
-class EntryPointError(Exception):
-    """The entry point cannot be loaded; ``str()`` is the user-facing message."""
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
+__all__ = ["EntryPointError", "load_flow"]
 
 
 def load_flow(entry_point: dict[str, Any], *, configmap_dir: Path | None = None) -> Flow:

@@ -36,7 +36,7 @@ from typing import Any
 from dioptra import pyplugs
 from dioptra.flow import Flow, ItemRef, Parameter, TaskNode, TaskOptions
 
-from dioptra_runner.entrypoint import EntryPointError
+from dioptra_runner.errors import EntryPointError
 from dioptra_runner.taskgraph_refs import Reference
 from dioptra_runner.taskgraph_spec import BASE, Step, order_steps, parse_task_graph
 
