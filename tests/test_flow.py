@@ -337,7 +337,7 @@ def test_plugins_are_found_in_a_dioptra_plugin_dir_folder(
 
         for name in [m for m in sys.modules if m.startswith("envpkg_flow")]:
             del sys.modules[name]
-        pyplugs._PLUGINS.pop("envpkg_flow.maths", None)
+        pyplugs.registry().forget("envpkg_flow")
 
     assert result[doubled].result == 42
 

@@ -195,3 +195,30 @@ def test_task_nout_marks_the_number_of_outputs() -> None:
 
     assert pair._task_nout == 2  # type: ignore[attr-defined]
     assert pair() == (1, 2)
+
+
+def test_a_registry_built_from_given_functions_answers_lookups_without_importing() -> None:
+    def resize(size: int) -> int:
+        """Resize."""
+        return size
+
+    resize.__module__ = "imaginary_pkg.images"
+    made = pyplugs.Registry.of(resize)
+    with pyplugs.using(made):
+        assert pyplugs.names("imaginary_pkg") == ["images"]
+        assert pyplugs.call("imaginary_pkg", "images", "resize", size=3) == 3
+        assert pyplugs.info("imaginary_pkg", "images").description == "Resize."
+    with pytest.raises(pyplugs.UnknownPackageError):
+        pyplugs.get("imaginary_pkg", "images", "resize")  # the real registry never saw it
+
+
+def test_forgetting_a_package_drops_its_subpackages_only() -> None:
+    def one() -> None: ...
+
+    def two() -> None: ...
+
+    one.__module__, two.__module__ = "lab.a.m", "lab_b.m"
+    made = pyplugs.Registry.of(one, two)
+    made.forget("lab")
+    assert made.plugins("lab.a") == {}
+    assert list(made.plugins("lab_b")) == ["m"]

@@ -18,12 +18,13 @@ task node (nothing runs); outside a flow it simply calls the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -32,6 +33,7 @@ from dioptra.graph import FlowGraph, TaskNode, TaskOptions, current_flow
 __all__ = [
     "PluginInfo",
     "PyplugsError",
+    "Registry",
     "UnknownPackageError",
     "UnknownPluginError",
     "UnknownPluginFunctionError",
@@ -52,7 +54,9 @@ __all__ = [
     "names",
     "names_factory",
     "register",
+    "registry",
     "task_nout",
+    "using",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +101,78 @@ class PluginInfo:
         return ".".join(p for p in (self.package_name, self.plugin_name, self.func_name) if p)
 
 
-_PLUGINS: dict[str, dict[str, dict[str, PluginInfo]]] = {}
+class Registry:
+    """Registered plugins, package -> plugin -> function name -> PluginInfo.
+
+    One registry is active (:func:`registry`); ``@register`` files functions into it. Tests
+    build one from given functions (:meth:`of`) and make it active with :func:`using`,
+    instead of importing plugin folders (stevedore's ``make_test_instance``).
+    """
+
+    def __init__(self) -> None:
+        self._plugins: dict[str, dict[str, dict[str, PluginInfo]]] = {}
+
+    @classmethod
+    def of(cls, *functions: Callable[..., Any], sort_value: float = 0) -> Registry:
+        """A registry holding exactly these functions (filed by their ``__module__``)."""
+        made = cls()
+        for function in functions:
+            made.add(_plugin_info(function, sort_value))
+        return made
+
+    def add(self, plugin_info: PluginInfo) -> None:
+        package, plugin = plugin_info.package_name, plugin_info.plugin_name
+        self._plugins.setdefault(package, {}).setdefault(plugin, {})[plugin_info.func_name] = (
+            plugin_info
+        )
+
+    def plugins(self, package: str) -> dict[str, dict[str, PluginInfo]]:
+        """The plugins of one package registered so far (nothing is imported)."""
+        return self._plugins.get(package, {})
+
+    def functions(self, package: str, plugin: str) -> dict[str, PluginInfo]:
+        """The functions of one plugin registered so far, in registration order."""
+        return self.plugins(package).get(plugin, {})
+
+    def forget(self, package: str) -> None:
+        """Drop a package and its subpackages (a test's plugin folder going away)."""
+        for name in [p for p in self._plugins if p == package or p.startswith(package + ".")]:
+            del self._plugins[name]
+
+
+_active = Registry()
+
+
+def registry() -> Registry:
+    """The registry ``@register`` files plugins into and lookups read from."""
+    return _active
+
+
+@contextlib.contextmanager
+def using(replacement: Registry) -> Iterator[Registry]:
+    """Make `replacement` the active registry inside the block (for tests)."""
+    global _active
+    previous, _active = _active, replacement
+    try:
+        yield replacement
+    finally:
+        _active = previous
+
+
+def _plugin_info(plugin_func: Callable[..., Any], sort_value: float) -> PluginInfo:
+    package, _, plugin = plugin_func.__module__.rpartition(".")
+    description, _, rest = (plugin_func.__doc__ or "").strip().partition("\n\n")
+    module = sys.modules.get(plugin_func.__module__)
+    return PluginInfo(
+        package_name=package,
+        plugin_name=plugin,
+        func_name=plugin_func.__name__,
+        func=plugin_func,
+        description=" ".join(description.split()),
+        doc=textwrap.dedent(rest).strip(),
+        module_doc=(module.__doc__ or "") if module else "",
+        sort_value=sort_value,
+    )
 
 
 @overload
@@ -111,19 +186,7 @@ def register(func: Any = None, /, *, sort_value: float = 0) -> Any:
     """
 
     def add_to_registry(plugin_func: F) -> F:
-        package, _, plugin = plugin_func.__module__.rpartition(".")
-        description, _, rest = (plugin_func.__doc__ or "").strip().partition("\n\n")
-        module = sys.modules.get(plugin_func.__module__)
-        _PLUGINS.setdefault(package, {}).setdefault(plugin, {})[plugin_func.__name__] = PluginInfo(
-            package_name=package,
-            plugin_name=plugin,
-            func_name=plugin_func.__name__,
-            func=plugin_func,
-            description=" ".join(description.split()),
-            doc=textwrap.dedent(rest).strip(),
-            module_doc=(module.__doc__ or "") if module else "",
-            sort_value=sort_value,
-        )
+        _active.add(_plugin_info(plugin_func, sort_value))
         return plugin_func
 
     if func is None:
@@ -146,7 +209,7 @@ def task_nout(nout: int) -> Callable[[F], F]:
 def names(package: str) -> list[str]:
     """The plugins (modules) of ``package`` that register something, by ``sort_value``."""
     _import_all(package)
-    plugins = _PLUGINS.get(package, {})
+    plugins = _active.plugins(package)
     return sorted(
         (p for p in plugins if plugins[p]),
         key=lambda p: (min(i.sort_value for i in plugins[p].values()), p),
@@ -299,7 +362,7 @@ def call_task_factory(package: str) -> Callable[..., Any]:
 
 def _plugin_functions(package: str, plugin: str) -> dict[str, PluginInfo]:
     """The registered functions of one plugin, importing its module on first use."""
-    registered = _PLUGINS.get(package, {}).get(plugin)
+    registered = _active.functions(package, plugin)
     if registered:
         return registered
     module_name = f"{package}.{plugin}" if package else plugin
@@ -318,7 +381,7 @@ def _plugin_functions(package: str, plugin: str) -> dict[str, PluginInfo]:
                 f"{_searched_folders()}"
             ) from None
         raise
-    registered = _PLUGINS.get(package, {}).get(plugin)
+    registered = _active.functions(package, plugin)
     if not registered:
         raise UnknownPluginError(
             f"module {module_name!r} registers no plugin functions; "
@@ -337,6 +400,8 @@ def _import_all(package: str) -> None:
         pkg = importlib.import_module(package)
     except ModuleNotFoundError as error:
         if error.name and _is_prefix(error.name, package):
+            if _active.plugins(package):
+                return  # registered without a module to import (Registry.of)
             raise UnknownPackageError(
                 f"no plugin package {package!r} on the plugin path {_searched_folders()}"
             ) from None

@@ -53,9 +53,8 @@ class PluginTree:
         for name in list(sys.modules):
             if any(name == p or name.startswith(p + ".") for p in self.packages):
                 del sys.modules[name]
-        for key in list(pyplugs._PLUGINS):
-            if any(key == p or key.startswith(p + ".") for p in self.packages):
-                del pyplugs._PLUGINS[key]
+        for package in self.packages:
+            pyplugs.registry().forget(package)
 
 
 @pytest.fixture
