@@ -6,6 +6,7 @@ Importing this module registers the handlers with kopf's default registry.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import dioptra_api as c
@@ -95,7 +96,7 @@ def experiment_changed(
     }
     job = (experiment["status"] or {}).get("jobName")
     pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
-    try:
+    with _retry_policy(experiment, retry):
         if experiment["spec"].get("sweep"):
             sweep_reconcile.reconcile_sweep(
                 namespace or "",
@@ -114,16 +115,26 @@ def experiment_changed(
             reread=reason != "create",
             suspend_only=bool(diff) and all(d.field == ("suspend",) for d in diff),
         )
+
+
+@contextlib.contextmanager
+def _retry_policy(experiment: dict[str, Any], retry: int) -> Iterator[None]:
+    """What each failure of a change handler means for kopf's retries, in one place.
+
+    A spec that cannot run is final (InvalidSpec on the Experiment); a refused request is
+    shown on the Experiment and retried now and then, since a person may fix RBAC or policy;
+    an unreachable or failing API server is retried soon.
+    """
+    try:
+        yield
     except InvalidSpecError as exc:
         RECONCILE_ERRORS.labels("experiment", "permanent").inc()
         try:
             reconcile.reject_spec(experiment, exc)
-        except ApiUnavailable as api_exc:
+        except (ApiUnavailable, ApiRefused) as api_exc:
             raise kopf.TemporaryError(str(api_exc), delay=RETRY_DELAY) from api_exc
         raise kopf.PermanentError(f"{c.MESSAGES[c.Reason.INVALID_SPEC]}: {exc}") from exc
     except ApiRefused as exc:
-        # Forbidden or invalid: retrying soon changes nothing, but a person may fix it (RBAC,
-        # admission policy), so say it on the Experiment and try again now and then.
         RECONCILE_ERRORS.labels("experiment", "refused").inc()
         with contextlib.suppress(ApiUnavailable, ApiRefused):
             reconcile.record_refusal(experiment, exc)
@@ -132,6 +143,18 @@ def experiment_changed(
     except ApiUnavailable as exc:
         RECONCILE_ERRORS.labels("experiment", "temporary").inc()
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+
+@contextlib.contextmanager
+def _logged(logger: kopf.Logger, what: str) -> Iterator[None]:
+    """Event handlers are not retried by kopf: log and count; the next event retries."""
+    try:
+        yield
+    except InvalidSpecError as exc:
+        logger.warning("%s: the spec cannot run: %s", what, exc)
+    except (ApiUnavailable, ApiRefused) as exc:
+        RECONCILE_ERRORS.labels("status", "temporary").inc()
+        logger.warning("%s failed: %s", what, exc)
 
 
 def _waiting_for_its_pod(status: kopf.Status, spec: kopf.Spec) -> bool:
@@ -226,12 +249,8 @@ def _sync(
     pods: list[dict[str, Any]],
     logger: kopf.Logger,
 ) -> None:
-    # Event handlers are not retried by kopf: log and count; the next event brings a retry.
-    try:
+    with _logged(logger, f"Mirroring Job {job_name} into Experiment {experiment}"):
         reconcile.sync_status(namespace, experiment, job_name, job, pods)
-    except ApiUnavailable as exc:
-        RECONCILE_ERRORS.labels("status", "temporary").inc()
-        logger.warning("Could not mirror Job %s into Experiment %s: %s", job_name, experiment, exc)
 
 
 def _pods_for(
@@ -251,14 +270,8 @@ def _sync_sweep(
     pods_by_job: kopf.Index[Any, Any] | None,
     logger: kopf.Logger,
 ) -> None:
-    # A point Job changed: start the next points and update the summary. Event handlers are
-    # not retried by kopf: log and count; the next event (or the Experiment's) retries.
-    try:
+    # A point Job changed: start the next points and update the summary.
+    with _logged(logger, f"Advancing the sweep of Experiment {experiment}"):
         sweep_reconcile.reconcile_sweep(
             namespace, experiment, SETTINGS, _pods_for(namespace, pods_by_job), logger
         )
-    except InvalidSpecError as exc:
-        logger.warning("Sweep of Experiment %s cannot go on: %s", experiment, exc)
-    except ApiUnavailable as exc:
-        RECONCILE_ERRORS.labels("status", "temporary").inc()
-        logger.warning("Could not advance the sweep of Experiment %s: %s", experiment, exc)
