@@ -176,6 +176,109 @@ def _s3_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
+_VOLUMES: list[dict[str, Any]] = [
+    {"name": "plugins", "emptyDir": {}},
+    {"name": "tmp", "emptyDir": {}},
+]
+_MOUNTS: list[dict[str, Any]] = [
+    {"name": "plugins", "mountPath": c.PLUGIN_DIR},
+    {"name": "tmp", "mountPath": c.TMP_DIR},
+]
+_COMMON_ENV: list[dict[str, Any]] = [
+    {"name": c.PLUGIN_DIR_ENV, "value": c.PLUGIN_DIR},
+    {"name": "HOME", "value": c.TMP_DIR},
+]
+
+
+def _pod_security_context() -> dict[str, Any]:
+    """Restricted Pod Security Standard, for the Pod."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": c.RUNNER_UID,
+        "runAsGroup": c.RUNNER_UID,
+        "fsGroup": c.RUNNER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(
+    name: str, image: str, pull_policy: str, resources: dict[str, Any], **fields: Any
+) -> dict[str, Any]:
+    """What both containers share: image, restricted security, termination message."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        **fields,
+        "securityContext": _container_security_context(),
+        # A container that fails says why in its last lines; they become its termination
+        # message, which the operator quotes in the Experiment's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _sync_container(
+    spec: dict[str, Any], settings: Settings, image: str, pull_policy: str, resources: Any
+) -> dict[str, Any] | None:
+    """The init container that syncs the plugin sources (None without sources)."""
+    sources = (spec.get("plugins") or {}).get("sources") or []
+    if not sources:
+        return None
+    return _container(
+        c.INIT_CONTAINER,
+        image,
+        pull_policy,
+        resources,
+        command=["dioptra", "plugins", "sync", "--dest", c.PLUGIN_DIR, *sources],
+        env=[*_COMMON_ENV, *_s3_env(spec, settings)],
+        volumeMounts=list(_MOUNTS),
+    )
+
+
+def _runner_env(
+    experiment: dict[str, Any], snapshot: str, point_env: list[dict[str, Any]], settings: Settings
+) -> list[dict[str, Any]]:
+    meta = experiment["metadata"]
+    env = [
+        *_COMMON_ENV,
+        {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
+        {"name": c.EXPERIMENT_ENV, "value": snapshot},
+        {"name": c.NAME_ENV, "value": meta["name"]},
+        {"name": c.NAMESPACE_ENV, "value": meta.get("namespace") or "default"},
+        *point_env,
+    ]
+    if settings.prefect_api_url:
+        env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
+    return env
+
+
+def _entry_point_volume(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """For a ConfigMap entry point: its volume, its mount and its env; else nothing."""
+    config_map = (spec.get("entryPoint") or {}).get("configMapRef")
+    if not config_map:
+        return [], [], []
+    return (
+        [{"name": "entrypoint", "configMap": {"name": config_map["name"]}}],
+        [{"name": "entrypoint", "mountPath": c.ENTRYPOINT_DIR, "readOnly": True}],
+        [{"name": c.ENTRYPOINT_DIR_ENV, "value": c.ENTRYPOINT_DIR}],
+    )
+
+
+def _job_spec(spec: dict[str, Any], labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:
+    job_spec: dict[str, Any] = {
+        "backoffLimit": int(spec.get("backoffLimit", 0)),
+        "suspend": bool(spec.get("suspend", False)),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        if spec.get(key) is not None:
+            job_spec[key] = int(spec[key])
+    return job_spec
+
+
 def build_job(
     experiment: dict[str, Any],
     settings: Settings,
@@ -209,102 +312,38 @@ def build_job(
     image = runner.get("image") or settings.runner_image
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
     resources = container_resources(runner.get("resources") or {})
-
-    common_env = [
-        {"name": c.PLUGIN_DIR_ENV, "value": c.PLUGIN_DIR},
-        {"name": "HOME", "value": c.TMP_DIR},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "plugins", "mountPath": c.PLUGIN_DIR},
-        {"name": "tmp", "mountPath": c.TMP_DIR},
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "plugins", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-
-    main_env = [
-        *common_env,
-        {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
-        {"name": c.EXPERIMENT_ENV, "value": snapshot},
-        {"name": c.NAME_ENV, "value": meta["name"]},
-        {"name": c.NAMESPACE_ENV, "value": meta.get("namespace") or "default"},
-        *point_env,
-    ]
-    if settings.prefect_api_url:
-        main_env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
+    volumes, mounts, entry_env = _entry_point_volume(spec)
     # The user's extra variables come last so that they can override ours deliberately.
-    main_env.extend(dict(item) for item in runner.get("env") or [])
-    main_mounts: list[dict[str, Any]] = list(mounts)
-    config_map = (spec.get("entryPoint") or {}).get("configMapRef")
-    if config_map:
-        volumes.append({"name": "entrypoint", "configMap": {"name": config_map["name"]}})
-        main_mounts.append({"name": "entrypoint", "mountPath": c.ENTRYPOINT_DIR, "readOnly": True})
-        main_env.append({"name": c.ENTRYPOINT_DIR_ENV, "value": c.ENTRYPOINT_DIR})
-
-    main: dict[str, Any] = {
-        "name": c.MAIN_CONTAINER,
-        "image": image,
-        "imagePullPolicy": pull_policy,
-        "command": ["dioptra", "run", "--in-cluster"],
-        "env": main_env,
-        "volumeMounts": main_mounts,
-        "securityContext": _container_security_context(),
-        # A runner that fails says why in its last lines; they become the container's
-        # termination message, which the operator quotes in the Experiment's status.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if resources:
-        main["resources"] = resources
-
-    init_containers: list[dict[str, Any]] = []
-    sources = (spec.get("plugins") or {}).get("sources") or []
-    if sources:
-        init: dict[str, Any] = {
-            "name": c.INIT_CONTAINER,
-            "image": image,
-            "imagePullPolicy": pull_policy,
-            "command": ["dioptra", "plugins", "sync", "--dest", c.PLUGIN_DIR, *sources],
-            "env": [*common_env, *_s3_env(spec, settings)],
-            "volumeMounts": mounts,
-            "securityContext": _container_security_context(),
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
-        if resources:
-            init["resources"] = resources
-        init_containers.append(init)
-
-    pod_spec: dict[str, Any] = {
+    env = [
+        *_runner_env(experiment, snapshot, point_env, settings),
+        *(dict(item) for item in runner.get("env") or []),
+        *entry_env,
+    ]
+    main = _container(
+        c.MAIN_CONTAINER,
+        image,
+        pull_policy,
+        resources,
+        command=["dioptra", "run", "--in-cluster"],
+        env=env,
+        volumeMounts=[*_MOUNTS, *mounts],
+    )
+    pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": spec.get("serviceAccountName")
         or runner.get("serviceAccountName")
         or settings.runner_service_account,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": c.RUNNER_UID,
-            "runAsGroup": c.RUNNER_UID,
-            "fsGroup": c.RUNNER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security_context(),
         "containers": [main],
-        "volumes": volumes,
+        "volumes": [*_VOLUMES, *volumes],
     }
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
+    sync = _sync_container(spec, settings, image, pull_policy, resources)
+    if sync is not None:
+        pod["initContainers"] = [sync]
     for key in ("nodeSelector", "tolerations", "affinity"):
         value = spec.get(key) or runner.get(key)
         if value:
-            pod_spec[key] = value
-
-    job_spec: dict[str, Any] = {
-        "backoffLimit": int(spec.get("backoffLimit", 0)),
-        "suspend": bool(spec.get("suspend", False)),
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-    }
-    for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
-        if spec.get(key) is not None:
-            job_spec[key] = int(spec[key])
-
+            pod[key] = value
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -314,5 +353,5 @@ def build_job(
             "labels": labels,
             "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},
         },
-        "spec": job_spec,
+        "spec": _job_spec(spec, labels, pod),
     }
