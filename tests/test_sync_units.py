@@ -12,7 +12,7 @@ from dioptra_sync.backend import fast_client_settings
 from dioptra_sync.errors import SyncError
 from dioptra_sync.manifest import ManifestEntry
 from dioptra_sync.messages import explain
-from dioptra_sync.plan import RemoteFile, make_plan, merge
+from dioptra_sync.plan import SourceFile, make_plan, merge
 from dioptra_sync.progress import Progress
 from dioptra_sync.sigv4 import Credentials, sign
 from dioptra_sync.uri import LocalSource, S3Source, check_relative_key, parse_source
@@ -84,8 +84,8 @@ def test_a_nested_key_is_a_safe_relative_path() -> None:
     assert check_relative_key("acme/ops/steps.py", source="s3://b/p") == "acme/ops/steps.py"
 
 
-def remote(path: str, source: str = "s3://b/one", token: str = "e1", size: int = 3) -> RemoteFile:
-    return RemoteFile(source=source, key=f"one/{path}", path=path, size=size, token=token)
+def remote(path: str, source: str = "s3://b/one", token: str = "e1", size: int = 3) -> SourceFile:
+    return SourceFile(source=source, key=f"one/{path}", path=path, size=size, token=token)
 
 
 def entry(path: str, source: str = "s3://b/one", etag: str = "e1", size: int = 3) -> ManifestEntry:
@@ -123,7 +123,7 @@ def test_an_object_with_the_recorded_etag_and_size_is_not_downloaded_again() -> 
     ],
 )
 def test_a_changed_or_missing_file_is_downloaded(
-    listed: RemoteFile, state: tuple[int, int] | None
+    listed: SourceFile, state: tuple[int, int] | None
 ) -> None:
     plan = make_plan([[listed]], {"x.py": entry("x.py")}, lambda _: state)
     assert plan.download == [listed]

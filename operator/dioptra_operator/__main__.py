@@ -14,7 +14,7 @@ import kopf
 from dioptra_api import GROUP
 from kopf import cli as kopf_cli
 
-from dioptra_operator import handlers, metrics
+from dioptra_operator import handlers, prometheus
 from dioptra_operator.settings import Settings
 
 
@@ -38,7 +38,7 @@ def configure(*, settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any)
     settings.posting.level = logging.WARNING
     # Give up on an API call after a while instead of hanging a worker forever.
     settings.networking.request_timeout = 60
-    metrics.serve(handlers.SETTINGS.metrics_port)
+    prometheus.serve(handlers.SETTINGS.metrics_port)
     logger.info("dioptra-operator started (runner image %s)", handlers.SETTINGS.runner_image)
 
 

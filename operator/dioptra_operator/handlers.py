@@ -15,8 +15,8 @@ import kopf
 from dioptra_operator import reconcile, sweep_reconcile
 from dioptra_operator.job_builder import InvalidSpecError
 from dioptra_operator.k8s import ApiRefused, ApiUnavailable
-from dioptra_operator.metrics import PHASES_SEEN, RECONCILE_ERRORS
 from dioptra_operator.pod_watch import PodWatch
+from dioptra_operator.prometheus import PHASES_SEEN, RECONCILE_ERRORS
 from dioptra_operator.settings import Settings
 
 # Loaded once by the startup handler in __main__; tests may replace it before the operator runs.

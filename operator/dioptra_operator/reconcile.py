@@ -19,7 +19,7 @@ from dioptra_api.conditions import Condition, make_condition, set_condition
 
 from dioptra_operator import k8s
 from dioptra_operator.job_builder import InvalidSpecError, build_job
-from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
+from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import (
     Observation,

@@ -32,7 +32,7 @@ from dioptra_operator.job_builder import (
     sweep_points,
     validate_spec,
 )
-from dioptra_operator.metrics import JOBS_CREATED, PHASES_SEEN
+from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import experiment_lock, post_condition_events
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import observe

@@ -8,9 +8,11 @@ run feeds the progress view and the status reporter as its tasks change state.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -75,15 +77,30 @@ def run_flow(
     """Load the flow, check every run's parameters, then run (each sweep point in turn)."""
     from dioptra.sdk.utilities.contexts import plugin_dirs
 
-    if plugin_dir is not None:
-        os.environ[PLUGIN_DIR_ENV] = str(plugin_dir.resolve())
-    with plugin_dirs([]):
+    with _plugin_dir_env(plugin_dir), plugin_dirs([]):
         searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
         flow = _load_flow(experiment)
         runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
         _execute(flow, runs, experiment.spec.get("maxParallelTasks"), reporter, args, out)
     upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
     return runs, [node.name for node in flow.tasks if node.name not in upstream]
+
+
+@contextlib.contextmanager
+def _plugin_dir_env(plugin_dir: Path | None) -> Iterator[None]:
+    """DIOPTRA_PLUGIN_DIR names the synced folder for the run only (plugin_dirs reads it)."""
+    if plugin_dir is None:
+        yield
+        return
+    previous = os.environ.get(PLUGIN_DIR_ENV)
+    os.environ[PLUGIN_DIR_ENV] = str(plugin_dir.resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PLUGIN_DIR_ENV, None)
+        else:
+            os.environ[PLUGIN_DIR_ENV] = previous
 
 
 def _wait_for_prefect(args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,6 @@ class Experiment:
     generation: int | None
     spec: dict[str, Any]
     source_path: Path | None = None
-    uid: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -236,8 +234,6 @@ def experiment_from_document(document: Any, source_path: Path | None = None) -> 
         generation=generation if isinstance(generation, int) else None,
         spec=spec,
         source_path=source_path,
-        uid=metadata.get("uid"),
-        labels=dict(metadata.get("labels") or {}),
     )
 
 

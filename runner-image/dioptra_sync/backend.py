@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dioptra_sync.errors import SyncError
-from dioptra_sync.plan import RemoteFile
+from dioptra_sync.plan import SourceFile
 from dioptra_sync.uri import S3Source
 
 CLIENT_ENV = "DIOPTRA_S3_CLIENT"
@@ -28,10 +28,10 @@ class Backend(Protocol):
 
     endpoint: str
 
-    def list_files(self, source: S3Source) -> tuple[list[RemoteFile], int]: ...
+    def list_files(self, source: S3Source) -> tuple[list[SourceFile], int]: ...
 
     def download(
-        self, remote: RemoteFile, target: Path, on_bytes: Callable[[int], None]
+        self, remote: SourceFile, target: Path, on_bytes: Callable[[int], None]
     ) -> tuple[str, str | None, str | None]: ...
 
 

@@ -28,7 +28,7 @@ from dioptra_sync.manifest import (
     read_manifest,
     write_manifest,
 )
-from dioptra_sync.plan import Override, RemoteFile, make_plan
+from dioptra_sync.plan import Override, SourceFile, make_plan
 from dioptra_sync.progress import Progress
 from dioptra_sync.uri import LocalSource, S3Source, Source, parse_source
 from dioptra_sync.work import guard, mib, plural, run_parallel
@@ -139,8 +139,8 @@ def _backend_if_needed(
 
 def _list_all(
     parsed: list[Source], backend: Backend | None, allow_empty: bool
-) -> tuple[list[list[RemoteFile]], int]:
-    def one(source: Source) -> tuple[list[RemoteFile], int]:
+) -> tuple[list[list[SourceFile]], int]:
+    def one(source: Source) -> tuple[list[SourceFile], int]:
         if isinstance(source, LocalSource):
             files = list_local(source)
             skipped = 0
@@ -175,7 +175,7 @@ def _local_state(dest: Path, relative: str) -> tuple[int, int] | None:
 
 def _fetch(
     backend: Backend | None,
-    remote: RemoteFile,
+    remote: SourceFile,
     dest: Path,
     progress: Progress,
     large: threading.BoundedSemaphore,
@@ -189,7 +189,7 @@ def _fetch(
 
 def _fetch_now(
     backend: Backend | None,
-    remote: RemoteFile,
+    remote: SourceFile,
     dest: Path,
     progress: Progress,
     checked: set[Path],
@@ -215,7 +215,7 @@ def _fetch_now(
     return entry
 
 
-def _safe_target(dest: Path, remote: RemoteFile, checked: set[Path]) -> Path:
+def _safe_target(dest: Path, remote: SourceFile, checked: set[Path]) -> Path:
     """Create the file's folders one by one, refusing any that is a symlink or not a folder.
 
     The key was already checked for `..` and friends; this also stops a symlinked folder

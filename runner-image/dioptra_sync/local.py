@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dioptra_sync.atomic import write_atomically
 from dioptra_sync.errors import SyncError
-from dioptra_sync.plan import RemoteFile
+from dioptra_sync.plan import SourceFile
 from dioptra_sync.uri import LocalSource, check_relative_key, is_skipped_name
 
 CHUNK = 1024 * 1024
@@ -44,10 +44,10 @@ def walk_files(root: Path, *, label: str) -> list[tuple[str, Path, os.stat_resul
     return found
 
 
-def list_local(source: LocalSource) -> list[RemoteFile]:
-    """The folder's files as `RemoteFile`s whose token is the modification time."""
+def list_local(source: LocalSource) -> list[SourceFile]:
+    """The folder's files as `SourceFile`s whose token is the modification time."""
     return [
-        RemoteFile(
+        SourceFile(
             source=str(source),
             key=str(path),
             path=relative,
@@ -59,7 +59,7 @@ def list_local(source: LocalSource) -> list[RemoteFile]:
     ]
 
 
-def copy_file(remote: RemoteFile, target: Path, on_bytes: Callable[[int], None]) -> str:
+def copy_file(remote: SourceFile, target: Path, on_bytes: Callable[[int], None]) -> str:
     """Copy atomically, keep the mtime (so the next sync sees the copy is current), return the
     sha256."""
     with open(remote.key, "rb") as source:

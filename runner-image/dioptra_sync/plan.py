@@ -16,7 +16,7 @@ from dioptra_sync.uri import check_relative_key, is_skipped_name
 
 
 @dataclass(frozen=True)
-class RemoteFile:
+class SourceFile:
     """One file offered by a source: an S3 object or a file in a local folder.
 
     `token` identifies the content without reading it: the ETag for S3, the modification time
@@ -45,8 +45,8 @@ class Override:
 class Plan:
     """What a sync will do."""
 
-    files: dict[str, RemoteFile]  # path -> the winning file, in listing order
-    download: list[RemoteFile] = field(default_factory=list)
+    files: dict[str, SourceFile]  # path -> the winning file, in listing order
+    download: list[SourceFile] = field(default_factory=list)
     unchanged: list[ManifestEntry] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)
@@ -54,14 +54,14 @@ class Plan:
 
 def remote_files_from_listing(
     source: str, prefix: str, listing: Iterable[tuple[str, int, str]]
-) -> tuple[list[RemoteFile], int]:
-    """(key, size, ETag) entries of an S3 listing -> `RemoteFile`s, plus how many were skipped.
+) -> tuple[list[SourceFile], int]:
+    """(key, size, ETag) entries of an S3 listing -> `SourceFile`s, plus how many were skipped.
 
     Folder markers (keys ending in "/" with no content) and names that are never plugins
     (dotfiles, `__pycache__`, `.pyc`) are skipped; any other key that would land outside the
     destination raises `SyncError`, before anything is downloaded.
     """
-    files: list[RemoteFile] = []
+    files: list[SourceFile] = []
     skipped = 0
     for key, size, etag in listing:
         relative = key[len(prefix) :]
@@ -71,17 +71,17 @@ def remote_files_from_listing(
         if any(is_skipped_name(part) for part in relative.split("/")):
             skipped += 1
             continue
-        files.append(RemoteFile(source, key, relative, size, etag.strip('"')))
+        files.append(SourceFile(source, key, relative, size, etag.strip('"')))
     return files, skipped
 
 
-def merge(listings: Sequence[Iterable[RemoteFile]]) -> tuple[dict[str, RemoteFile], list[Override]]:
+def merge(listings: Sequence[Iterable[SourceFile]]) -> tuple[dict[str, SourceFile], list[Override]]:
     """Merge listings in order: a later source wins on the same path.
 
     A path that is a file in one place and a folder in another cannot exist on disk; that is
     refused here, before anything is written.
     """
-    files: dict[str, RemoteFile] = {}
+    files: dict[str, SourceFile] = {}
     overrides: list[Override] = []
     for listing in listings:
         for remote in listing:
@@ -93,7 +93,7 @@ def merge(listings: Sequence[Iterable[RemoteFile]]) -> tuple[dict[str, RemoteFil
     return files, overrides
 
 
-def _refuse_file_folder_clashes(files: Mapping[str, RemoteFile]) -> None:
+def _refuse_file_folder_clashes(files: Mapping[str, SourceFile]) -> None:
     folders: set[str] = set()
     for path in files:
         parts = path.split("/")
@@ -107,7 +107,7 @@ def _refuse_file_folder_clashes(files: Mapping[str, RemoteFile]) -> None:
 
 
 def make_plan(
-    listings: Sequence[Iterable[RemoteFile]],
+    listings: Sequence[Iterable[SourceFile]],
     previous: Mapping[str, ManifestEntry],
     local_state: Callable[[str], tuple[int, int] | None],
 ) -> Plan:
@@ -132,7 +132,7 @@ def make_plan(
     return plan
 
 
-def _is_current(remote: RemoteFile, entry: ManifestEntry, state: tuple[int, int]) -> bool:
+def _is_current(remote: SourceFile, entry: ManifestEntry, state: tuple[int, int]) -> bool:
     size, mtime_ns = state
     if entry.source != remote.source or entry.key != remote.key or size != remote.size:
         return False

@@ -33,7 +33,7 @@ from botocore.exceptions import (
 from dioptra_sync import uri
 from dioptra_sync.atomic import write_atomically
 from dioptra_sync.errors import SyncError
-from dioptra_sync.plan import RemoteFile, remote_files_from_listing
+from dioptra_sync.plan import SourceFile, remote_files_from_listing
 from dioptra_sync.uri import S3Source
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class BotoBackend:
         self.client = make_client(endpoint_url, workers)
         self.endpoint = str(self.client.meta.endpoint_url)
 
-    def list_files(self, source: S3Source) -> tuple[list[RemoteFile], int]:
+    def list_files(self, source: S3Source) -> tuple[list[SourceFile], int]:
         entries = (
             (str(item["Key"]), int(item["Size"]), str(item.get("ETag", "")))
             for item in list_objects(self.client, source)
@@ -106,7 +106,7 @@ class BotoBackend:
         return remote_files_from_listing(str(source), source.prefix, entries)
 
     def download(
-        self, remote: RemoteFile, target: Path, on_bytes: Callable[[int], None]
+        self, remote: SourceFile, target: Path, on_bytes: Callable[[int], None]
     ) -> tuple[str, str | None, str | None]:
         """GET one object into `target` atomically; return (sha256, ETag, VersionId).
 

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from dioptra_sync import uri
 from dioptra_sync.atomic import write_atomically
-from dioptra_sync.plan import RemoteFile, remote_files_from_listing
+from dioptra_sync.plan import SourceFile, remote_files_from_listing
 from dioptra_sync.sigv4 import Credentials, sign, uri_encode
 from dioptra_sync.uri import S3Source
 
@@ -108,11 +108,11 @@ class HttpBackend:
 
     # -- the two operations a sync needs ---------------------------------------------------
 
-    def list_files(self, source: S3Source) -> tuple[list[RemoteFile], int]:
+    def list_files(self, source: S3Source) -> tuple[list[SourceFile], int]:
         return remote_files_from_listing(str(source), source.prefix, self._list(source))
 
     def download(
-        self, remote: RemoteFile, target: Path, on_bytes: Callable[[int], None]
+        self, remote: SourceFile, target: Path, on_bytes: Callable[[int], None]
     ) -> tuple[str, str | None, str | None]:
         """GET into `target` atomically, pinned to the listed ETag; (sha256, ETag, VersionId)."""
         bucket = remote.source[len("s3://") :].split("/", 1)[0]
