@@ -364,8 +364,8 @@ def test_a_task_stopped_at_its_timeout_says_so(ops: tuple[str, object]) -> None:
 
     pkg, _ = ops
     with Flow("timeout") as flow:
-        slow = flow.add_plugin_task(
-            pkg, "ops", "nap", (), {"seconds": 5}, options=TaskOptions(timeout_seconds=1)
+        slow = pyplugs.add_plugin_task(
+            flow, pkg, "ops", "nap", (), {"seconds": 5}, options=TaskOptions(timeout_seconds=1)
         )
 
     result = flow.run()

@@ -19,71 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dioptra import pyplugs
+from dioptra import graph
 from dioptra._prefect_engine import run_on_prefect
-from dioptra.graph import (
-    COMPLETED,
-    FAILED,
-    NOT_RUN,
-    PENDING,
-    RUNNING,
-    FlowDefinitionError,
-    FlowGraph,
-    FlowRunResult,
-    FlowValidationError,
-    ItemRef,
-    Parameter,
-    TaskListener,
-    TaskNode,
-    TaskOptions,
-    TaskOutcome,
-    current_flow,
-)
+from dioptra.graph import *  # noqa: F403  (the graph's names are the flow module's too)
+from dioptra.graph import FlowGraph, FlowRunResult, TaskListener
 
-__all__ = [
-    "COMPLETED",
-    "FAILED",
-    "NOT_RUN",
-    "PENDING",
-    "RUNNING",
-    "Flow",
-    "FlowDefinitionError",
-    "FlowGraph",
-    "FlowRunResult",
-    "FlowValidationError",
-    "ItemRef",
-    "Parameter",
-    "TaskListener",
-    "TaskNode",
-    "TaskOptions",
-    "TaskOutcome",
-    "current_flow",
-]
+__all__ = ["Flow", *graph.__all__]
 
 
 class Flow(FlowGraph):
     """A graph of task nodes, recorded in a ``with`` block and run on Prefect 3."""
-
-    def add_plugin_task(
-        self,
-        package: str,
-        plugin: str,
-        func: str | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: TaskOptions | None = None,
-        *,
-        name: str | None = None,
-    ) -> TaskNode:
-        """Record a call of a registered plugin; a missing plugin is noted, not raised.
-
-        Noting instead of raising lets :meth:`problems` list every missing plugin at
-        once. A plugin module that exists but fails to import (say a library is not
-        installed) raises here, with its own error, as Dioptra does.
-        """
-        return pyplugs.add_plugin_task(
-            self, package, plugin, func, args, kwargs, options, name=name
-        )
 
     # -- execution ----------------------------------------------------------------------------
 

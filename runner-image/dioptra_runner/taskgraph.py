@@ -149,7 +149,8 @@ def _build(steps: list[Step], name: str, max_parallel_tasks: int | None) -> Flow
         kwargs = {arg: resolve(value) for arg, value in step.args.items()}
         if step.depends_on:
             kwargs["upstream_tasks"] = [nodes[upstream] for upstream in step.depends_on]
-        nodes[step.name] = flow.add_plugin_task(
+        nodes[step.name] = pyplugs.add_plugin_task(
+            flow,
             package,
             plugin,
             func,
