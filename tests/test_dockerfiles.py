@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,8 +144,8 @@ def test_the_dockerignore_check_sees_an_excluded_path() -> None:
 
 @pytest.mark.slow
 def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path) -> None:
-    """Replays the runner build stage (copy the CRD into the package, build the wheel) and
-    checks that the installed package finds the CRD without the repository."""
+    """Replays the runner build stage (the Dockerfile's own `cp` of the CRD into a package, then
+    the wheel build) and checks that the installed package finds the CRD without the repository."""
     context = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     context.mkdir()
@@ -153,7 +154,10 @@ def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path)
     for folder in ("crds", "operator", "runner-image"):
         shutil.copytree(REPO / folder, context / folder, ignore=ignore)
     crd = context / "crds" / "experiments.dioptra.dev.yaml"
-    shutil.copy(crd, context / "runner-image" / "dioptra_runner")
+    copy_step = re.search(r"cp (crds/\S+\.yaml) (\S+)/", (REPO / "runner-image/Dockerfile").read_text())
+    assert copy_step, "the runner Dockerfile no longer copies the CRD into a package"
+    package_dir = context / copy_step.group(2)
+    shutil.copy(context / copy_step.group(1), package_dir)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", "dist", "."],
         cwd=context,
@@ -164,14 +168,15 @@ def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path)
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
-    assert (site / "dioptra_runner" / crd.name).read_bytes() == crd.read_bytes()
+    shipped = site / package_dir.name / crd.name
+    assert shipped.read_bytes() == crd.read_bytes()
     probe = "from dioptra_api.schema import find_crd_path; print(find_crd_path())"
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("DIOPTRA_CRD_PATH", None)
     found = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert found.stdout.strip() == str(site / "dioptra_runner" / crd.name), found.stderr
+    assert found.stdout.strip() == str(shipped), found.stderr
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
