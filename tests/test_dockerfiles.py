@@ -154,7 +154,9 @@ def test_the_runner_build_steps_produce_a_wheel_carrying_the_crd(tmp_path: Path)
     for folder in ("crds", "operator", "runner-image"):
         shutil.copytree(REPO / folder, context / folder, ignore=ignore)
     crd = context / "crds" / "experiments.dioptra.dev.yaml"
-    copy_step = re.search(r"cp (crds/\S+\.yaml) (\S+)/", (REPO / "runner-image/Dockerfile").read_text())
+    copy_step = re.search(
+        r"cp (crds/\S+\.yaml) (\S+)/", (REPO / "runner-image/Dockerfile").read_text()
+    )
     assert copy_step, "the runner Dockerfile no longer copies the CRD into a package"
     package_dir = context / copy_step.group(2)
     shutil.copy(context / copy_step.group(1), package_dir)

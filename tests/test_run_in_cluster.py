@@ -134,10 +134,10 @@ def test_the_runner_reports_phases_progress_results_and_plugin_versions(
     done = run_in_pod(experiment_document(SCRIPT, 3), synced_plugins)
 
     assert done.returncode == 0, done.stderr
-    phases = [p["phase"] for p in status_patches(proxy) if "phase" in p]
+    phases = [p["run"]["phase"] for p in status_patches(proxy) if "phase" in p.get("run", {})]
     assert phases == ["Running", "Succeeded"]
     status = cluster.get("experiments", "squares")["status"]
-    assert status["phase"] == "Succeeded"
+    assert status["run"]["phase"] == "Succeeded"
     assert status["progress"] == "4/4"
     assert {t["state"] for t in status["tasks"]} == {"Completed"}
     assert all("startTime" in t and "endTime" in t for t in status["tasks"])
@@ -148,7 +148,19 @@ def test_the_runner_reports_phases_progress_results_and_plugin_versions(
         "clusterpkg/maths.py",
     ]
     assert all(len(f["sha256"]) == 64 for f in status["plugins"])
-    assert status["completionTime"] >= status["startTime"]
+    assert status["run"]["completionTime"] >= status["run"]["startTime"]
+
+
+def test_the_runner_leaves_the_top_level_phase_message_and_timings_to_the_operator(
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
+) -> None:
+    run_in_pod(experiment_document(SCRIPT, 2), synced_plugins)
+
+    patches = status_patches(proxy)
+    assert patches, "the runner reported nothing"
+    operators = {"phase", "message", "startTime", "completionTime", "duration", "conditions"}
+    assert [sorted(operators & set(patch)) for patch in patches] == [[] for _ in patches]
+    assert "phase" not in cluster.get("experiments", "squares").get("status", {})
 
 
 def test_patches_touch_only_the_status_subresource(
@@ -190,8 +202,11 @@ def test_a_failing_task_ends_failed_with_the_task_named(
 
     assert done.returncode == 1
     status = cluster.get("experiments", "squares")["status"]
-    assert status["phase"] == "Failed"
-    assert status["message"] == "task clusterpkg.maths.explode failed: ValueError: bad calibration"
+    assert status["run"]["phase"] == "Failed"
+    assert (
+        status["run"]["message"]
+        == "task clusterpkg.maths.explode failed: ValueError: bad calibration"
+    )
     assert "Traceback" in done.stderr  # the pod's log keeps the full traceback
 
 
@@ -205,6 +220,6 @@ def test_an_invalid_snapshot_fails_the_experiment_with_the_reason(
 
     assert done.returncode == 2
     status = cluster.get("experiments", "squares")["status"]
-    assert status["phase"] == "Failed"
-    assert status["message"].startswith("the flow cannot start")
-    assert status["message"].endswith("missing parameter(s): width")
+    assert status["run"]["phase"] == "Failed"
+    assert status["run"]["message"].startswith("the flow cannot start")
+    assert status["run"]["message"].endswith("missing parameter(s): width")

@@ -218,15 +218,73 @@ def test_status_patch_fills_timings_the_runner_could_not_write() -> None:
     assert patch["duration"] == "2m0s"
 
 
-def test_status_patch_keeps_the_runners_final_message_and_times() -> None:
-    status = {
-        "phase": P.FAILED,
-        "message": "task b failed: ValueError",
-        "completionTime": "2026-01-01T00:01:00Z",
-    }
+def runner_said(phase: str, **fields: str) -> dict[str, Any]:
+    """A status holding the runner's own account (what RunStatusReporter writes)."""
+    return {"phase": P.RUNNING, "run": {"phase": phase, **fields}}
+
+
+def test_status_patch_takes_the_runners_final_message_and_times() -> None:
+    status = runner_said(
+        P.FAILED, message="task b failed: ValueError", completionTime="2026-01-01T00:01:00Z"
+    )
     observation = observe(job(condition=("Failed", "BackoffLimitExceeded")), [])
     patch, _ = status_patch(status, observation, NOW)
-    assert not {"phase", "message", "completionTime", "duration"} & set(patch)
+    assert patch["phase"] == P.FAILED
+    assert patch["message"] == "task b failed: ValueError"
+    assert patch["completionTime"] == "2026-01-01T00:01:00Z"
+    assert patch["duration"] == "1m0s"
+
+
+def test_status_patch_keeps_the_runners_final_message_and_times() -> None:
+    status = runner_said(
+        P.FAILED, message="task b failed: ValueError", completionTime="2026-01-01T00:01:00Z"
+    )
+    observation = observe(job(condition=("Failed", "BackoffLimitExceeded")), [])
+    first, _ = status_patch(status, observation, NOW)
+    again, _ = status_patch({**status, **first}, observation, NOW)
+    assert again == {}
+
+
+def test_the_runners_success_is_the_phase_before_the_job_completes() -> None:
+    status = runner_said(P.SUCCEEDED, message="3 tasks completed", duration="42s")
+    observation = observe(job(active=1), [pod(init=state("terminated"), main=state("running"))])
+    patch, _ = status_patch(status, observation, NOW)
+    assert (patch["phase"], patch["message"], patch["duration"]) == (
+        P.SUCCEEDED,
+        "3 tasks completed",
+        "42s",
+    )
+
+
+def test_the_runners_running_is_ahead_of_a_lagging_pod_status() -> None:
+    status = {"phase": P.SYNCING_PLUGINS, "run": {"phase": P.RUNNING}}
+    observation = observe(job(active=1), [pod(init=state("running"))])
+    patch, _ = status_patch(status, observation, NOW)
+    assert patch["phase"] == P.RUNNING
+
+
+def test_a_suspension_stops_a_run_the_runner_still_calls_running() -> None:
+    status = runner_said(P.RUNNING)
+    observation = observe(job(suspend=True), [])
+    patch, _ = status_patch(status, observation, NOW)
+    assert patch["phase"] == P.SUSPENDED
+
+
+def test_a_kill_mid_run_fails_a_run_the_runner_still_calls_running() -> None:
+    status = runner_said(P.RUNNING, message="running the entry point")
+    observation = observe(
+        job(condition=("Failed", "BackoffLimitExceeded")),
+        [pod(init=state("terminated"), main=state("terminated", exitCode=137, reason="OOMKilled"))],
+    )
+    patch, _ = status_patch(status, observation, NOW)
+    assert patch["phase"] == P.FAILED
+    assert "OOMKilled" in patch["message"]
+
+
+def test_the_top_level_never_holds_the_runners_account() -> None:
+    status = runner_said(P.SUCCEEDED, message="done")
+    patch, _ = status_patch(status, observe(job(condition=("Complete", "x")), []), NOW)
+    assert "run" not in patch
 
 
 def test_status_patch_is_empty_when_nothing_changed() -> None:
@@ -282,12 +340,13 @@ def test_a_later_pod_report_refines_the_operators_own_failure_message() -> None:
 
 
 def test_a_later_pod_report_keeps_the_runners_failure_message() -> None:
-    runner_said = {"phase": P.FAILED, "message": "task b failed: ValueError: bad input"}
+    message = "task b failed: ValueError: bad input"
+    status = {"phase": P.FAILED, "message": message, "run": {"phase": P.FAILED, "message": message}}
     with_pod = observe(
         job(condition=("Failed", "BackoffLimitExceeded")),
         [pod(init=state("terminated", exitCode=0), main=state("terminated", exitCode=1))],
     )
-    patch, _ = status_patch(runner_said, with_pod, NOW)
+    patch, _ = status_patch(status, with_pod, NOW)
     assert "message" not in patch
 
 

@@ -35,6 +35,8 @@ __all__ = [
     "PLURAL",
     "PREFECT_HOME",
     "RUNNER_UID",
+    "RUN_ACCOUNT_FIELDS",
+    "RUN_STATUS",
     "SWEEP_POINT_ENV",
     "TMP_DIR",
     "VERSION",
@@ -64,6 +66,14 @@ ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 LABEL_SWEEP_POINT: Final = f"{GROUP}/sweep-point"
 # Kueue admits suspended Jobs that carry this label; we pass spec.queueName through.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+
+# Status ownership (docs/architecture.md): the operator alone writes the top-level `phase`,
+# `message` and timings; the runner gives its own account of its process under `status.run`,
+# with these fields, which the operator folds into the top-level ones.
+RUN_STATUS: Final = "run"
+RUN_ACCOUNT_FIELDS: Final = frozenset(
+    {"phase", "message", "startTime", "completionTime", "duration", "sweep"}
+)
 
 # The Job contract (docs/architecture.md).
 PLUGIN_DIR: Final = "/var/lib/dioptra/plugins"

@@ -40,7 +40,24 @@ _locks_guard = threading.Lock()
 _mirrored: dict[tuple[str, str], tuple[str, int | None, Observation]] = {}
 
 # Conditions that describe one run; a new Job starts without them.
-_PER_RUN = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
+_PER_RUN_CONDITIONS = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
+
+
+# What a run writes (the runner's account and report, the operator's view of it), cleared when
+# a new Job starts the next run.
+_PER_RUN_FIELDS = (
+    "message",
+    "startTime",
+    "completionTime",
+    "duration",
+    c.RUN_STATUS,
+    "tasks",
+    "tasksTotal",
+    "tasksDone",
+    "progress",
+    "results",
+    "plugins",
+)
 
 
 def experiment_lock(namespace: str, name: str) -> threading.Lock:
@@ -202,68 +219,91 @@ def ensure_job(
             _record_missing_job(fresh, status, recorded)
             return
         base: dict[str, Any] = {"observedGeneration": generation}
-        now = clock.now()
         conditions = status.get("conditions") or []
-
         annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
         if current is not None and annotations.get(c.ANNOTATION_SPEC_HASH) == desired_hash:
             # Same work, maybe a different `suspend`: keep the Job, toggle it in place.
-            job = current
-            wanted = bool(desired["spec"]["suspend"])
-            if bool((job.get("spec") or {}).get("suspend")) != wanted:
-                k8s.set_job_suspend(namespace, job["metadata"]["name"], wanted)
-                job = {**job, "spec": {**(job.get("spec") or {}), "suspend": wanted}}
+            job = _with_suspend(namespace, current, bool(desired["spec"]["suspend"]))
             created_reason = None
         else:
-            kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
-            job, created = k8s.create_job(namespace, desired)
-            created_reason = R.JOB_CREATED if created else R.JOB_ADOPTED
-            if created:
-                JOBS_CREATED.inc()
-                log.info("Created Job %s", desired_name)
-            superseded = current is not None and recorded != desired_name
-            if superseded and not ((current or {}).get("status") or {}).get("completionTime"):
-                # A new generation replaces a run still going (parameters or knobs changed).
-                k8s.delete_job(namespace, recorded or "")
+            job, created_reason = _start_job(experiment, desired, current, recorded, log)
             if status.get("sweep"):
                 # The spec dropped its sweep: this Job replaces the sweep's unfinished points.
                 _stop_sweep(namespace, name)
                 base.update(sweep=None, sweepPoints=None, progress=None)
             if recorded != desired_name:
-                base.update(
-                    phase=P.PENDING,
-                    message=None,
-                    startTime=None,
-                    completionTime=None,
-                    duration=None,
-                    jobName=desired_name,
-                )
-                conditions = [cond for cond in conditions if cond.get("type") not in _PER_RUN]
-
-        wanted_conditions = [
-            make_condition(
-                C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED], generation
-            )
-        ]
-        if created_reason:
-            message = c.MESSAGES[created_reason].format(job=desired_name)
-            wanted_conditions.append(
-                make_condition(C.JOB_CREATED, True, created_reason, message, generation)
-            )
-        changed: list[Condition] = []
-        for new in wanted_conditions:
-            conditions, did_change = set_condition(conditions, new, now)
-            if did_change:
-                changed.append(new)
+                # A new run: the former run's report no longer describes this generation.
+                base.update(dict.fromkeys(_PER_RUN_FIELDS), phase=P.PENDING, jobName=desired_name)
+                conditions = [
+                    cond for cond in conditions if cond.get("type") not in _PER_RUN_CONDITIONS
+                ]
+        now = clock.now()
+        conditions, changed = _accepted_conditions(
+            conditions, generation, created_reason, desired_name, now
+        )
         base["conditions"] = conditions
         status = _apply(status, base)
         observation = observe(job, pods, generation=generation)
         observed, observed_changed = status_patch(status, observation, now)
-        patch = {**base, **observed}
-        k8s.patch_experiment_status(namespace, name, patch)
+        k8s.patch_experiment_status(namespace, name, {**base, **observed})
         _remember(namespace, name, job["metadata"]["name"], generation, observation)
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
     post_condition_events(fresh, [*changed, *observed_changed], before=conditions_before)
+
+
+def _with_suspend(namespace: str, job: dict[str, Any], wanted: bool) -> dict[str, Any]:
+    """The Job with `spec.suspend` set to `wanted` (patched only when it differs)."""
+    if bool((job.get("spec") or {}).get("suspend")) == wanted:
+        return job
+    k8s.set_job_suspend(namespace, job["metadata"]["name"], wanted)
+    return {**job, "spec": {**(job.get("spec") or {}), "suspend": wanted}}
+
+
+def _start_job(
+    experiment: dict[str, Any],
+    desired: dict[str, Any],
+    current: dict[str, Any] | None,
+    recorded: str | None,
+    log: kopf.Logger,
+) -> tuple[dict[str, Any], str]:
+    """Create (or adopt, after a restart) the desired Job; stop the run it replaces.
+
+    Returns the Job and the reason for its JobCreated condition.
+    """
+    namespace = experiment["metadata"]["namespace"]
+    desired_name = desired["metadata"]["name"]
+    kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+    job, created = k8s.create_job(namespace, desired)
+    if created:
+        JOBS_CREATED.inc()
+        log.info("Created Job %s", desired_name)
+    superseded = current is not None and recorded != desired_name
+    if superseded and not ((current or {}).get("status") or {}).get("completionTime"):
+        # A new generation replaces a run still going (parameters or knobs changed).
+        k8s.delete_job(namespace, recorded or "")
+    return job, R.JOB_CREATED if created else R.JOB_ADOPTED
+
+
+def _accepted_conditions(
+    conditions: list[Condition],
+    generation: int,
+    created_reason: str | None,
+    job_name: str,
+    now: str,
+) -> tuple[list[Condition], list[Condition]]:
+    """Accepted (and JobCreated when a Job was just created or adopted) merged in."""
+    wanted = [
+        make_condition(C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED], generation)
+    ]
+    if created_reason:
+        message = c.MESSAGES[created_reason].format(job=job_name)
+        wanted.append(make_condition(C.JOB_CREATED, True, created_reason, message, generation))
+    changed: list[Condition] = []
+    for new in wanted:
+        conditions, did_change = set_condition(conditions, new, now)
+        if did_change:
+            changed.append(new)
+    return conditions, changed
 
 
 def _stop_sweep(namespace: str, name: str) -> None:

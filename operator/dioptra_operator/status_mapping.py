@@ -1,8 +1,9 @@
-"""Map a Job and its Pods to the Experiment's phase and conditions (pure).
+"""Map a Job, its Pods and the runner's account to the Experiment's phase and conditions (pure).
 
-The runner reports progress while it runs; this module tells the truth when it cannot: a pod
-that never starts (image, Secret), a failed plugin sync, an OOM kill, a deadline, a Job deleted
-under us. `merge_phase` decides how the operator's view combines with what the runner wrote.
+The operator alone writes the top-level `phase`, `message` and timings. The runner gives its
+own account of its process under `status.run`; this module folds it in with what the Job and
+Pods show, which tells the truth when the runner cannot: a pod that never starts (image,
+Secret), a failed plugin sync, an OOM kill, a deadline, a Job deleted under us.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _RANK = {
     P.FAILED: 3,
 }
 
+_STARTED = frozenset({P.RUNNING, P.SUCCEEDED, P.FAILED})
+
 
 @dataclass
 class Observation:
@@ -40,6 +43,7 @@ class Observation:
     message: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    duration: str | None = None
 
 
 def _message(reason: str, detail: str | None = None) -> str:
@@ -129,56 +133,81 @@ def observe(
     job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int | None = None
 ) -> Observation:
     """The phase and conditions implied by the Job (None when it is gone) and its Pods."""
-
-    def cond(type_: str, ok: bool, reason: str, detail: str | None = None) -> Condition:
-        return make_condition(type_, ok, reason, _message(reason, detail), generation)
-
     if job is None:
-        message = _message(R.JOB_MISSING).format(job="for this generation")
-        return Observation(
-            phase=P.FAILED,
-            conditions=[
-                make_condition(C.JOB_CREATED, False, R.JOB_MISSING, message, generation),
-                make_condition(C.FAILED, True, R.JOB_MISSING, message, generation),
-            ],
-            message=message,
-        )
-    status = job.get("status") or {}
-    times = {"start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
-
-    plugins = cond(C.PLUGINS_SYNCED, True, _plugins_reason(job))
+        return _job_missing(generation)
+    cond = _ConditionMaker(generation)
     if _job_condition(job, "Complete"):
-        return Observation(
-            phase=P.SUCCEEDED,
-            conditions=[
-                plugins,
-                cond(C.STALLED, False, R.CONTAINERS_STARTED),
-                cond(C.COMPLETE, True, R.SUCCEEDED),
-            ],
-            **times,
-        )
+        return _succeeded(job, cond)
     if _job_condition(job, "Failed"):
-        reason, detail = _failure_cause(job, pods)
-        conditions = [cond(C.FAILED, True, reason, detail)]
-        if reason == R.PLUGIN_SYNC_FAILED:
-            conditions.insert(0, cond(C.PLUGINS_SYNCED, False, reason, detail))
-        failed_at = (_job_condition(job, "Failed") or {}).get("lastTransitionTime")
-        return Observation(
-            phase=P.FAILED,
-            conditions=conditions,
-            message=_message(reason, detail),
-            start_time=times["start_time"],
-            completion_time=times["completion_time"] or failed_at,
-        )
+        return _failed(job, pods, cond)
+    return _in_progress(job, _newest_pod(pods), cond)
 
-    pod = _newest_pod(pods)
+
+@dataclass(frozen=True)
+class _ConditionMaker:
+    """Conditions of one generation, with the reason's standard message."""
+
+    generation: int | None
+
+    def __call__(self, type_: str, ok: bool, reason: str, detail: str | None = None) -> Condition:
+        return make_condition(type_, ok, reason, _message(reason, detail), self.generation)
+
+
+def _times(job: dict[str, Any]) -> dict[str, Any]:
+    status = job.get("status") or {}
+    return {"start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
+
+
+def _job_missing(generation: int | None) -> Observation:
+    message = _message(R.JOB_MISSING).format(job="for this generation")
+    return Observation(
+        phase=P.FAILED,
+        conditions=[
+            make_condition(C.JOB_CREATED, False, R.JOB_MISSING, message, generation),
+            make_condition(C.FAILED, True, R.JOB_MISSING, message, generation),
+        ],
+        message=message,
+    )
+
+
+def _succeeded(job: dict[str, Any], cond: _ConditionMaker) -> Observation:
+    return Observation(
+        phase=P.SUCCEEDED,
+        conditions=[
+            cond(C.PLUGINS_SYNCED, True, _plugins_reason(job)),
+            cond(C.STALLED, False, R.CONTAINERS_STARTED),
+            cond(C.COMPLETE, True, R.SUCCEEDED),
+        ],
+        **_times(job),
+    )
+
+
+def _failed(job: dict[str, Any], pods: list[dict[str, Any]], cond: _ConditionMaker) -> Observation:
+    reason, detail = _failure_cause(job, pods)
+    conditions = [cond(C.FAILED, True, reason, detail)]
+    if reason == R.PLUGIN_SYNC_FAILED:
+        conditions.insert(0, cond(C.PLUGINS_SYNCED, False, reason, detail))
+    failed_at = (_job_condition(job, "Failed") or {}).get("lastTransitionTime")
+    times = _times(job)
+    return Observation(
+        phase=P.FAILED,
+        conditions=conditions,
+        message=_message(reason, detail),
+        start_time=times["start_time"],
+        completion_time=times["completion_time"] or failed_at,
+    )
+
+
+def _in_progress(
+    job: dict[str, Any], pod: dict[str, Any] | None, cond: _ConditionMaker
+) -> Observation:
+    """A Job not finished: suspended, waiting for its pod, syncing or running."""
     suspended = bool((job.get("spec") or {}).get("suspend"))
-    if suspended and not status.get("active"):
+    if suspended and not (job.get("status") or {}).get("active"):
         return Observation(phase=P.SUSPENDED, conditions=[cond(C.SUSPENDED, True, R.SUSPENDED)])
     resumed = [] if suspended else [cond(C.SUSPENDED, False, R.RESUMED)]
     if pod is None:
         return Observation(phase=P.PENDING, conditions=resumed)
-
     problem = _waiting_problem(pod)
     if problem:
         reason, detail = problem
@@ -188,6 +217,7 @@ def observe(
             message=_message(reason, detail),
         )
     started = [*resumed, cond(C.STALLED, False, R.CONTAINERS_STARTED)]
+    times = _times(job)
     for init in _statuses(pod, "initContainerStatuses"):
         state = init.get("state") or {}
         term = state.get("terminated")
@@ -202,6 +232,7 @@ def observe(
                 message=_message(R.PLUGIN_SYNC_FAILED, detail),
                 **times,
             )
+    plugins = cond(C.PLUGINS_SYNCED, True, _plugins_reason(job))
     synced = [plugins] if _statuses(pod, "initContainerStatuses") or not _syncs(job) else []
     for main in _statuses(pod, "containerStatuses"):
         state = main.get("state") or {}
@@ -256,12 +287,11 @@ def creation_failure(message: str, namespace: str, generation: int | None = None
 
 
 def merge_phase(current: str | None, observed: str) -> str:
-    """Combine the phase in status (maybe written by the runner) with the operator's view.
+    """Combine the phase in status with the newly decided one.
 
-    A terminal phase stays (the runner's Succeeded/Failed is the most precise word, and a Job
-    removed by its TTL after success is not a failure). Otherwise the phase only moves forward,
-    since Pod status may lag behind the runner's own report, except that suspension may stop
-    a run at any point before it finishes.
+    A terminal phase stays (a Job removed by its TTL after success is not a failure).
+    Otherwise the phase only moves forward, since Pod status may lag behind the runner's own
+    account, except that suspension may stop a run at any point before it finishes.
     """
     if current in P.TERMINAL:
         return current
@@ -270,6 +300,54 @@ def merge_phase(current: str | None, observed: str) -> str:
     if current == P.SUSPENDED:
         return observed
     return observed if _RANK[observed] >= _RANK.get(current, 0) else current
+
+
+def runner_account(status: Mapping[str, Any]) -> Observation | None:
+    """The runner's own account of its run (`status.run`), when it has given one."""
+    run = status.get(c.RUN_STATUS) or {}
+    phase = run.get("phase")
+    if phase not in _RANK:
+        return None
+    return Observation(
+        phase=phase,
+        message=run.get("message"),
+        start_time=run.get("startTime"),
+        completion_time=run.get("completionTime"),
+        duration=run.get("duration"),
+    )
+
+
+def decide(observation: Observation, account: Observation | None) -> Observation:
+    """Whose word sets the phase, message and timings: the runner's or the Job's.
+
+    The runner's Succeeded/Failed is the most precise word ("task b failed: ..."), and its
+    Running is ahead of a Pod status that lags; the Job's view decides everything else (a
+    suspension, a kill mid-run, a pod that never started). Conditions are always the Job's.
+    """
+    if account is None:
+        return observation
+    runner_leads = account.phase in P.TERMINAL or (
+        account.phase == P.RUNNING
+        and observation.phase != P.SUSPENDED
+        and _RANK[observation.phase] < _RANK[P.RUNNING]
+    )
+    if runner_leads:
+        return Observation(
+            phase=account.phase,
+            conditions=observation.conditions,
+            message=account.message,
+            start_time=account.start_time or observation.start_time,
+            completion_time=account.completion_time,
+            duration=account.duration,
+        )
+    same_phase = account.phase == observation.phase
+    return Observation(
+        phase=observation.phase,
+        conditions=observation.conditions,
+        message=observation.message or (account.message if same_phase else None),
+        start_time=account.start_time or observation.start_time,
+        completion_time=observation.completion_time,
+    )
 
 
 # Negative conditions worth adding only once their positive twin has been seen.
@@ -281,9 +359,9 @@ def status_patch(
 ) -> tuple[dict[str, Any], list[Condition]]:
     """The merge patch for `status` implied by an observation, and the conditions that changed.
 
-    Only the operator's fields are written; the runner's (tasks, results, plugins, progress)
-    are never named, so a merge patch keeps them. The message and timings are filled in only
-    when the operator's view decides the phase (the runner could not report).
+    Only the operator's fields are written (the runner's `run`, tasks, results, plugins and
+    progress are never named, so a merge patch keeps them); the runner's account in
+    `status.run` is folded in by `decide`.
     """
     conditions = list(status.get("conditions") or [])
     changed: list[Condition] = []
@@ -300,30 +378,36 @@ def status_patch(
     patch: dict[str, Any] = {}
     if changed:
         patch["conditions"] = conditions
+    decided = decide(observation, runner_account(status))
     current = status.get("phase")
-    phase = merge_phase(current, observation.phase)
+    phase = merge_phase(current, decided.phase)
     if phase != current:
         patch["phase"] = phase
-    operator_decides = current not in P.TERMINAL and phase == observation.phase
+    if phase != decided.phase:
+        return patch, changed  # a finished run stays as it ended
     # Pod and Job events arrive on separate watches: a failure first explained by the Job
-    # alone (BackoffLimitExceeded) may be refined by the Pod's evidence (OOMKilled). Update
-    # the message then too, but only if it is still the operator's own (the runner's says more).
-    previous = find_condition(status.get("conditions"), C.FAILED) or {}
-    refining = (
-        current == P.FAILED
-        and observation.phase == P.FAILED
-        and status.get("message") == previous.get("message")
-    )
-    message = observation.message
-    if (operator_decides or refining) and message and message != status.get("message"):
-        patch["message"] = message
-    if operator_decides and phase in P.TERMINAL:
-        start = status.get("startTime") or observation.start_time
-        end = status.get("completionTime") or observation.completion_time or now
-        if not status.get("startTime") and start:
-            patch["startTime"] = start
-        if not status.get("completionTime"):
-            patch["completionTime"] = end
-        if not status.get("duration") and start:
-            patch["duration"] = duration_between(start, end)
+    # alone (BackoffLimitExceeded) may be refined by the Pod's evidence (OOMKilled), and the
+    # runner's account may arrive after the Job's; the latest decision's message holds.
+    if decided.message and decided.message != status.get("message"):
+        patch["message"] = decided.message
+    for key, value in _timings(status, decided, phase, now).items():
+        if value != status.get(key):
+            patch[key] = value
     return patch, changed
+
+
+def _timings(
+    status: Mapping[str, Any], decided: Observation, phase: str, now: str
+) -> dict[str, str]:
+    """`startTime` once the run started; `completionTime` and `duration` once it ended."""
+    start = decided.start_time or status.get("startTime")
+    if phase not in _STARTED:
+        return {}
+    timings = {"startTime": start} if start else {}
+    if phase in P.TERMINAL:
+        end = decided.completion_time or status.get("completionTime") or now
+        timings["completionTime"] = end
+        duration = decided.duration or (duration_between(start, end) if start else None)
+        if duration:
+            timings["duration"] = duration
+    return timings

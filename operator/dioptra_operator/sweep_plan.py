@@ -124,26 +124,51 @@ def plan_sweep(
     operator recorded one for it (`jobPhase`): it never gets a second Job, even after its Job
     was removed.
     """
-    failures = failures or {}
-    pods = pods or {}
-    outcomes: dict[str, dict[str, Any]] = {}
-    waiting: list[SweepPoint] = []
-    unfinished = 0
-    for point in points:
-        name = names[point.key]
-        job = jobs.get(name)
-        report = reports.get(point.key) or {}
-        started = job is not None or (report.get("job") == name and bool(report.get("jobPhase")))
-        outcomes[point.key] = point_outcome(
-            name, job, report, failures.get(name), pods.get(name, ())
-        )
-        if job is not None and job_finished(job) is None:
-            unfinished += 1
-        if not started:
-            outcomes[point.key] = {"phase": P.PENDING}
-            waiting.append(point)
+    outcomes = point_outcomes(points, names, jobs, reports, failures, pods)
+    waiting = [point for point in points if not _started(point, names, jobs, reports)]
+    unfinished = sum(
+        1
+        for point in points
+        if (job := jobs.get(names[point.key])) is not None and job_finished(job) is None
+    )
     room = max(0, limit - unfinished)
     return SweepPlan(create=waiting[:room], outcomes=outcomes, unfinished=unfinished)
+
+
+def _started(
+    point: SweepPoint,
+    names: Mapping[str, str],
+    jobs: Mapping[str, Mapping[str, Any]],
+    reports: Mapping[str, Mapping[str, Any]],
+) -> bool:
+    name = names[point.key]
+    report = reports.get(point.key) or {}
+    return name in jobs or (report.get("job") == name and bool(report.get("jobPhase")))
+
+
+def point_outcomes(
+    points: Sequence[SweepPoint],
+    names: Mapping[str, str],
+    jobs: Mapping[str, Mapping[str, Any]],
+    reports: Mapping[str, Mapping[str, Any]],
+    failures: Mapping[str, str] | None = None,
+    pods: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Where each point stands (`point_outcome`), Pending for a point not started yet."""
+    failures = failures or {}
+    pods = pods or {}
+    return {
+        point.key: point_outcome(
+            names[point.key],
+            jobs.get(names[point.key]),
+            reports.get(point.key) or {},
+            failures.get(names[point.key]),
+            pods.get(names[point.key], ()),
+        )
+        if _started(point, names, jobs, reports)
+        else {"phase": P.PENDING}
+        for point in points
+    }
 
 
 def sweep_phase(counts: Mapping[str, int], total: int, *, suspended: bool = False) -> str:

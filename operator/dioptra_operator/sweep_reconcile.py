@@ -15,6 +15,7 @@ whose Jobs replace the old run's unfinished ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import dioptra_api as c
@@ -22,7 +23,7 @@ import kopf
 from dioptra_api import clock
 from dioptra_api.clock import duration_between
 from dioptra_api.conditions import Condition, find_condition, make_condition, set_condition
-from dioptra_api.sweep import max_concurrent
+from dioptra_api.sweep import SweepPoint, max_concurrent
 
 from dioptra_operator import k8s
 from dioptra_operator.job_builder import (
@@ -36,7 +37,13 @@ from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import experiment_lock, post_condition_events
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import observe
-from dioptra_operator.sweep_plan import job_finished, job_phase, plan_sweep, sweep_status
+from dioptra_operator.sweep_plan import (
+    job_finished,
+    job_phase,
+    plan_sweep,
+    point_outcomes,
+    sweep_status,
+)
 
 C = c.ConditionType
 R = c.Reason
@@ -49,6 +56,7 @@ _PER_RUN = frozenset({C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDE
 # Top-level fields of a run that a new run clears (a former run without sweep wrote some).
 _RUN_FIELDS = (
     "jobName",
+    c.RUN_STATUS,
     "tasks",
     "tasksTotal",
     "tasksDone",
@@ -59,6 +67,28 @@ _RUN_FIELDS = (
     "duration",
     "sweepPoints",
 )
+
+
+@dataclass(frozen=True)
+class _SweepRun:
+    """Which run of the sweep this pass serves, and the Job name of each of its points."""
+
+    generation: int  # the spec generation observed now
+    run: int  # the generation that started the run (names its Jobs)
+    same_run: bool  # the recorded run goes on (only `suspend` changed since)
+    spec_hash: str
+    names: dict[str, str]
+
+    @classmethod
+    def of(cls, experiment: Mapping[str, Any], points: list[SweepPoint]) -> _SweepRun:
+        meta = experiment["metadata"]
+        generation = int(meta.get("generation", 1))
+        desired_hash = spec_hash(experiment.get("spec") or {})
+        recorded = (experiment.get("status") or {}).get("sweep") or {}
+        same_run = bool(recorded.get("specHash") == desired_hash and recorded.get("generation"))
+        run = int(recorded["generation"]) if same_run else generation
+        names = {point.key: point_job_name(meta["name"], run, point.key) for point in points}
+        return cls(generation, run, same_run, desired_hash, names)
 
 
 def reconcile_sweep(
@@ -77,89 +107,117 @@ def reconcile_sweep(
         points = sweep_points(spec)
         if points is None:
             return  # the sweep was removed; the new generation is a plain run (ensure_job)
-        limit = max_concurrent(spec["sweep"])
-        meta = experiment["metadata"]
-        generation = int(meta.get("generation", 1))
+        run = _SweepRun.of(experiment, points)
+        jobs = _point_jobs(namespace, name, set(run.names.values()))
         status = dict(experiment.get("status") or {})
         conditions_before = list(status.get("conditions") or [])
-        conditions = list(conditions_before)
-        desired_hash = spec_hash(spec)
-
-        recorded = status.get("sweep") or {}
-        same_run = recorded.get("specHash") == desired_hash and recorded.get("generation")
-        run = int(recorded["generation"]) if same_run else generation
-        names = {point.key: point_job_name(name, run, point.key) for point in points}
-
-        jobs: dict[str, dict[str, Any]] = {}
-        for job in k8s.list_jobs(namespace, f"{c.LABEL_EXPERIMENT}={name}"):
-            job_name = (job.get("metadata") or {}).get("name") or ""
-            if job_name in names.values():
-                jobs[job_name] = job
-            elif job_finished(job) is None:
-                k8s.delete_job(namespace, job_name)  # an older run's, superseded by this one
-        if not same_run:
-            reset = {field: None for field in _RUN_FIELDS if field in status}
-            if reset:
-                k8s.patch_experiment_status(namespace, name, reset)
-            status = {key: value for key, value in status.items() if key not in reset}
-            conditions = [cond for cond in conditions if cond.get("type") not in _PER_RUN]
+        if not run.same_run:
+            status = _clear_former_run(namespace, name, status)
         reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
-
         pods = {job_name: pods_for(job_name) for job_name in jobs}
         failures = {
             job_name: observe(job, pods[job_name]).message or ""
             for job_name, job in jobs.items()
             if job_finished(job) == P.FAILED
         }
-        plan = plan_sweep(points, names, jobs, reports, limit, failures, pods)
+        limit = max_concurrent(spec["sweep"])
+        plan = plan_sweep(points, run.names, jobs, reports, limit, failures, pods)
         suspend = bool(spec.get("suspend"))
-        for job_name, job in jobs.items():
-            if (
-                job_finished(job) is None
-                and bool((job.get("spec") or {}).get("suspend")) != suspend
-            ):
-                k8s.set_job_suspend(namespace, job_name, suspend)
-        created: list[str] = []
-        for point in plan.create:
-            desired = build_job(experiment, settings, point, generation=run)
-            kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
-            job, was_created = k8s.create_job(namespace, desired)
-            jobs[desired["metadata"]["name"]] = job
-            if was_created:
-                JOBS_CREATED.inc()
-                created.append(desired["metadata"]["name"])
-                log.info(
-                    "Created Job %s for sweep point %s", desired["metadata"]["name"], point.label
-                )
+        _suspend_unfinished(namespace, jobs, suspend)
+        created = _start_points(experiment, settings, plan.create, run.run, jobs, log)
 
-        records = _job_records(names, jobs, reports, failures, pods)
+        records = _job_records(run.names, jobs, reports, failures, pods)
         for key, record in records.items():
             reports[key] = {**(reports.get(key) or {}), **record}
-        outcomes = plan_sweep(points, names, jobs, reports, limit, failures, pods).outcomes
+        outcomes = point_outcomes(points, run.names, jobs, reports, failures, pods)
         summary = sweep_status(points, outcomes, suspended=suspend)
-        summary["sweep"].update(generation=run, specHash=desired_hash)
-
+        summary["sweep"].update(generation=run.run, specHash=run.spec_hash)
         now = clock.now()
-        conditions, changed = _conditions(conditions, summary, created, suspend, generation, now)
-        patch: dict[str, Any] = {
-            "observedGeneration": generation,
-            "conditions": conditions,
-            **summary,
-        }
-        if not status.get("startTime") and jobs:
-            patch["startTime"] = now
-        if summary["phase"] in P.TERMINAL and not status.get("completionTime"):
-            patch["completionTime"] = now
-            start = status.get("startTime") or patch.get("startTime")
-            if start:
-                patch["duration"] = duration_between(start, now)
-        patch = {key: value for key, value in patch.items() if status.get(key) != value}
+        kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
+        conditions, changed = _conditions(kept, summary, created, suspend, run.generation, now)
+        patch = _sweep_patch(status, summary, conditions, run.generation, bool(jobs), now)
         if records:
             patch["sweepPoints"] = records
         if patch:
             k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, summary["phase"])
     post_condition_events(experiment, changed, before=conditions_before)
+
+
+def _point_jobs(namespace: str, name: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """This run's point Jobs, by name; an older run's unfinished ones are deleted."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for job in k8s.list_jobs(namespace, f"{c.LABEL_EXPERIMENT}={name}"):
+        job_name = (job.get("metadata") or {}).get("name") or ""
+        if job_name in wanted:
+            jobs[job_name] = job
+        elif job_finished(job) is None:
+            k8s.delete_job(namespace, job_name)  # an older run's, superseded by this one
+    return jobs
+
+
+def _clear_former_run(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Clear what a former run (a plain one, or another sweep) wrote; the status without it."""
+    reset = {field: None for field in _RUN_FIELDS if field in status}
+    if reset:
+        k8s.patch_experiment_status(namespace, name, reset)
+    return {key: value for key, value in status.items() if key not in reset}
+
+
+def _without_run_conditions(conditions: list[Condition]) -> list[Condition]:
+    return [cond for cond in conditions if cond.get("type") not in _PER_RUN]
+
+
+def _suspend_unfinished(
+    namespace: str, jobs: Mapping[str, Mapping[str, Any]], suspend: bool
+) -> None:
+    """Give every unfinished point Job the Experiment's `suspend`."""
+    for job_name, job in jobs.items():
+        if job_finished(job) is None and bool((job.get("spec") or {}).get("suspend")) != suspend:
+            k8s.set_job_suspend(namespace, job_name, suspend)
+
+
+def _start_points(
+    experiment: dict[str, Any],
+    settings: Settings,
+    points: list[SweepPoint],
+    run: int,
+    jobs: dict[str, dict[str, Any]],
+    log: kopf.Logger,
+) -> list[str]:
+    """Create the points' Jobs (adding them to `jobs`); the names of those created now."""
+    created: list[str] = []
+    for point in points:
+        desired = build_job(experiment, settings, point, generation=run)
+        kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+        job_name = desired["metadata"]["name"]
+        job, was_created = k8s.create_job(experiment["metadata"]["namespace"], desired)
+        jobs[job_name] = job
+        if was_created:
+            JOBS_CREATED.inc()
+            created.append(job_name)
+            log.info("Created Job %s for sweep point %s", job_name, point.label)
+    return created
+
+
+def _sweep_patch(
+    status: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    conditions: list[Condition],
+    generation: int,
+    started: bool,
+    now: str,
+) -> dict[str, Any]:
+    """The changed top-level fields: the summary, conditions and the run's timings."""
+    patch: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions, **summary}
+    if not status.get("startTime") and started:
+        patch["startTime"] = now
+    if summary["phase"] in P.TERMINAL and not status.get("completionTime"):
+        patch["completionTime"] = now
+        start = status.get("startTime") or patch.get("startTime")
+        if start:
+            patch["duration"] = duration_between(start, now)
+    return {key: value for key, value in patch.items() if status.get(key) != value}
 
 
 def _job_records(

@@ -31,7 +31,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dioptra_api import GROUP, NAME_ENV, NAMESPACE_ENV, PLURAL, VERSION
+from dioptra_api import (
+    GROUP,
+    NAME_ENV,
+    NAMESPACE_ENV,
+    PLURAL,
+    RUN_ACCOUNT_FIELDS,
+    RUN_STATUS,
+    VERSION,
+)
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -40,6 +48,7 @@ __all__ = [
     "KubernetesStatusReporter",
     "NullStatusReporter",
     "PointStatusReporter",
+    "RunStatusReporter",
     "StatusReporter",
     "StatusReporterError",
     "changed_fields",
@@ -81,16 +90,57 @@ class NullStatusReporter:
         """Nothing to flush."""
 
 
+class _Entry:
+    """The accumulated fields of one nested status object (``run``, or a sweep point's entry).
+
+    Why accumulate: the inner reporter coalesces by top-level key, so it must always be handed
+    the whole nested object; sending only the latest fields would drop earlier ones still
+    pending.
+    """
+
+    def __init__(self) -> None:
+        self._fields: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def merged(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._fields.update(fields)
+            return dict(self._fields)
+
+
+class RunStatusReporter:
+    """Reports a run's own account (phase, message, timings) under ``status.run``.
+
+    Why: the operator alone writes the top-level ``phase``, ``message`` and timings, folding
+    in what the runner says here together with what the Job and its Pods show (one owner per
+    field, docs/architecture.md). The runner's other fields (``tasks``, ``progress``,
+    ``results``, ``plugins``) have no other writer and stay at the top level.
+    """
+
+    def __init__(self, inner: StatusReporter) -> None:
+        self.inner = inner
+        self._run = _Entry()
+
+    def update(self, **fields: Any) -> None:
+        """Route the run's account under ``run`` and hand the rest through."""
+        account = {name: fields.pop(name) for name in RUN_ACCOUNT_FIELDS & fields.keys()}
+        if account:
+            fields[RUN_STATUS] = self._run.merged(account)
+        self.inner.update(**fields)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush through the inner reporter."""
+        self.inner.close(timeout)
+
+
 class PointStatusReporter:
     """Reports one sweep point's run under ``status.sweepPoints.<key>``, never at the top level.
 
     Why: in the cluster each point of a sweep runs in its own Job, so several runners report
-    to the same Experiment at once; their top-level ``phase``/``tasks``/``results`` would
-    overwrite each other. Each runner instead writes its own entry of the ``sweepPoints`` map
-    (a JSON merge patch of ``{"sweepPoints": {key: {...}}}`` leaves the other points alone),
-    and the operator summarizes the entries into ``status.sweep``. The point's fields are
-    accumulated here because the inner reporter coalesces by top-level key: sending only the
-    latest fields would drop earlier ones still pending.
+    to the same Experiment at once; their ``tasks``/``results`` would overwrite each other.
+    Each runner instead writes its own entry of the ``sweepPoints`` map (a JSON merge patch of
+    ``{"sweepPoints": {key: {...}}}`` leaves the other points alone), and the operator
+    summarizes the entries into ``status.sweep``.
 
     A sweep may have up to a thousand points, and the Experiment must stay far below the API
     server's object size limit, so an entry stays small: the per-task list (``tasks``) is
@@ -104,8 +154,7 @@ class PointStatusReporter:
     def __init__(self, inner: StatusReporter, key: str) -> None:
         self.inner = inner
         self.key = key
-        self._fields: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._entry = _Entry()
 
     def update(self, **fields: Any) -> None:
         """Merge the fields into this point's entry and hand the whole entry to the inner one."""
@@ -114,11 +163,9 @@ class PointStatusReporter:
         if plugins is not None:
             top["plugins"] = plugins
             fields["pluginsSha256"] = _digest(plugins)
-        with self._lock:
-            self._fields.update(
-                (name, value) for name, value in fields.items() if name not in self._LEFT_OUT
-            )
-            entry = dict(self._fields)
+        entry = self._entry.merged(
+            {name: value for name, value in fields.items() if name not in self._LEFT_OUT}
+        )
         self.inner.update(sweepPoints={self.key: entry}, **top)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -283,13 +283,16 @@ def _configure_logging(args: argparse.Namespace, cache: Path) -> None:
 def _cluster_reporter() -> Any:
     from dioptra_api import SWEEP_POINT_ENV
 
-    from dioptra_runner.reporter import KubernetesStatusReporter
-    from dioptra_runner.reporter import PointStatusReporter as Point
+    from dioptra_runner.reporter import (
+        KubernetesStatusReporter,
+        PointStatusReporter,
+        RunStatusReporter,
+    )
 
     try:
         inner = KubernetesStatusReporter.from_environment()
         point = os.environ.get(SWEEP_POINT_ENV, "").strip()  # one point Job of a sweep
-        return Point(inner, point) if point else inner
+        return PointStatusReporter(inner, point) if point else RunStatusReporter(inner)
     except Exception as error:  # the run must go on without status reporting
         _LOG.error("status reporting disabled: %s", error)
         from dioptra_runner.reporter import NullStatusReporter
