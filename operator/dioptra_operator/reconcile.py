@@ -7,8 +7,6 @@ Experiment are handled on different worker threads and conditions are a read-mod
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -19,10 +17,10 @@ from dioptra_api.conditions import Condition, make_condition, set_condition
 
 from dioptra_operator import k8s
 from dioptra_operator.job_builder import InvalidSpecError, build_job
+from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import (
-    Observation,
     creation_failure,
     observe,
     status_patch,
@@ -32,12 +30,6 @@ from dioptra_operator.sweep_plan import job_finished
 C = c.ConditionType
 R = c.Reason
 P = c.Phase
-
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
-# What the operator last wrote from each Experiment's Job: (job name, generation, observation).
-# A Job or Pod event that implies the same observation again needs no read and no write.
-_mirrored: dict[tuple[str, str], tuple[str, int | None, Observation]] = {}
 
 # Conditions that describe one run; a new Job starts without them.
 _PER_RUN_CONDITIONS = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
@@ -60,29 +52,21 @@ _PER_RUN_FIELDS = (
 )
 
 
-def experiment_lock(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks[(namespace, name)]
-
-
-def forget(namespace: str, name: str) -> None:
+def forget(memory: ExperimentMemory, namespace: str, name: str) -> None:
     """Drop per-Experiment state once the Experiment is gone."""
-    with _locks_guard:
-        _locks.pop((namespace, name), None)
-        _mirrored.pop((namespace, name), None)
+    memory.forget(namespace, name)
     PHASES_SEEN.forget(namespace, name)
 
 
-def _remember(namespace: str, name: str, job: str, generation: Any, seen: Observation) -> None:
-    with _locks_guard:
-        _mirrored[(namespace, name)] = (job, generation, seen)
-
-
 def _already_mirrored(
-    namespace: str, name: str, job_name: str, job: dict[str, Any], pods: list[dict[str, Any]]
+    memory: ExperimentMemory,
+    namespace: str,
+    name: str,
+    job_name: str,
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
 ) -> bool:
-    with _locks_guard:
-        known = _mirrored.get((namespace, name))
+    known = memory.recall(namespace, name)
     return (
         known is not None
         and known[0] == job_name
@@ -126,12 +110,14 @@ def post_condition_events(
         )
 
 
-def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
+def reject_spec(
+    memory: ExperimentMemory, experiment: dict[str, Any], error: InvalidSpecError
+) -> None:
     """Record an InvalidSpec condition, phase Failed and an Event for a spec that cannot run."""
     meta = experiment["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     message = f"{c.MESSAGES[R.INVALID_SPEC]}: {error}"
-    with experiment_lock(namespace, name):
+    with memory.lock(namespace, name):
         status = dict(experiment.get("status") or {})
         conditions, changed = set_condition(
             status.get("conditions"),
@@ -146,12 +132,14 @@ def reject_spec(experiment: dict[str, Any], error: InvalidSpecError) -> None:
         k8s.post_event(experiment, "Warning", R.INVALID_SPEC, message)
 
 
-def record_refusal(experiment: dict[str, Any], error: k8s.ApiRefused) -> None:
+def record_refusal(
+    memory: ExperimentMemory, experiment: dict[str, Any], error: k8s.ApiRefused
+) -> None:
     """Show a refused request on the Experiment (JobCreated=False, message, a Warning Event)."""
     meta = experiment["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     message = f"{c.MESSAGES[R.API_REFUSED]}: {error}"
-    with experiment_lock(namespace, name):
+    with memory.lock(namespace, name):
         fresh = k8s.read_experiment(namespace, name) or experiment
         status = dict(fresh.get("status") or {})
         conditions, changed = set_condition(
@@ -165,12 +153,12 @@ def record_refusal(experiment: dict[str, Any], error: k8s.ApiRefused) -> None:
     k8s.post_event(experiment, "Warning", R.API_REFUSED, message)
 
 
-def explain_missing_pod(namespace: str, name: str, job_name: str) -> None:
+def explain_missing_pod(memory: ExperimentMemory, namespace: str, name: str, job_name: str) -> None:
     """Record why the Job controller cannot create the Job's Pod, if it said why."""
     failures = k8s.job_creation_failures(namespace, job_name)
     if not failures:
         return
-    with experiment_lock(namespace, name):
+    with memory.lock(namespace, name):
         experiment = k8s.read_experiment(namespace, name)
         if experiment is None:
             return
@@ -185,6 +173,7 @@ def explain_missing_pod(namespace: str, name: str, job_name: str) -> None:
 
 
 def ensure_job(
+    memory: ExperimentMemory,
     experiment: dict[str, Any],
     settings: Settings,
     pods: list[dict[str, Any]],
@@ -206,7 +195,7 @@ def ensure_job(
     desired_name = desired["metadata"]["name"]
     desired_hash = desired["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
 
-    with experiment_lock(namespace, name):
+    with memory.lock(namespace, name):
         # Re-read: the status in the handler's body may predate our own last write.
         fresh = (k8s.read_experiment(namespace, name) if reread else None) or experiment
         status = dict(fresh.get("status") or {})
@@ -246,7 +235,7 @@ def ensure_job(
         observation = observe(job, pods, generation=generation)
         observed, observed_changed = status_patch(status, observation, now)
         k8s.patch_experiment_status(namespace, name, {**base, **observed})
-        _remember(namespace, name, job["metadata"]["name"], generation, observation)
+        memory.remember(namespace, name, (job["metadata"]["name"], generation, observation))
         PHASES_SEEN.observe(namespace, name, _apply(status, observed).get("phase"))
     post_condition_events(fresh, [*changed, *observed_changed], before=conditions_before)
 
@@ -331,6 +320,7 @@ def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_
 
 
 def sync_status(
+    memory: ExperimentMemory,
     namespace: str,
     experiment_name: str,
     job_name: str,
@@ -338,9 +328,11 @@ def sync_status(
     pods: list[dict[str, Any]],
 ) -> None:
     """Mirror a Job's (None: deleted) and its Pods' state into the Experiment's status."""
-    if job is not None and _already_mirrored(namespace, experiment_name, job_name, job, pods):
+    if job is not None and _already_mirrored(
+        memory, namespace, experiment_name, job_name, job, pods
+    ):
         return  # nothing new since our last write (e.g. the event of our own Job's creation)
-    with experiment_lock(namespace, experiment_name):
+    with memory.lock(namespace, experiment_name):
         experiment = k8s.read_experiment(namespace, experiment_name)
         if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
             return
@@ -357,5 +349,5 @@ def sync_status(
         if patch:
             k8s.patch_experiment_status(namespace, experiment_name, patch)
             PHASES_SEEN.observe(namespace, experiment_name, _apply(status, patch).get("phase"))
-        _remember(namespace, experiment_name, job_name, generation, observation)
+        memory.remember(namespace, experiment_name, (job_name, generation, observation))
     post_condition_events(experiment, changed, before=status.get("conditions") or [])

@@ -33,8 +33,9 @@ from dioptra_operator.job_builder import (
     sweep_points,
     validate_spec,
 )
+from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
-from dioptra_operator.reconcile import experiment_lock, post_condition_events
+from dioptra_operator.reconcile import post_condition_events
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import observe
 from dioptra_operator.sweep_plan import (
@@ -92,13 +93,18 @@ class _SweepRun:
 
 
 def reconcile_sweep(
-    namespace: str, name: str, settings: Settings, pods_for: PodsFor, log: kopf.Logger
+    memory: ExperimentMemory,
+    namespace: str,
+    name: str,
+    settings: Settings,
+    pods_for: PodsFor,
+    log: kopf.Logger,
 ) -> None:
     """Start the sweep's next point Jobs and write its status; see the module docstring.
 
     Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
     """
-    with experiment_lock(namespace, name):
+    with memory.lock(namespace, name):
         experiment = k8s.read_experiment(namespace, name)
         if experiment is None or (experiment.get("metadata") or {}).get("deletionTimestamp"):
             return
