@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dioptra_api.conditions import find_condition, make_condition, set_condition
+from dioptra_api.conditions import find_condition, make_condition, set_condition, set_conditions
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -69,3 +69,12 @@ def test_observed_generation_is_recorded_and_compared() -> None:
     assert changed
     assert second[0]["observedGeneration"] == 2
     assert second[0]["lastTransitionTime"] == T0
+
+
+def test_setting_several_conditions_returns_only_those_that_changed() -> None:
+    accepted = make_condition("Accepted", True, "SpecAccepted", "ok")
+    conditions, _ = set_condition([], accepted, T0)
+    created = make_condition("JobCreated", True, "JobCreated", "job x")
+    merged, changed = set_conditions(conditions, [accepted, created], T1)
+    assert [c["type"] for c in merged] == ["Accepted", "JobCreated"]
+    assert changed == [created]

@@ -39,6 +39,19 @@ def set_condition(
     return result, True
 
 
+def set_conditions(
+    conditions: list[Condition] | None, wanted: list[Condition], now: str
+) -> tuple[list[Condition], list[Condition]]:
+    """`set_condition` for each wanted condition, in order; the result and those that changed."""
+    result = list(conditions or [])
+    changed: list[Condition] = []
+    for new in wanted:
+        result, did_change = set_condition(result, new, now)
+        if did_change:
+            changed.append(new)
+    return result, changed
+
+
 def find_condition(conditions: list[Condition] | None, type_: str) -> Condition | None:
     """The condition of the given type, or None."""
     for condition in conditions or []:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import dioptra_api as c
 import kopf
 from dioptra_api import clock
-from dioptra_api.conditions import Condition, make_condition, set_condition
+from dioptra_api.conditions import Condition, make_condition, set_condition, set_conditions
 
 from dioptra_operator import k8s
 from dioptra_operator.job_builder import InvalidSpecError, build_job
@@ -287,12 +287,7 @@ def _accepted_conditions(
     if created_reason:
         message = c.MESSAGES[created_reason].format(job=job_name)
         wanted.append(make_condition(C.JOB_CREATED, True, created_reason, message, generation))
-    changed: list[Condition] = []
-    for new in wanted:
-        conditions, did_change = set_condition(conditions, new, now)
-        if did_change:
-            changed.append(new)
-    return conditions, changed
+    return set_conditions(conditions, wanted, now)
 
 
 def _stop_sweep(namespace: str, name: str) -> None:

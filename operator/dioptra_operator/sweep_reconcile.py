@@ -22,7 +22,12 @@ import dioptra_api as c
 import kopf
 from dioptra_api import clock
 from dioptra_api.clock import duration_between
-from dioptra_api.conditions import Condition, find_condition, make_condition, set_condition
+from dioptra_api.conditions import (
+    Condition,
+    find_condition,
+    make_condition,
+    set_conditions,
+)
 from dioptra_api.sweep import SweepPoint, max_concurrent
 
 from dioptra_operator import k8s
@@ -284,9 +289,4 @@ def _conditions(
         wanted.append(cond(C.SUSPENDED, True, R.SUSPENDED, c.MESSAGES[R.SUSPENDED]))
     elif find_condition(conditions, C.SUSPENDED):
         wanted.append(cond(C.SUSPENDED, False, R.RESUMED, c.MESSAGES[R.RESUMED]))
-    changed: list[Condition] = []
-    for new in wanted:
-        conditions, did_change = set_condition(conditions, new, now)
-        if did_change:
-            changed.append(new)
-    return conditions, changed
+    return set_conditions(conditions, wanted, now)
