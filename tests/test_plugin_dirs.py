@@ -40,6 +40,26 @@ def test_default_argument_adds_the_current_directory(folders: dict[str, Path]) -
         assert sys.path[1] == str(folders["work"].resolve())
 
 
+def test_explicit_dirs_add_only_those_dirs_not_the_current_directory(
+    folders: dict[str, Path],
+) -> None:
+    before = list(sys.path)
+
+    with plugin_dirs([str(folders["local"])]):
+        added = [entry for entry in sys.path if entry not in before]
+
+    assert added == [str(folders["local"].resolve())]
+
+
+def test_the_current_directory_is_added_even_when_sys_path_holds_it_as_an_empty_entry(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+
+    with plugin_dirs():
+        assert sys.path[:2] == ["", str(folders["work"].resolve())]
+
+
 def test_relative_argument_dirs_resolve_against_the_current_directory(
     folders: dict[str, Path],
 ) -> None:

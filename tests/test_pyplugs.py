@@ -41,7 +41,7 @@ def test_registry_is_keyed_by_package_module_and_function(plugin_tree: PluginTre
     pkg = plugin_tree.package()
     plugin_tree.module(f"{pkg}.sub.tools", TWO_FUNCS)
 
-    assert pyplugs.funcs(f"{pkg}.sub", "tools") == ["first", "second"]
+    assert pyplugs.funcs(f"{pkg}.sub", "tools") == ["second", "first"]
     assert pyplugs.call(f"{pkg}.sub", "tools", "second", x=41) == 42
 
 
@@ -72,6 +72,42 @@ def test_names_lists_plugins_by_sort_value(plugin_tree: PluginTree) -> None:
     assert pyplugs.names(pkg) == ["zeta", "alpha"]
 
 
+def test_a_plugins_sort_value_is_that_of_its_first_registered_function(
+    plugin_tree: PluginTree,
+) -> None:
+    pkg = plugin_tree.package()
+    plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)  # registers sort_value 2, then 1
+    plugin_tree.module(
+        f"{pkg}.middle",
+        "from dioptra import pyplugs\n@pyplugs.register(sort_value=1.5)\ndef f(): pass\n",
+    )
+
+    assert pyplugs.names(pkg) == ["middle", "tools"]
+
+
+def test_plugins_with_the_same_sort_value_keep_their_registration_order(
+    plugin_tree: PluginTree,
+) -> None:
+    pkg = plugin_tree.package()
+    for module in ("zeta", "alpha"):
+        plugin_tree.module(
+            f"{pkg}.{module}", "from dioptra import pyplugs\n@pyplugs.register\ndef f(): pass\n"
+        )
+    pyplugs.get(pkg, "zeta")  # registered first
+    pyplugs.get(pkg, "alpha")
+
+    assert pyplugs.names(pkg) == ["zeta", "alpha"]
+
+
+def test_funcs_lists_functions_in_registration_order_whatever_their_sort_value(
+    plugin_tree: PluginTree,
+) -> None:
+    pkg = plugin_tree.package()
+    plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)
+
+    assert pyplugs.funcs(pkg, "tools") == ["second", "first"]
+
+
 def test_info_describes_a_plugin_from_its_docstring(plugin_tree: PluginTree) -> None:
     pkg = plugin_tree.package()
     plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)
@@ -85,14 +121,28 @@ def test_info_describes_a_plugin_from_its_docstring(plugin_tree: PluginTree) -> 
     assert record.func(x=1) == 2
 
 
-def test_info_without_a_function_name_gives_the_first_by_sort_value(
+def test_info_without_a_function_name_gives_the_first_registered(
     plugin_tree: PluginTree,
 ) -> None:
     pkg = plugin_tree.package()
     plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)
 
-    assert pyplugs.info(pkg, "tools").func_name == "first"
-    assert pyplugs.call(pkg, "tools") == "hello"
+    assert pyplugs.info(pkg, "tools").func_name == "second"
+    assert pyplugs.call(pkg, "tools") == 2
+
+
+def test_a_description_keeps_the_line_breaks_of_its_first_paragraph() -> None:
+    def wrapped() -> None:
+        """Resize an image
+        to the given size.
+
+        Details.
+        """
+
+    package, _, plugin = wrapped.__module__.rpartition(".")
+    (record,) = pyplugs.Registry.of(wrapped).functions(package, plugin).values()
+    assert record.description == "Resize an image\n        to the given size."
+    assert record.doc == "Details."
 
 
 def test_exists_is_true_only_for_a_plugin_that_registers_something(plugin_tree: PluginTree) -> None:
@@ -111,7 +161,7 @@ def test_factories_bind_the_package(plugin_tree: PluginTree) -> None:
     plugin_tree.module(f"{pkg}.tools", TWO_FUNCS)
 
     assert pyplugs.names_factory(pkg)() == ["tools"]
-    assert pyplugs.funcs_factory(pkg)("tools") == ["first", "second"]
+    assert pyplugs.funcs_factory(pkg)("tools") == ["second", "first"]
     assert pyplugs.info_factory(pkg)("tools", "first").func_name == "first"
     assert pyplugs.exists_factory(pkg)("tools")
     assert pyplugs.get_factory(pkg)("tools", "second")(x=2) == 3

@@ -161,14 +161,15 @@ def using(replacement: Registry) -> Iterator[Registry]:
 
 def _plugin_info(plugin_func: Callable[..., Any], sort_value: float) -> PluginInfo:
     package, _, plugin = plugin_func.__module__.rpartition(".")
-    description, _, rest = (plugin_func.__doc__ or "").strip().partition("\n\n")
+    # As Dioptra: the description is the docstring up to its first blank line, as written.
+    description, _, rest = (plugin_func.__doc__ or "").partition("\n\n")
     module = sys.modules.get(plugin_func.__module__)
     return PluginInfo(
         package_name=package,
         plugin_name=plugin,
         func_name=plugin_func.__name__,
         func=plugin_func,
-        description=" ".join(description.split()),
+        description=description,
         doc=textwrap.dedent(rest).strip(),
         module_doc=(module.__doc__ or "") if module else "",
         sort_value=sort_value,
@@ -207,27 +208,26 @@ def task_nout(nout: int) -> Callable[[F], F]:
 
 
 def names(package: str) -> list[str]:
-    """The plugins (modules) of ``package`` that register something, by ``sort_value``."""
+    """The plugins (modules) of ``package`` that register something.
+
+    Ordered as Dioptra orders them: by the ``sort_value`` of each plugin's first registered
+    function, then in the order the plugins were registered.
+    """
     _import_all(package)
-    plugins = _active.plugins(package)
-    return sorted(
-        (p for p in plugins if plugins[p]),
-        key=lambda p: (min(i.sort_value for i in plugins[p].values()), p),
-    )
+    plugins = {name: funcs for name, funcs in _active.plugins(package).items() if funcs}
+    return sorted(plugins, key=lambda p: next(iter(plugins[p].values())).sort_value)
 
 
 def funcs(package: str, plugin: str) -> list[str]:
-    """The function names one plugin registers, by ``sort_value`` then registration order."""
-    registered = _plugin_functions(package, plugin)
-    order = list(registered)
-    return sorted(order, key=lambda f: (registered[f].sort_value, order.index(f)))
+    """The function names one plugin registers, in registration order (as Dioptra)."""
+    return list(_plugin_functions(package, plugin))
 
 
 def info(package: str, plugin: str, func: str | None = None) -> PluginInfo:
-    """Everything known about one plugin function (the plugin's first one when ``func`` is None)."""
+    """Everything known about one plugin function (the first registered when ``func`` is None)."""
     registered = _plugin_functions(package, plugin)
     if func is None:
-        return registered[funcs(package, plugin)[0]]
+        return next(iter(registered.values()))
     try:
         return registered[func]
     except KeyError:

@@ -22,31 +22,24 @@ PLUGIN_DIR_ENV = "DIOPTRA_PLUGIN_DIR"
 def plugin_dirs(dirs: Iterable[str | os.PathLike[str]] = (".",)) -> Iterator[None]:
     """Make plugin folders importable inside the block, then restore ``sys.path`` exactly.
 
-    Folders come from ``$DIOPTRA_PLUGIN_DIR`` (colon-separated; only absolute,
-    existing directories not already on ``sys.path``) followed by ``dirs``
-    (existing directories; relative ones resolve against the current directory).
-    Paths compare by their resolved form, so a symlink counts as its target.
-    They go right after ``sys.path[0]`` (the script's own folder keeps priority) and
-    duplicate entries are dropped.
+    Folders come from ``$DIOPTRA_PLUGIN_DIR`` (colon-separated; only absolute, existing
+    directories) followed by ``dirs`` (existing directories; relative ones resolve against
+    the current directory), each by its resolved path (a symlink as its target), unless
+    that exact path is already an entry of ``sys.path``. They go right after
+    ``sys.path[0]`` (the script's own folder keeps priority) and duplicate entries are
+    dropped: Dioptra's rules.
     """
     saved = list(sys.path)
-    on_path = {_resolved(entry) for entry in sys.path}
-    added: list[str] = []
-    for candidate in _env_dirs():
-        resolved = str(Path(candidate).resolve())
-        if resolved not in on_path:
-            on_path.add(resolved)
-            added.append(resolved)
-    for entry in dirs:
-        path = Path(entry)
-        if not path.is_dir():
-            continue
-        resolved = str(path.resolve())
-        if resolved not in on_path:
-            on_path.add(resolved)
-            added.append(resolved)
+    # As Dioptra: a folder counts as present only when its resolved path is itself an entry
+    # (an entry spelled otherwise, such as "" for the current directory, does not count).
+    env = [resolved for resolved in map(_resolved, _env_dirs()) if resolved not in saved]
+    explicit = [
+        resolved
+        for resolved in (_resolved(os.fspath(entry)) for entry in dirs if os.fspath(entry))
+        if Path(resolved).is_dir() and resolved not in saved
+    ]
     # dict.fromkeys keeps the first occurrence: an entry listed twice is dropped once.
-    sys.path[:] = list(dict.fromkeys([*saved[:1], *added, *saved[1:]]))
+    sys.path[:] = list(dict.fromkeys([*saved[:1], *env, *explicit, *saved[1:]]))
     try:
         yield
     finally:
