@@ -378,7 +378,7 @@ def _plugin_functions(package: str, plugin: str) -> dict[str, PluginInfo]:
         if missing and _is_prefix(missing, package):
             raise UnknownPackageError(
                 f"no plugin package {package!r}: {missing!r} not found on the plugin path "
-                f"{_searched_folders()}"
+                f"{_searched_folders()}{nested_folder_hint(missing)}"
             ) from None
         raise
     registered = _active.functions(package, plugin)
@@ -404,6 +404,7 @@ def _import_all(package: str) -> None:
                 return  # registered without a module to import (Registry.of)
             raise UnknownPackageError(
                 f"no plugin package {package!r} on the plugin path {_searched_folders()}"
+                f"{nested_folder_hint(error.name)}"
             ) from None
         raise
     for folder in getattr(pkg, "__path__", []):
@@ -422,6 +423,29 @@ def _is_prefix(module: str, package: str) -> bool:
 def _package_folders(package: str) -> list[str]:
     pkg = sys.modules.get(package)
     return list(getattr(pkg, "__path__", [])) or _searched_folders()
+
+
+def nested_folder_hint(package: str) -> str:
+    """A hint when the package sits one folder too deep in a plugin folder, else "".
+
+    Plugin sources follow rsync's trailing-slash rule: `./plugins` syncs as the folder
+    `plugins/`, `./plugins/` syncs its contents. A package found at `<dir>/plugins/<package>`
+    was almost certainly meant to be synced by its contents. (Not Dioptra API.)
+    """
+    top = package.partition(".")[0]
+    for folder in _searched_folders():
+        try:
+            children = sorted((e for e in os.scandir(folder) if e.is_dir()), key=lambda e: e.name)
+        except (OSError, TypeError):
+            continue
+        for child in children:
+            if os.path.isdir(os.path.join(child.path, top)):
+                return (
+                    f"; found {top!r} one folder down, in {child.path}: the source was synced "
+                    f"as the folder {child.name}/ - end the source with a slash "
+                    f"(e.g. ./{child.name}/ or s3://bucket/{child.name}/) to sync its contents"
+                )
+    return ""
 
 
 def _searched_folders() -> list[str]:

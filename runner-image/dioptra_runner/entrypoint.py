@@ -59,17 +59,21 @@ def _flow_from_module(reference: str) -> Flow:
     except ModuleNotFoundError as error:
         missing = error.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            from dioptra.pyplugs import nested_folder_hint
+
             raise EntryPointError(
                 f"entry point module {module_name!r} not found in the plugin folders "
-                f"{_plugin_folders()}"
+                f"{_plugin_folders()}{nested_folder_hint(missing)}"
             ) from None
         raise EntryPointError(
-            f"entry point module {module_name!r} failed to import: {_summary(error)}",
+            f"entry point module {module_name!r} failed to import: {_summary(error)}"
+            f"{_where_in_plugins(error)}",
             traceback.format_exc(),
         ) from None
     except Exception as error:
         raise EntryPointError(
-            f"entry point module {module_name!r} failed to import: {_summary(error)}",
+            f"entry point module {module_name!r} failed to import: {_summary(error)}"
+            f"{_where_in_plugins(error)}",
             traceback.format_exc(),
         ) from None
     return _pick_flow(vars(module), attribute, f"module {module_name!r}")
@@ -88,7 +92,8 @@ def _flow_from_source(source: str, origin: str, attribute: str) -> Flow:
     except Exception as error:
         line = _script_line(error, f"<{origin}>")
         raise EntryPointError(
-            f"{origin} raised {_summary(error)}" + (f" at line {line}" if line else ""),
+            f"{origin} raised {_summary(error)}{_where_in_plugins(error)}"
+            + (f" (at line {line} of the entry point)" if line else ""),
             traceback.format_exc(),
         ) from None
     return _pick_flow(module.__dict__, attribute, origin)
@@ -121,6 +126,32 @@ def _script_line(error: BaseException, filename: str) -> int | None:
         if frame.filename == filename:
             line = frame.lineno
     return line
+
+
+def _where_in_plugins(error: BaseException) -> str:
+    """`` in plugin file <path>, line <n>`` for an error that arose inside a plugin, else "".
+
+    A plugin module that does not compile, or that imports a library not installed, fails
+    while the entry point imports it: naming the entry point's line alone would send the user
+    to the wrong file.
+    """
+    folders = [str(Path(folder).resolve()) for folder in _plugin_folders()]
+
+    def in_plugins(filename: str | None) -> bool:
+        if not filename or filename.startswith("<"):
+            return False
+        resolved = str(Path(filename).resolve())
+        return any(resolved.startswith(folder + os.sep) for folder in folders)
+
+    if isinstance(error, SyntaxError) and in_plugins(error.filename):
+        return f" in plugin file {error.filename}, line {error.lineno}"
+    culprit = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if in_plugins(frame.filename):
+            culprit = frame
+    if culprit is None:
+        return ""
+    return f" in plugin file {culprit.filename}, line {culprit.lineno}"
 
 
 def _plugin_folders() -> list[str]:

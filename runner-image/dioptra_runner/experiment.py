@@ -237,6 +237,33 @@ def experiment_from_document(document: Any, source_path: Path | None = None) -> 
     )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping, as `kubectl apply` does.
+
+    PyYAML keeps the last value silently: a parameter set twice would run with whichever
+    came second, and the user would never know.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first_seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given at line {earlier.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_error_line(error: yaml.YAMLError) -> str:
     """One line saying where the YAML is broken, e.g. `line 4, column 7: ...`."""
     mark = getattr(error, "problem_mark", None)
@@ -266,7 +293,7 @@ def load_experiment_text(text: str, source_path: Path | None = None) -> Experime
     """Parse YAML text holding one Experiment (or several documents, the first Experiment wins)."""
     source = str(source_path) if source_path else None
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader
     except yaml.YAMLError as error:
         raise ExperimentError([_yaml_error_line(error)], source=source) from None
     try:

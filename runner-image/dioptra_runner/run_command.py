@@ -30,7 +30,15 @@ from dioptra_runner.execution import (
     run_flow,
     sweep_summary,
 )
-from dioptra_runner.summary import print_error, print_summary, print_sweep
+from dioptra_runner.interrupts import RunInterrupted
+from dioptra_runner.summary import (
+    CANCELLED,
+    interruption_message,
+    print_error,
+    print_interrupted,
+    print_summary,
+    print_sweep,
+)
 
 _LOG = logging.getLogger("dioptra.run")
 
@@ -76,28 +84,39 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``dioptra run`` command; returns the process exit code."""
+    """The ``dioptra run`` command; returns the process exit code.
+
+    With ``--output json`` stdout holds exactly one JSON document whatever the outcome, and
+    every line meant for a person (sync, progress, errors) goes to stderr.
+    """
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
-    from dioptra_runner.prefect_warmup import start_background_warmup
+    from dioptra_runner.prefect_warmup import start_background_warmup, uses_external_server
 
+    # No traceback-free line is ever printed twice: Python's last-resort handler would echo
+    # each error logged before the log file is set up.
+    logging.getLogger("dioptra").addHandler(logging.NullHandler())
+    args.external_prefect = uses_external_server(os.environ)
     # Without a Prefect server to talk to, start Prefect's temporary one now: it boots while
     # we load the Experiment, import Prefect and the plugins (docs/prefect-startup.md).
     args.prefect_warmup = start_background_warmup()
-    out = sys.stdout
+    out = sys.stderr if args.output == "json" else sys.stdout
     from dioptra_runner.reporter import NullStatusReporter, StatusReporter
 
     reporter: StatusReporter = NullStatusReporter()
+    experiment: Any = None
     try:
         experiment = _load_experiment(args)
         cache = _cache_dir(args, experiment.name)
-        _configure_logging(args, cache)
+        _configure_logging(args, cache, experiment.name, started)
         if args.in_cluster:
             reporter = _cluster_reporter()
         reporter.update(
             phase=Phase.RUNNING, startTime=_iso(started), message="running the entry point"
         )
         parameters = _parameters(experiment.spec, args.overrides)
+        _check_parameter_size(parameters)
+        _check_prefect_api(args)
         plugin_dir = _plugin_folder(args, experiment, cache, out)
         manifest = _manifest(plugin_dir)
         if manifest is not None:
@@ -107,24 +126,32 @@ def run(args: argparse.Namespace) -> int:
         _LOG.error("%s", aborted)
         elapsed = time.monotonic() - clock
         _finish(reporter, Phase.FAILED, str(aborted), started, elapsed, reason=aborted.reason)
-        print_error(str(aborted), args)
+        print_error(args, experiment, aborted.code, aborted.reason, str(aborted), elapsed)
         return aborted.code
+    except RunInterrupted as stop:
+        elapsed = time.monotonic() - clock
+        message = interruption_message(stop)
+        _LOG.warning("%s", message)
+        _finish(reporter, CANCELLED, message, started, elapsed, reason="Interrupted")
+        print_interrupted(args, experiment, stop, message, elapsed)
+        return stop.code
 
     elapsed = time.monotonic() - clock
     succeeded = all(r.result.is_successful() for r in runs)
+    code = EXIT_OK if succeeded else EXIT_FAILED
     if len(runs) == 1 and runs[0].point is None:
         run_ = runs[0]
         done = f"{len(run_.result.tasks)} tasks completed"
         message = done if succeeded else run_.result.message
         _finish(reporter, phase_name(succeeded), message, started, elapsed, results=run_.results)
-        print_summary(args, experiment.name, run_, final_tasks, elapsed, out)
+        print_summary(args, experiment.name, run_, final_tasks, elapsed, code, out)
     else:
         summary = sweep_summary(runs)
         ok = sum(1 for r in runs if r.result.is_successful())
         message = f"{ok}/{len(runs)} sweep points succeeded"
         _finish(reporter, phase_name(succeeded), message, started, elapsed, sweep=summary)
-        print_sweep(args, experiment.name, runs, summary, message, elapsed, out)
-    return EXIT_OK if succeeded else EXIT_FAILED
+        print_sweep(args, experiment.name, runs, summary, message, elapsed, code, out)
+    return code
 
 
 def _load_experiment(args: argparse.Namespace) -> Any:
@@ -152,17 +179,84 @@ def _parameters(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     import yaml
 
     parameters = dict(spec.get("parameters") or {})
+    problems = []
     for override in overrides:
         name, sep, raw = override.partition("=")
         if not sep or not name.strip():
-            raise RunAborted(
-                f"--set expects NAME=VALUE, got {override!r}", EXIT_INVALID, "InvalidParameters"
-            )
+            problems.append(f"--set expects NAME=VALUE, got {override!r}")
+            continue
         try:
             parameters[name.strip()] = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            parameters[name.strip()] = raw
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None else ""
+            reason = getattr(error, "problem", None) or "not valid YAML"
+            problems.append(
+                f"--set {name.strip()}: {raw!r} does not parse ({reason}{where}); "
+                "quote it to pass a string: --set 'NAME=\"text\"'"
+            )
+    if problems:
+        raise RunAborted(
+            _listing("invalid --set values", problems), EXIT_INVALID, "InvalidParameters"
+        )
     return parameters
+
+
+def _listing(head: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{head}:\n" + "\n".join(f"  - {problem}" for problem in problems)
+
+
+def _check_parameter_size(parameters: dict[str, Any]) -> None:
+    """Refuse, up front and naming the largest, parameters that Prefect would refuse mid-run.
+
+    Prefect stores a flow run's parameters in its database and caps them (512 KiB by
+    default); the value itself is never echoed, only its name and size.
+    """
+    import json
+
+    from dioptra_runner.prefect_checks import max_parameter_size
+
+    limit = max_parameter_size()
+    if limit <= 0:
+        return
+    try:
+        size = len(json.dumps({"parameters": parameters}, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        return  # not JSON: the flow's own checks say what is wrong with it
+    if size <= limit:
+        return
+    sizes = {
+        name: len(json.dumps(value, separators=(",", ":"), default=str))
+        for name, value in parameters.items()
+    }
+    largest = sorted(sizes, key=sizes.__getitem__, reverse=True)[:3]
+    named = ", ".join(f"{name} ({sizes[name]:,} bytes)" for name in largest)
+    raise RunAborted(
+        f"the parameters are {size:,} bytes as JSON, over Prefect's limit of {limit:,} "
+        f"(PREFECT_SERVER_API_MAX_PARAMETER_SIZE); largest: {named}. Pass large inputs as "
+        "files in the plugin sources, or as a path parameter",
+        EXIT_INVALID,
+        "InvalidParameters",
+    )
+
+
+def _check_prefect_api(args: argparse.Namespace) -> None:
+    """A Prefect server named by the user must answer before anything runs."""
+    if not args.external_prefect:
+        return
+    from prefect.settings import get_current_settings
+
+    from dioptra_runner.prefect_checks import PrefectUnreachable, check_reachable
+
+    api_url = str(get_current_settings().api.url or "")
+    if not api_url:
+        return
+    try:
+        check_reachable(api_url)
+    except PrefectUnreachable as error:
+        raise RunAborted(str(error), EXIT_INVALID, "PrefectUnavailable") from None
 
 
 def _plugin_folder(
@@ -181,7 +275,15 @@ def _plugin_folder(
     if plugins_spec.get("region"):
         os.environ.setdefault("AWS_DEFAULT_REGION", plugins_spec["region"])
     dest = cache / "plugins" / experiment.name
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunAborted(
+            f"cannot use {dest} for the plugins: {error.strerror or error}; "
+            "pass --plugin-cache DIR (or set DIOPTRA_CACHE_DIR) to a writable folder",
+            EXIT_INVALID,
+            "InvalidArguments",
+        ) from None
     try:
         report = sync_sources(
             sources,
@@ -256,12 +358,16 @@ def _cache_dir(args: argparse.Namespace, name: str) -> Path:
     return Path(base)
 
 
-def _configure_logging(args: argparse.Namespace, cache: Path) -> None:
-    """Full detail (tracebacks, Prefect's logs) to a file locally, to stderr in a pod.
+def _configure_logging(
+    args: argparse.Namespace, cache: Path, name: str, started: dt.datetime
+) -> None:
+    """Full detail (tracebacks, Prefect's logs) to a file of this run's own locally, to stderr
+    in a pod.
 
-    Locally the terminal belongs to the progress view and the summary, so Prefect's
-    console handler is silenced (before Prefect configures logging) and a file
-    handler on the root logger receives everything instead.
+    Locally the terminal belongs to the progress view and the summary, so Prefect's console
+    handler is silenced (before Prefect configures logging) and a file handler on the root
+    logger receives everything instead. Each run writes its own file (the Experiment's name,
+    the start time and the pid): two runs at once never share one.
     """
     if not args.in_cluster:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
@@ -272,9 +378,18 @@ def _configure_logging(args: argparse.Namespace, cache: Path) -> None:
     if args.in_cluster:
         args.log_path = None
         return
-    path = args.log_file or cache / "logs" / "dioptra-run.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    path = args.log_file or cache / "logs" / f"{name}-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError as error:
+        raise RunAborted(
+            f"cannot write the log file {path}: {error.strerror or error}; "
+            "pass --log-file PATH (or --plugin-cache DIR) somewhere writable",
+            EXIT_INVALID,
+            "InvalidArguments",
+        ) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     args.log_path = path

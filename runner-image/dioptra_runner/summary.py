@@ -1,4 +1,11 @@
-"""What ``dioptra run`` prints at the end: a results table, a sweep table, or JSON."""
+"""What ``dioptra run`` prints at the end: a results table, a sweep table, or JSON.
+
+With ``--output json`` stdout receives exactly one document in every outcome (success, a
+task failed, invalid input, a failed sync, an interruption): ``experiment``, ``phase``,
+``exitCode``, ``message``, ``duration`` (seconds), ``log`` and, unless the run succeeded,
+``error`` (``reason`` and ``message``); a run adds ``tasks`` and ``results``, a sweep
+``points``. Lines for people go to stderr then.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,40 @@ import json
 import sys
 from typing import IO, Any
 
+from dioptra.graph import COMPLETED
+
 from dioptra_runner.execution import PointRun, phase_name
+from dioptra_runner.interrupts import RunInterrupted
+
+# The phase of a run stopped by a signal (the runner's own account; the operator decides the
+# Experiment's phase from the Job: Suspended, or gone with a deleted Experiment).
+CANCELLED = "Cancelled"
+
+
+def _document(
+    args: argparse.Namespace,
+    name: str | None,
+    phase: str,
+    code: int,
+    message: str,
+    elapsed: float,
+    **fields: Any,
+) -> dict[str, Any]:
+    log = getattr(args, "log_path", None)
+    return {
+        "experiment": name,
+        "phase": phase,
+        "exitCode": code,
+        "message": message,
+        "duration": round(elapsed, 3),
+        "log": str(log) if log else None,
+        **fields,
+    }
+
+
+def _write_json(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def print_summary(
@@ -16,6 +56,7 @@ def print_summary(
     run_: PointRun,
     final_tasks: list[str],
     elapsed: float,
+    code: int,
     out: IO[str],
 ) -> None:
     from dioptra_api.clock import format_duration
@@ -24,15 +65,19 @@ def print_summary(
 
     result = run_.result
     if args.output == "json":
-        document = {
-            "experiment": name,
-            "phase": phase_name(result.is_successful()),
-            "message": result.message,
-            "duration": round(elapsed, 3),
+        error = (
+            {} if result.is_successful() else {"reason": "TaskFailed", "message": result.message}
+        )
+        fields: dict[str, Any] = {
             "tasks": [task_entry(t) for t in result.tasks.values()],
             "results": run_.results,
         }
-        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        if error:
+            fields["error"] = error
+        phase = phase_name(result.is_successful())
+        _write_json(_document(args, name, phase, code, result.message, elapsed, **fields))
+        if error:
+            _print_failure_line(args, f"{name}: {result.message}")
         return
     console = _console(out)
     rows = result_rows(run_.results, final_tasks)
@@ -56,17 +101,14 @@ def print_sweep(
     summary: dict[str, Any],
     message: str,
     elapsed: float,
+    code: int,
     out: IO[str],
 ) -> None:
     from dioptra_api.clock import format_duration
 
     succeeded = all(r.result.is_successful() for r in runs)
     if args.output == "json":
-        document = {
-            "experiment": name,
-            "phase": phase_name(succeeded),
-            "message": message,
-            "duration": round(elapsed, 3),
+        fields: dict[str, Any] = {
             "points": [
                 {
                     "label": r.point.label,
@@ -78,7 +120,10 @@ def print_sweep(
                 for r in runs
             ],
         }
-        out.write(json.dumps(document, indent=2, default=str) + "\n")
+        if not succeeded:
+            fields["error"] = {"reason": "TaskFailed", "message": message}
+            _print_failure_line(args, f"{name}: {message}")
+        _write_json(_document(args, name, phase_name(succeeded), code, message, elapsed, **fields))
         return
     headline_names = list(
         dict.fromkeys(key for row in summary["points"] for key in row.get("results", {}))
@@ -126,7 +171,69 @@ def _print_log_hint(console: Any, args: argparse.Namespace) -> None:
         console.print(f"full tracebacks: {args.log_path}")
 
 
-def print_error(message: str, args: argparse.Namespace) -> None:
+def _print_failure_line(args: argparse.Namespace, message: str) -> None:
+    """One line for the person watching stderr (JSON mode), and where the details are."""
     sys.stderr.write(f"dioptra run: {message}\n")
     if getattr(args, "log_path", None) and not args.in_cluster:
         sys.stderr.write(f"log: {args.log_path}\n")
+
+
+def print_error(
+    args: argparse.Namespace,
+    experiment: Any,
+    code: int,
+    reason: str,
+    message: str,
+    elapsed: float,
+) -> None:
+    """A run that could not start or go on: one message on stderr (and the JSON document)."""
+    _print_failure_line(args, message)
+    if args.output == "json":
+        name = getattr(experiment, "name", None)
+        error = {"reason": reason, "message": message}
+        _write_json(_document(args, name, "Failed", code, message, elapsed, error=error))
+
+
+def interruption_message(stop: RunInterrupted) -> str:
+    """``stopped by SIGINT after 2 of 5 tasks; not run: a, b, c`` (what ran and what did not)."""
+    outcomes = [
+        outcome
+        for run_ in stop.runs
+        if getattr(run_, "result", None) is not None
+        for outcome in ({f"{run_.prefix}{n}": o for n, o in run_.result.tasks.items()}.items())
+    ]
+    if not outcomes:
+        return f"stopped by {stop.signal_name} before the first task"
+    done = [name for name, outcome in outcomes if outcome.state == COMPLETED]
+    left = [name for name, outcome in outcomes if outcome.state != COMPLETED]
+    message = f"stopped by {stop.signal_name} after {len(done)} of {len(outcomes)} tasks"
+    if left:
+        shown = ", ".join(left[:10]) + (f" and {len(left) - 10} more" if len(left) > 10 else "")
+        message += f"; not completed: {shown}"
+    return message
+
+
+def print_interrupted(
+    args: argparse.Namespace,
+    experiment: Any,
+    stop: RunInterrupted,
+    message: str,
+    elapsed: float,
+) -> None:
+    """A run stopped by a signal: what ran and what did not, no traceback."""
+    from dioptra_runner.status import task_entry
+
+    name = getattr(experiment, "name", None)
+    _print_failure_line(args, f"{name}: {message}" if name else message)
+    if args.output == "json":
+        tasks = [
+            task_entry(outcome)
+            for run_ in stop.runs
+            if getattr(run_, "result", None) is not None
+            for outcome in run_.result.tasks.values()
+        ]
+        error = {"reason": "Interrupted", "message": message}
+        document = _document(
+            args, name, CANCELLED, stop.code, message, elapsed, tasks=tasks, error=error
+        )
+        _write_json(document)
