@@ -533,3 +533,19 @@ def test_a_source_synced_as_a_folder_gets_the_trailing_slash_hint(workspace: Pat
     assert done.returncode == 2
     assert "the source was synced as the folder plugins/" in done.stderr
     assert "end the source with a slash" in done.stderr
+
+
+def test_a_command_line_argparse_refuses_still_gives_a_json_document(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [DIOPTRA, "run", "x.yaml", "--output", "json", "--parallel", "many"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    document = json.loads(done.stdout)
+    assert document["error"] == {
+        "reason": "InvalidArguments",
+        "message": "dioptra run: argument --parallel: invalid int value: 'many'",
+    }

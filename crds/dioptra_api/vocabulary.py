@@ -72,7 +72,7 @@ LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 # with these fields, which the operator folds into the top-level ones.
 RUN_STATUS: Final = "run"
 RUN_ACCOUNT_FIELDS: Final = frozenset(
-    {"phase", "message", "startTime", "completionTime", "duration", "sweep"}
+    {"phase", "reason", "message", "startTime", "completionTime", "duration", "sweep"}
 )
 
 # The Job contract (docs/architecture.md).

@@ -7,12 +7,25 @@ Subcommands import their implementation lazily so that the init container's
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, remembering its last error for ``dioptra run --output json``."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        _Parser.last_error = f"{self.prog}: {message}"
+        super().error(message)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dioptra",
         description="Run Dioptra-style experiments: sync task plugins, run flows on Prefect 3.",
     )
@@ -37,8 +50,33 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _asks_for_json(arguments: list[str]) -> bool:
+    pairs = itertools.pairwise(arguments)
+    return "run" in arguments and (
+        "--output=json" in arguments or any(a == "--output" and b == "json" for a, b in pairs)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+    except SystemExit as stop:
+        # `dioptra run --output json` promises one JSON document on stdout, even for a
+        # command line argparse refuses (its usage and error went to stderr already).
+        if stop.code == 2 and _asks_for_json(arguments):
+            message = _Parser.last_error or "invalid command line"
+            document = {
+                "experiment": None,
+                "phase": "Failed",
+                "exitCode": 2,
+                "message": message,
+                "duration": 0.0,
+                "log": None,
+                "error": {"reason": "InvalidArguments", "message": message},
+            }
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        raise
     handler: Callable[[argparse.Namespace], int] = args.handler
     sys.exit(handler(args))

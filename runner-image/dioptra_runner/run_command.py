@@ -143,13 +143,29 @@ def run(args: argparse.Namespace) -> int:
         run_ = runs[0]
         done = f"{len(run_.result.tasks)} tasks completed"
         message = done if succeeded else run_.result.message
-        _finish(reporter, phase_name(succeeded), message, started, elapsed, results=run_.results)
+        _finish(
+            reporter,
+            phase_name(succeeded),
+            message,
+            started,
+            elapsed,
+            results=run_.results,
+            reason="Succeeded" if succeeded else "TaskFailed",
+        )
         print_summary(args, experiment.name, run_, final_tasks, elapsed, code, out)
     else:
         summary = sweep_summary(runs)
         ok = sum(1 for r in runs if r.result.is_successful())
         message = f"{ok}/{len(runs)} sweep points succeeded"
-        _finish(reporter, phase_name(succeeded), message, started, elapsed, sweep=summary)
+        _finish(
+            reporter,
+            phase_name(succeeded),
+            message,
+            started,
+            elapsed,
+            sweep=summary,
+            reason="Succeeded" if succeeded else "TaskFailed",
+        )
         print_sweep(args, experiment.name, runs, summary, message, elapsed, code, out)
     return code
 
@@ -330,6 +346,7 @@ def _finish(
     if sweep is not None:
         fields["sweep"] = sweep
     if reason is not None:
+        fields["reason"] = reason
         _LOG.info("run ended %s (%s)", phase, reason)
     reporter.update(**fields)
     reporter.close(timeout=10)
