@@ -423,6 +423,7 @@ class _PodWorker:
         code = container.process.wait()
         if code < 0:  # killed by a signal: a container runtime reports 128 + the signal
             code = 128 - code
+        self.kubelet.exit_codes[f"{self.namespace}/{self.name}/{name}"] = code
         reason = container.kill_reason or ("Completed" if code == 0 else "Error")
         container.kill_reason = None
         terminated: dict[str, Any] = {
@@ -617,6 +618,7 @@ class StandInKubelet:
         self.logs: dict[str, str] = {}  # "<namespace>/<pod>/<container>" -> output so far
         self.errors: list[str] = []
         self.commands: dict[str, list[str]] = {}  # "<namespace>/<pod>/<container>" -> argv run
+        self.exit_codes: dict[str, int] = {}  # "<namespace>/<pod>/<container>" -> last exit code
         self._settings: dict[str, NamespaceSettings] = {}
         self._workers: dict[str, _PodWorker] = {}  # by Pod uid
         self._lock = threading.Lock()
