@@ -549,3 +549,26 @@ def test_a_command_line_argparse_refuses_still_gives_a_json_document(tmp_path: P
         "reason": "InvalidArguments",
         "message": "dioptra run: argument --parallel: invalid int value: 'many'",
     }
+
+
+def test_the_default_embedded_prefect_mode_gives_the_same_json_document(
+    workspace: Path, tmp_path: Path
+) -> None:
+    path = experiment(workspace, {"module": "runpkg.flows:flow"}, parameters={"n": 4})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+
+    done = subprocess.run(
+        [DIOPTRA, "run", str(path), "--plugin-cache", str(workspace / "cache"), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=workspace,
+    )
+
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert (document["phase"], document["exitCode"]) == ("Succeeded", 0)
+    assert document["results"]["metrics"] == {"total": 6}
+    assert "Traceback" not in done.stderr
