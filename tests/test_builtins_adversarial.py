@@ -116,19 +116,37 @@ def test_feature_squeezing_to_one_bit_recovers_part_of_the_lost_accuracy(
     assert accuracy(classifier, squeezed) > accuracy(classifier, attacked) + 0.1
 
 
-@pytest.mark.parametrize(
-    "defence", [spatial_smoothing, jpeg_compression, feature_squeezing], ids=lambda f: f.__name__
-)
-def test_defences_change_the_inputs_keep_their_shape_and_report_an_accuracy(
-    defence: Callable[[ArrayDataset], ArrayDataset],
-    classifier: ScikitlearnClassifier,
-    attacked: ArrayDataset,
+DEFENCES = [spatial_smoothing, jpeg_compression, feature_squeezing]
+
+
+@pytest.mark.parametrize("defence", DEFENCES, ids=lambda f: f.__name__)
+def test_defences_change_the_inputs_and_keep_their_shape_and_range(
+    defence: Callable[[ArrayDataset], ArrayDataset], attacked: ArrayDataset
 ) -> None:
     defended = defence(attacked)
     assert defended.x_test.shape == attacked.x_test.shape
     assert not np.allclose(defended.x_test, attacked.x_test)
     assert defended.x_test.min() >= 0.0 and defended.x_test.max() <= 1.0
-    assert 0.0 <= accuracy(classifier, defended) <= 1.0
+
+
+@pytest.mark.parametrize("defence", DEFENCES, ids=lambda f: f.__name__)
+def test_defences_win_back_accuracy_on_attacked_inputs(
+    defence: Callable[[ArrayDataset], ArrayDataset],
+    classifier: ScikitlearnClassifier,
+    attacked: ArrayDataset,
+) -> None:
+    # With the module's seeds: 0.096 attacked; 0.23, 0.13 and 0.39 once defended.
+    assert accuracy(classifier, defence(attacked)) > accuracy(classifier, attacked) + 0.02
+
+
+@pytest.mark.parametrize("defence", DEFENCES, ids=lambda f: f.__name__)
+def test_defences_leave_clean_inputs_recognisable(
+    defence: Callable[[ArrayDataset], ArrayDataset],
+    classifier: ScikitlearnClassifier,
+    digits: ArrayDataset,
+) -> None:
+    # Chance is 0.1; with the module's seeds: 0.75, 0.97 and 0.92 (clean: 0.97).
+    assert accuracy(classifier, defence(digits)) >= 0.7
 
 
 def test_distance_l2_linf_and_l1_are_per_sample_norms_averaged() -> None:

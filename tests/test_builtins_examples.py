@@ -125,7 +125,9 @@ def test_the_task_graph_example_runs_the_builtins_as_declared(
     assert summary["seed"] == 0 and summary["epsilon"] == 0.2
     assert summary["clean_accuracy"] >= 0.9
     assert summary["adversarial_accuracy"] < summary["clean_accuracy"] - 0.3
-    assert 0.0 <= summary["smoothed_accuracy"] <= 1.0
+    # Smoothing wins back part of what the attack took (seed 0: 0.08 attacked, 0.23 smoothed).
+    assert summary["smoothed_accuracy"] > summary["adversarial_accuracy"] + 0.1
+    assert summary["smoothed_accuracy"] < summary["clean_accuracy"]
     assert summary["mean_l2_perturbation"] > 0.0
 
 

@@ -1,8 +1,9 @@
 """End to end: `kubectl apply` in front of the running operator, on the real API server.
 
-A malformed spec is refused by the API server (schema, CEL) at apply time, so the operator
-never sees it; every example is admitted and gets its Job; an example that only `dioptra run`
-can run (local plugin folders) is admitted by the schema and refused by the operator.
+A malformed spec is refused by the API server (schema, CEL, strict field validation) at apply
+time, as kubectl's own log of its requests shows, so the operator never sees it; every example
+is admitted and gets its Job; an example that only `dioptra run` can run (local plugin folders)
+is admitted by the schema and refused by the operator.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ def with_spec(**changes: Any) -> dict[str, Any]:
 
 
 def apply(cluster: Cluster, manifest: dict[str, Any]) -> Any:
-    return cluster.kubectl("apply", "-f", "-", check=False, input=yaml.safe_dump(manifest))
+    """`kubectl apply` with kubectl's own log of its requests and their answers (`-v=6`)."""
+    return cluster.kubectl("apply", "-v=6", "-f", "-", check=False, input=yaml.safe_dump(manifest))
+
+
+def creates_sent(stderr: str) -> list[tuple[str, int]]:
+    """(query, HTTP status) of each Experiment create kubectl sent, from its `-v=6` log."""
+    found = re.findall(
+        r'"Response" verb="POST" url="[^"?]*/experiments\?([^"]*)" status="(\d+)', stderr
+    )
+    return [(query, int(status)) for query, status in found]
 
 
 MALFORMED = {
@@ -48,26 +58,42 @@ MALFORMED = {
     "bad-module": (with_spec(entryPoint={"module": "not a module path"}), "spec.entryPoint.module"),
     "bad-bucket": (with_spec(plugins={"sources": ["s3://UPPER/prefix"]}), "spec.plugins.sources"),
     "suspend-not-bool": (with_spec(suspend="yes"), "spec.suspend"),
-    "misspelt-field": (with_spec(entrypoint={"module": "acme.flows:flow"}), "unknown field"),
-    "no-entry-point": ({**VALID, "spec": {"parameters": {"n": 1}}}, "spec.entryPoint"),
+    "misspelt-field": (
+        with_spec(entrypoint={"module": "acme.flows:flow"}),
+        'strict decoding error: unknown field "spec.entrypoint"',
+    ),
+    "no-entry-point": (
+        {**VALID, "spec": {"parameters": {"n": 1}}},
+        "spec.entryPoint: Required value",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
-def test_a_malformed_experiment_is_refused_at_apply_time_and_never_reaches_the_operator(
+def test_a_malformed_experiment_is_refused_by_the_api_server_and_never_reaches_the_operator(
     cluster: Cluster, operator_process: OperatorProcess, case: str
 ) -> None:
     manifest, named = MALFORMED[case]
+    manifest = {**manifest, "metadata": {"name": "malformed"}}
+
     result = apply(cluster, manifest)
+
     assert result.returncode != 0
-    assert named in result.stderr, result.stderr
-    assert cluster.list("experiments") == []
-    assert cluster.list("jobs") == []
-    # A valid Experiment applied after it is handled: the operator was there all along.
+    # The create reached the API server, which refused it (422 Invalid; 400 for the strict
+    # decoder's unknown field): kubectl did not stop it on its own.
+    ((query, status),) = creates_sent(result.stderr)
+    assert "fieldValidation=Strict" in query
+    assert status == (400 if case == "misspelt-field" else 422), result.stderr
+    assert named in result.stderr, result.stderr  # the server's reason, as kubectl prints it
+    assert not cluster.exists("experiments", "malformed")
+    # The operator, running all along, handles the valid Experiment applied after it, and only
+    # that one.
     assert apply(cluster, VALID).returncode == 0
     cluster.wait_for("jobs", "checked-g1", bool, what="the valid Experiment's Job")
     handled = set(re.findall(r"\] \[[^/\]]+/([^\]]+)\]", operator_process.log))
-    assert handled and all(name.startswith("checked") for name in handled), handled
+    assert handled == {"checked"}, handled
+    assert cluster.events_for("malformed") == []
+    assert [job["metadata"]["name"] for job in cluster.list("jobs")] == ["checked-g1"]
 
 
 def _laptop_only(manifest: dict[str, Any]) -> bool:

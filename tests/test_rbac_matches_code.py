@@ -11,7 +11,9 @@ operator's (the test and the stand-in kubelet talk to the API server directly).
   resource[/subresource], namespace), and every (group, resource, verb) the chart grants must
   have been used by the scenario or be in `NEEDED_BUT_NOT_EXERCISED`, with the reason it is
   needed, so an unjustified grant fails.
-- The scenario must reach every API call in the operator's code, listed from `k8s.py` itself.
+- The scenario must reach every API call in the operator's code, and the chart must grant each:
+  the calls are read from `k8s.py` itself (`ast`), and each is mapped to the request the
+  installed kubernetes client sends for it, so no list of calls is written down here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import inspect
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import dioptra_api as c
+import kubernetes.client
 import pytest
 from support.cluster import (
     Cluster,
@@ -68,40 +72,73 @@ NEEDED_BUT_NOT_EXERCISED: dict[Triple, str] = {
 }
 
 K8S_PY = REPO / "operator" / "dioptra_operator" / "k8s.py"
-# How the Kubernetes client's method names map to RBAC attributes.
-_CLIENT_VERBS = {
-    "create": "create",
-    "read": "get",
-    "list": "list",
-    "patch": "patch",
-    "delete": "delete",
-    "replace": "update",
-}
-_CLIENT_RESOURCES = {
-    "job": ("batch", "jobs"),
-    "event": ("", "events"),
-    "custom_object": ("dioptra.dev", "experiments"),
-}
+
+
+def api_calls_of_k8s_py() -> dict[Access, str]:
+    """Every API call in `k8s.py`, read from its source: the request's RBAC attributes -> the
+    function making it.
+
+    Nothing here names a resource or a verb: each `api.<method>(...)` on a
+    `kubernetes.client.<SomeApi>(...)` object is looked up in the installed client, whose
+    generated code says which HTTP method and path it sends; the call's own arguments fill the
+    path (the `dioptra_api` constants for a custom object's group and plural), and `access_of`
+    maps it as it maps a recorded request. `kopf.event(...)` is kopf posting a core Event. A
+    method the client does not have fails the test.
+    """
+    calls: dict[Access, str] = {}
+    tree = ast.parse(K8S_PY.read_text())
+    for function in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        clients: dict[str, type] = {}
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Attribute)
+                and ast.unparse(node.value.func.value) == "kubernetes.client"
+            ):
+                api_class = getattr(kubernetes.client, node.value.func.attr)
+                clients.update({t.id: api_class for t in node.targets if isinstance(t, ast.Name)})
+        for node in ast.walk(function):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id in clients:
+                calls[_request_of(clients[owner.id], node)] = function.name
+            elif ast.unparse(node.func) == "kopf.event":
+                calls[Access("create", "", "events", "<namespace>", None)] = function.name
+    return calls
+
+
+def _request_of(api_class: type, call: ast.Call) -> Access:
+    """The RBAC attributes of the request a client call sends, from the client's own code."""
+    method = call.func.attr if isinstance(call.func, ast.Attribute) else ""
+    serialize = getattr(api_class, f"_{method}_serialize", None)
+    assert serialize is not None, f"{api_class.__name__} has no method {method}"
+    source = inspect.getsource(serialize)
+    http = re.search(r"method='(\w+)'", source)
+    template = re.search(r"resource_path='([^']+)'", source)
+    assert http and template, f"no request found in {api_class.__name__}.{method}"
+    parameters = [p for p in inspect.signature(getattr(api_class, method)).parameters][1:]
+    given = dict(zip(parameters, call.args, strict=False))
+    given.update({kw.arg: kw.value for kw in call.keywords if kw.arg})
+
+    def value(match: re.Match[str]) -> str:
+        node = given.get(match.group(1))
+        if isinstance(node, ast.Constant):
+            return str(node.value)
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "c":
+            return str(getattr(c, node.attr))
+        return f"<{match.group(1)}>"
+
+    path = re.sub(r"\{(\w+)\}", value, template.group(1))
+    access = access_of(http.group(1), path, {})
+    assert access is not None, f"{api_class.__name__}.{method} sends no resource request"
+    return access
 
 
 def calls_of_k8s_py() -> dict[Triple, str]:
-    """Every API call in `k8s.py`, read from its source: (group, resource, verb) -> function."""
-    calls: dict[Triple, str] = {}
-    tree = ast.parse(K8S_PY.read_text())
-    for function in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
-        for node in ast.walk(function):
-            if isinstance(node, ast.Attribute):
-                match = re.fullmatch(
-                    r"(create|read|list|patch|delete|replace)_namespaced_(\w+?)(_status)?",
-                    node.attr,
-                )
-                if match:
-                    group, resource = _CLIENT_RESOURCES[match.group(2)]
-                    resource += "/status" if match.group(3) else ""
-                    calls[(group, resource, _CLIENT_VERBS[match.group(1)])] = function.name
-            if isinstance(node, ast.Attribute) and node.attr == "event":  # kopf.event: POST
-                calls[("", "events", "create")] = function.name
-    return calls
+    """(group, resource, verb) -> function, for every API call in `k8s.py`."""
+    return {access.triple: function for access, function in api_calls_of_k8s_py().items()}
 
 
 # Paths anyone may read (system:discovery / system:public-info-viewer): no RBAC rule needed.
@@ -407,9 +444,35 @@ def test_a_role_allows_requests_only_in_its_own_namespace() -> None:
 def test_the_api_calls_are_read_from_the_operators_code() -> None:
     calls = calls_of_k8s_py()
     assert calls[("batch", "jobs", "create")] == "create_job"
+    assert calls[("batch", "jobs", "get")] == "read_job"
+    assert calls[("dioptra.dev", "experiments", "get")] == "read_experiment"
     assert calls[("dioptra.dev", "experiments/status", "patch")] == "patch_experiment_status"
     assert calls[("", "events", "list")] == "job_creation_failures"
     assert calls[("", "events", "create")] == "post_event"
+
+
+def test_every_function_of_k8s_py_that_talks_to_the_api_is_found() -> None:
+    # A function building a kubernetes.client API object, or posting through kopf, must show
+    # up with at least one call: a call the reader missed would go unchecked.
+    tree = ast.parse(K8S_PY.read_text())
+    talking = {
+        function.name
+        for function in tree.body
+        if isinstance(function, ast.FunctionDef)
+        and re.search(r"kubernetes\.client\.\w+Api\(|kopf\.event\(", ast.unparse(function))
+    }
+    assert talking and set(calls_of_k8s_py().values()) == talking
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_chart_grants_every_api_call_in_the_operators_code(mode: str) -> None:
+    grants = operator_grants(rendered(mode))
+    refused = {
+        function: access.triple
+        for access, function in api_calls_of_k8s_py().items()
+        if not allowed(grants, access._replace(namespace=WATCHED_NAMESPACE))
+    }
+    assert not refused, f"{mode}: the chart does not grant {refused}"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import socket
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 from dioptra_runner.reporter import (
     KubernetesStatusReporter,
     NullStatusReporter,
+    PointStatusReporter,
+    RunStatusReporter,
     StatusReporterError,
     changed_fields,
     to_json_value,
@@ -66,6 +67,14 @@ def _status_patches(api: Api) -> list[Seen]:
 
 def _reporter(api: Api, **kwargs: Any) -> KubernetesStatusReporter:
     return KubernetesStatusReporter(NAME, api.namespace, api_client=api.client(), **kwargs)
+
+
+def _wait_for_patches(api: Api, count: int) -> None:
+    """Until `count` status patches have been answered by the API server."""
+    wait_until(
+        lambda: len([p for p in _status_patches(api) if p.status == 200]) >= count,
+        what=f"{count} status patch(es) to arrive",
+    )
 
 
 def _task(index: int, state: str) -> dict[str, Any]:
@@ -174,25 +183,25 @@ def test_a_later_patch_carries_only_the_fields_that_changed(
     assert bodies == [{"phase": "Running", "tasksTotal": 3, "tasksDone": 0}, {"tasksDone": 1}]
 
 
-def test_hundreds_of_rapid_updates_are_coalesced_into_a_few_patches(
+def test_hundreds_of_rapid_updates_within_the_interval_are_coalesced_into_one_patch(
     api: Api, experiment: dict[str, Any]
 ) -> None:
-    min_interval = 0.1
-    reporter = _reporter(api, min_interval=min_interval)
-    started = time.monotonic()
+    # The first patch goes at once; with a minute between patches, everything after it waits
+    # for close(), which sends what is left as one patch.
+    reporter = _reporter(api, min_interval=60)
     tasks = [_task(i, "Pending") for i in range(200)]
     reporter.update(phase="Running", tasksTotal=200, tasksDone=0, tasks=tasks)
+    _wait_for_patches(api, 1)
     for i in range(200):
         tasks[i] = _task(i, "Completed")
         reporter.update(tasks=tasks, tasksDone=i + 1, progress=f"{i + 1}/200")
-        time.sleep(0.001)
     reporter.update(phase="Succeeded")
     reporter.close()
-    elapsed = time.monotonic() - started
 
-    bound = min(10, math.ceil(elapsed / min_interval) + 2)
+    first, last = (p.body["status"] for p in _status_patches(api))
+    assert first["tasksDone"] == 0
+    assert (last["tasksDone"], last["progress"], last["phase"]) == (200, "200/200", "Succeeded")
     status = api.get(NAME)["status"]
-    assert len(_status_patches(api)) <= bound
     assert status["tasksDone"] == 200 and status["phase"] == "Succeeded"
     assert [t["state"] for t in status["tasks"]] == ["Completed"] * 200
 
@@ -210,7 +219,7 @@ def test_server_errors_are_retried_until_the_status_arrives(
     assert api.get(NAME)["status"] == {"phase": "Succeeded", "tasksDone": 1}
 
 
-def test_an_unreachable_api_never_raises_and_close_returns_within_its_timeout(
+def test_an_unreachable_api_never_raises_close_gives_up_and_the_token_is_never_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with socket.socket() as sock:
@@ -222,14 +231,20 @@ def test_an_unreachable_api_never_raises_and_close_returns_within_its_timeout(
     reporter = KubernetesStatusReporter(
         NAME, "default", api_client=kubernetes.client.ApiClient(configuration), min_interval=0.01
     )
+    closed = threading.Event()
+
+    def close() -> None:
+        reporter.close(timeout=1.0)
+        closed.set()
 
     with caplog.at_level(logging.DEBUG, logger="dioptra_runner.reporter"):
         reporter.update(phase="Running")
-        started = time.monotonic()
-        reporter.close(timeout=1.0)
-        elapsed = time.monotonic() - started
+        threading.Thread(target=close, daemon=True).start()
+        # A safety limit only: close() keeps retrying until its own 1 s deadline, then returns.
+        assert closed.wait(30), "close() did not return while the API was unreachable"
 
-    assert elapsed < 1.5
+    attempts = [r for r in caplog.records if "Status patch of Experiment" in r.getMessage()]
+    assert attempts, "the reporter never tried to send"
     assert "secret-token-123" not in caplog.text
 
 
@@ -287,12 +302,13 @@ def test_from_environment_without_the_experiment_name_is_a_one_line_error(
         KubernetesStatusReporter.from_environment()
 
 
-def test_the_null_reporter_accepts_updates_and_closes_at_once() -> None:
+def test_the_null_reporter_accepts_updates_and_closes_without_a_thread_or_a_request() -> None:
+    before = {thread.name for thread in threading.enumerate()}
     reporter = NullStatusReporter()
     reporter.update(phase="Running", tasks=[])
-    started = time.monotonic()
     reporter.close(timeout=0)
-    assert time.monotonic() - started < 0.1
+    started = {thread.name for thread in threading.enumerate()} - before
+    assert not [name for name in started if name.startswith("dioptra-status-")]
 
 
 def test_a_status_the_server_refuses_is_dropped_at_once_with_its_reason(
@@ -307,3 +323,137 @@ def test_a_status_the_server_refuses_is_dropped_at_once_with_its_reason(
     assert "refused a status update" in caplog.text
     assert "status.phase" in caplog.text  # the server's own reason
     assert "status" not in api.get(NAME)
+
+
+# -- what the run's and a sweep point's reporters write, as the API server stores it ------------
+#
+# `held(api)` is the real reporter after its first patch has arrived: with a minute between
+# patches, the updates after it are coalesced and sent together by close(), which is where a
+# wrapper that handed over only its latest fields would lose the earlier ones.
+
+
+def _held(api: Api, wrap: Any, **first: Any) -> Any:
+    reporter = wrap(_reporter(api, min_interval=60))
+    reporter.update(**first)
+    _wait_for_patches(api, 1)
+    return reporter
+
+
+def test_the_run_reporter_writes_the_runs_account_under_run_and_the_rest_at_the_top(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    reporter = RunStatusReporter(_reporter(api))
+    reporter.update(
+        phase="Running",
+        message="running task t0",
+        startTime="2026-01-01T00:00:00Z",
+        tasksTotal=1,
+        tasks=[_task(0, "Running")],
+    )
+    reporter.close()
+
+    assert api.get(NAME)["status"] == {
+        "run": {
+            "phase": "Running",
+            "message": "running task t0",
+            "startTime": "2026-01-01T00:00:00Z",
+        },
+        "tasksTotal": 1,
+        "tasks": [_task(0, "Running")],
+    }
+
+
+def test_the_run_reporter_loses_no_field_of_the_run_when_updates_are_coalesced(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    reporter = _held(api, RunStatusReporter, tasksTotal=1)
+    reporter.update(phase="Running", startTime="2026-01-01T00:00:00Z")
+    reporter.update(phase="Succeeded", completionTime="2026-01-01T00:01:00Z", duration="1m0s")
+    reporter.close()
+
+    assert len(_status_patches(api)) == 2  # the two updates did travel as one patch
+    assert api.get(NAME)["status"]["run"] == {
+        "phase": "Succeeded",
+        "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:01:00Z",
+        "duration": "1m0s",
+    }
+
+
+def test_a_point_reporter_writes_under_its_key_and_never_the_top_level_phase(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    reporter = PointStatusReporter(_reporter(api), "abc")
+    reporter.update(phase="Running", message="go")
+    reporter.close()
+
+    assert api.get(NAME)["status"] == {
+        "sweepPoints": {"abc": {"phase": "Running", "message": "go"}}
+    }
+
+
+def test_two_points_reporting_to_one_experiment_keep_each_others_entries(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    first = PointStatusReporter(_reporter(api), "abc")
+    second = PointStatusReporter(_reporter(api), "def")
+    first.update(phase="Running")
+    second.update(phase="Running")
+    first.update(phase="Succeeded")
+    first.close()
+    second.close()
+
+    assert api.get(NAME)["status"]["sweepPoints"] == {
+        "abc": {"phase": "Succeeded"},
+        "def": {"phase": "Running"},
+    }
+
+
+def test_a_point_reporter_loses_no_field_of_its_entry_when_updates_are_coalesced(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    reporter = _held(api, lambda inner: PointStatusReporter(inner, "abc"), tasksTotal=2)
+    reporter.update(phase="Running")
+    reporter.update(results={"metrics": {"a": 1}})
+    reporter.close()
+
+    assert len(_status_patches(api)) == 2  # the two updates did travel as one patch
+    assert api.get(NAME)["status"]["sweepPoints"]["abc"] == {
+        "tasksTotal": 2,
+        "phase": "Running",
+        "results": {"metrics": {"a": 1}},
+    }
+
+
+def test_a_point_reporter_leaves_the_task_list_out(api: Api, experiment: dict[str, Any]) -> None:
+    reporter = PointStatusReporter(_reporter(api), "abc")
+    reporter.update(tasks=[_task(0, "Completed")], tasksDone=1)
+    reporter.close()
+
+    assert api.get(NAME)["status"] == {"sweepPoints": {"abc": {"tasksDone": 1}}}
+
+
+def test_a_point_reporter_writes_the_plugins_once_at_the_top_with_a_digest_per_point(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    manifest = [{"path": "p/__init__.py", "sha256": "0" * 64}]
+    for key in ("abc", "def"):
+        reporter = PointStatusReporter(_reporter(api), key)
+        reporter.update(plugins=manifest)
+        reporter.close()
+
+    status = api.get(NAME)["status"]
+    assert status["plugins"] == manifest
+    digests = {entry["pluginsSha256"] for entry in status["sweepPoints"].values()}
+    assert len(digests) == 1 and len(digests.pop()) == 64
+    assert all(set(entry) == {"pluginsSha256"} for entry in status["sweepPoints"].values())
+
+
+def test_closing_a_point_reporter_sends_its_last_update(
+    api: Api, experiment: dict[str, Any]
+) -> None:
+    reporter = _held(api, lambda inner: PointStatusReporter(inner, "abc"), phase="Running")
+    reporter.update(phase="Succeeded")
+    reporter.close()
+
+    assert api.get(NAME)["status"]["sweepPoints"]["abc"] == {"phase": "Succeeded"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -73,7 +74,7 @@ def test_draw_random_integer_is_registered_and_callable_directly() -> None:
     )
 
     assert seed == 7
-    assert 0 <= value < 100
+    assert value == int(np.random.default_rng(7).integers(0, 100))  # the seeded draw
     assert "draw_random_integer" in pyplugs.funcs("dioptra_builtins.random", "sample")
 
 
@@ -93,4 +94,4 @@ def test_draw_random_integer_runs_as_a_task_and_is_reproducible() -> None:
 
     assert first.is_successful(), first.message
     assert first[value].result == second[value].result
-    assert 0 <= first[value].result < 1000
+    assert first[value].result == int(np.random.default_rng(42).integers(0, 1000))

@@ -1,4 +1,7 @@
-"""A sweep in the cluster, the pure parts: point Jobs, the plan, the status, the point reporter."""
+"""A sweep in the cluster, the pure parts: point Jobs, the plan, the status.
+
+What a sweep point's runner reports is checked on the API server, in tests/test_reporter.py.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ from dioptra_operator.sweep_plan import (
     sweep_phase,
     sweep_status,
 )
-from dioptra_runner.reporter import PointStatusReporter
 
 P = c.Phase
 SETTINGS = Settings(runner_image="registry.example/runner:1")
@@ -336,58 +338,3 @@ def test_a_failed_sweeps_message_counts_the_failed_points_and_quotes_the_first()
 
 def test_a_running_sweep_writes_no_message() -> None:
     assert "message" not in sweep_status(points(), outcomes(P.RUNNING, P.PENDING, P.PENDING))
-
-
-# -- the runner's side: a point reports under its own key ---------------------------------------
-
-
-class Recorder:
-    """An inner reporter that keeps every update."""
-
-    def __init__(self) -> None:
-        self.updates: list[dict[str, Any]] = []
-        self.closed = False
-
-    def update(self, **fields: Any) -> None:
-        self.updates.append(fields)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.closed = True
-
-
-def test_a_point_reporter_writes_under_its_key_and_never_the_top_level_phase() -> None:
-    inner = Recorder()
-    PointStatusReporter(inner, "abc").update(phase="Running", message="go")
-    assert inner.updates == [{"sweepPoints": {"abc": {"phase": "Running", "message": "go"}}}]
-
-
-def test_a_point_reporter_sends_the_whole_entry_so_coalescing_loses_nothing() -> None:
-    inner = Recorder()
-    reporter = PointStatusReporter(inner, "abc")
-    reporter.update(phase="Running")
-    reporter.update(results={"metrics": {"a": 1}})
-    assert inner.updates[-1]["sweepPoints"]["abc"] == {
-        "phase": "Running",
-        "results": {"metrics": {"a": 1}},
-    }
-
-
-def test_a_point_reporter_leaves_the_task_list_out() -> None:
-    inner = Recorder()
-    PointStatusReporter(inner, "abc").update(tasks=[{"name": "t"}], tasksDone=1)
-    assert inner.updates[-1]["sweepPoints"]["abc"] == {"tasksDone": 1}
-
-
-def test_a_point_reporter_writes_the_plugins_once_at_the_top_with_a_digest_per_point() -> None:
-    inner = Recorder()
-    manifest = [{"path": "p/__init__.py", "sha256": "00"}]
-    PointStatusReporter(inner, "abc").update(plugins=manifest)
-    (update,) = inner.updates
-    assert update["plugins"] == manifest
-    assert len(update["sweepPoints"]["abc"]["pluginsSha256"]) == 64
-
-
-def test_closing_a_point_reporter_closes_the_inner_one() -> None:
-    inner = Recorder()
-    PointStatusReporter(inner, "abc").close()
-    assert inner.closed

@@ -23,6 +23,8 @@ LOCK = threading.Lock()
 ACTIVE = [0]
 PEAK = [0]
 BARRIER = threading.Barrier(2, timeout=5)
+PAIR = threading.Barrier(2, timeout=10)
+STARTED = threading.Event()
 
 @pyplugs.register
 def make_items(n: int) -> dict:
@@ -42,9 +44,16 @@ def echo(value: object = None, **extra: object) -> object:
     return value if not extra else {"value": value, **extra}
 
 @pyplugs.register
-def mark(label: str, delay: float = 0) -> str:
-    time.sleep(delay)
+def mark(label: str) -> str:
+    STARTED.set()
     EVENTS.append(label)
+    return label
+
+@pyplugs.register
+def hold(label: str) -> str:
+    # Gives a step wrongly running alongside this one half a second to show itself.
+    alongside = STARTED.wait(0.5)
+    EVENTS.append(f"{label} (another step started meanwhile)" if alongside else label)
     return label
 
 @pyplugs.register
@@ -66,7 +75,7 @@ def busy(label: str) -> str:
     with LOCK:
         ACTIVE[0] += 1
         PEAK[0] = max(PEAK[0], ACTIVE[0])
-    time.sleep(0.3)
+    PAIR.wait()  # returns only once another busy step runs at the same time
     with LOCK:
         ACTIVE[0] -= 1
     return label
@@ -136,23 +145,27 @@ def test_a_three_step_graph_passes_outputs_elements_and_keys_between_steps(
 @pytest.mark.usefixtures("prefect_server_env")
 def test_depends_on_makes_a_step_wait_without_passing_data(steps: tuple[str, Any]) -> None:
     prefix, module = steps
+    # `second` is written first and two workers are free: only dependsOn can hold it back.
     ordered = flow_from_task_graph(
         graph(
-            {"name": "first", "task": f"{prefix}.mark", "args": {"label": "first", "delay": 0.5}},
             {
                 "name": "second",
                 "task": f"{prefix}.mark",
                 "args": {"label": "second"},
                 "dependsOn": ["first"],
             },
-        )
+            {"name": "first", "task": f"{prefix}.hold", "args": {"label": "first"}},
+        ),
+        max_parallel_tasks=2,
     )
 
     result = ordered.run()
 
     assert result.is_successful(), result.message
     assert module.EVENTS == ["first", "second"]
-    assert ordered.tasks[1].upstream == [ordered.tasks[0]]
+    assert result["second"].result == "second"
+    by_name = {task.name: task for task in ordered.tasks}
+    assert by_name["second"].upstream == [by_name["first"]]
 
 
 @pytest.mark.usefixtures("prefect_server_env")
@@ -255,8 +268,9 @@ def test_a_step_running_past_its_timeout_fails_and_its_dependents_do_not_run(
 
     assert result.is_failed()
     assert result["slow"].state == "Failed"
-    duration = result["slow"].duration
-    assert duration is not None and duration < 4  # stopped long before its 5 s of work
+    # Stopped by the timeout: a step left to finish its 5 s of work would have Completed.
+    assert result["slow"].message == "timed out after 1 s (timeoutSeconds)"
+    assert result["slow"].result is None
     assert result["after"].state == "NotRun"
 
 
@@ -275,6 +289,8 @@ def test_independent_steps_never_exceed_max_parallel_tasks(steps: tuple[str, Any
 
     result = flow.run()
 
+    # Each step returns only once a partner runs alongside it (a barrier of two), so success
+    # shows two at a time; the peak count shows never more.
     assert result.is_successful(), result.message
     assert module.PEAK[0] == 2
 

@@ -55,6 +55,7 @@ __all__ = [
     "helm",
     "install_chart_rbac",
     "install_crd",
+    "kubectl_binary",
     "operator_process",
     "private_control_plane",
     "render_chart",
@@ -86,6 +87,14 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate!r}")
         time.sleep(interval)
+
+
+def kubectl_binary() -> str:
+    """The kubectl built with the control plane; a test without it fails, saying how to fix it."""
+    path = CONTROL_PLANE_BIN / "kubectl"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make tools` (it builds kubectl with the cluster)")
+    return str(path)
 
 
 def helm(
@@ -141,7 +150,7 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """The real kubectl (built with the control plane), as admin, in the test's namespace."""
         result = subprocess.run(
-            [str(CONTROL_PLANE_BIN / "kubectl"), *args],
+            [kubectl_binary(), *args],
             env=kubectl_env(
                 self.kubeconfig_path, {"KUBECACHEDIR": str(self.folder / "kube-cache")}
             ),
@@ -338,7 +347,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def install_crd(plane: ControlPlane) -> dict[str, Any]:
     """Apply `crds/` with kubectl and wait for the CRD to be Established; return it."""
     result = subprocess.run(
-        [str(CONTROL_PLANE_BIN / "kubectl"), "apply", "-f", str(CRD_PATH)],
+        [kubectl_binary(), "apply", "-f", str(CRD_PATH)],
         env=kubectl_env(plane.admin_kubeconfig),
         capture_output=True,
         text=True,
