@@ -22,7 +22,7 @@ from typing import Any
 from dioptra import graph
 from dioptra._prefect_engine import run_on_prefect
 from dioptra.graph import *  # noqa: F403  (the graph's names are the flow module's too)
-from dioptra.graph import FlowGraph, FlowRunResult, TaskListener
+from dioptra.graph import Cancellation, FlowGraph, FlowRunResult, TaskListener
 
 __all__ = ["Flow", *graph.__all__]
 
@@ -38,11 +38,14 @@ class Flow(FlowGraph):
         *,
         listener: TaskListener | None = None,
         max_parallel_tasks: int | None = None,
+        cancellation: Cancellation | None = None,
     ) -> FlowRunResult:
         """Run the graph as one Prefect 3 flow run and return every node's outcome.
 
         Raises FlowValidationError before anything runs when parameters or plugins
         are wrong. Task failures do not raise: they are in the returned result.
+        Once ``cancellation`` is cancelled no further task starts, the flow run ends
+        Cancelled and this returns without waiting for tasks still running.
         """
         values = self.check(parameters)
         return run_on_prefect(
@@ -50,6 +53,7 @@ class Flow(FlowGraph):
             values,
             listener=listener,
             max_workers=max_parallel_tasks or self.max_parallel_tasks,
+            cancellation=cancellation,
         )
 
     def __repr__(self) -> str:

@@ -7,20 +7,25 @@ graph of the ``with Flow(...)`` block being run, `dioptra._prefect_engine` runs 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import inspect
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "CANCELLED",
     "COMPLETED",
     "FAILED",
+    "FINAL_STATES",
     "NOT_RUN",
     "PENDING",
     "RUNNING",
+    "Cancellation",
     "FlowDefinitionError",
     "FlowGraph",
     "FlowRunResult",
@@ -44,6 +49,11 @@ _NO_DEFAULT: Any = object()
 
 # Task states as users see them in progress views and in the Experiment status.
 PENDING, RUNNING, COMPLETED, FAILED, NOT_RUN = "Pending", "Running", "Completed", "Failed", "NotRun"
+# A task the run stopped waiting for (the run was cancelled): never started, or abandoned
+# while running. A flow run's state is Cancelled too when it was stopped.
+CANCELLED = "Cancelled"
+# The states a task does not leave any more within its run.
+FINAL_STATES = frozenset({COMPLETED, FAILED, NOT_RUN, CANCELLED})
 
 
 class FlowDefinitionError(TypeError):
@@ -219,6 +229,9 @@ class FlowRunResult:
     def is_failed(self) -> bool:
         return self.state == FAILED
 
+    def is_cancelled(self) -> bool:
+        return self.state == CANCELLED
+
     def __getitem__(self, node: TaskNode | str) -> TaskOutcome:
         return self.tasks[node.name if isinstance(node, TaskNode) else node]
 
@@ -230,6 +243,50 @@ class FlowRunResult:
     @property
     def failed_tasks(self) -> list[TaskOutcome]:
         return [t for t in self.tasks.values() if t.state == FAILED]
+
+
+class Cancellation:
+    """A request to stop running flows: made once, from any thread, seen by every run sharing it.
+
+    The runner makes one per ``dioptra run`` and cancels it on SIGINT or SIGTERM; the engine
+    checks it before it starts each task, and is woken by it while it waits for running
+    tasks (a flag alone would only be seen once a running task ends, which may be never).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Ask every run to stop; the first call's ``reason`` is kept, later calls do nothing."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled, self.reason = True, reason
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+    def add_callback(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` once on cancellation (at once if already cancelled).
+
+        Returns a function that removes it again, for a run that ended first.
+        """
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
 
 
 class _OutcomeView(Mapping[Any, TaskOutcome]):

@@ -8,20 +8,26 @@ run feeds the progress view and the status reporter as its tasks change state.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from dioptra_api import PLUGIN_DIR_ENV, Phase
 
+from dioptra_runner.interrupts import RunInterrupted, SignalStop, StopRequested, stop_on_signals
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_SYNC = 0, 1, 2, 3
 
 _LOG = logging.getLogger("dioptra.run")
+# How long the flow runs get, after a stop signal, to end Cancelled in Prefect's API.
+_CANCEL_GRACE_SECONDS = 15.0
 
 
 class RunAborted(Exception):
@@ -74,16 +80,63 @@ def run_flow(
     args: argparse.Namespace,
     out: IO[str],
 ) -> tuple[list[PointRun], list[str]]:
-    """Load the flow, check every run's parameters, then run (each sweep point in turn)."""
+    """Load the flow, check every run's parameters, then run (each sweep point in turn).
+
+    A SIGINT or SIGTERM at any point in here cancels the flow runs and raises RunInterrupted
+    with the runs as far as they got (none, before the flow is planned).
+    """
     from dioptra.sdk.utilities.contexts import plugin_dirs
 
-    with _plugin_dir_env(plugin_dir), plugin_dirs([]):
-        searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
-        flow = _load_flow(experiment)
-        runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
-        _execute(flow, runs, experiment.spec.get("maxParallelTasks"), reporter, args, out)
-    upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
-    return runs, [node.name for node in flow.tasks if node.name not in upstream]
+    runs: list[PointRun] = []
+    try:
+        with stop_on_signals() as stop:
+            stop.on_exit(_warmup_stopper(args))
+            with _plugin_dir_env(plugin_dir), plugin_dirs([]):
+                searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
+                flow = _load_flow(experiment)
+                runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
+                max_parallel = experiment.spec.get("maxParallelTasks")
+                _execute(flow, runs, max_parallel, reporter, args, out, stop)
+            upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
+            final_tasks = [node.name for node in flow.tasks if node.name not in upstream]
+    except StopRequested as stopped:
+        if _threads_left_behind():
+            stopped.stop.exit_at_shutdown()
+        raise RunInterrupted(stopped.signum, runs) from None
+    return runs, final_tasks
+
+
+def _warmup_stopper(args: argparse.Namespace) -> Callable[[bool], None]:
+    """Stop the embedded Prefect server when the process exits the hard way (see interrupts)."""
+
+    def stop_warmup(hurry: bool) -> None:
+        warmup = getattr(args, "prefect_warmup", None)
+        if warmup is None:
+            return
+        if hurry:
+            warmup.terminate()
+        else:
+            warmup.stop()
+
+    return stop_warmup
+
+
+def _drain_prefect(hurry: bool) -> None:
+    """Send Prefect's pending logs and events while its API still answers (a hard exit skips
+    Prefect's own exit hooks); on a second signal nothing is waited for."""
+    if hurry or "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=3)
+    EventsWorker.drain_all(timeout=3)
+
+
+def _threads_left_behind() -> bool:
+    """Whether a thread that interpreter exit would wait for is still running (a task's)."""
+    main = threading.main_thread()
+    return any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate())
 
 
 @contextlib.contextmanager
@@ -158,12 +211,17 @@ def _plan_runs(
     else:
         planned = [(None, parameters)]
     runs, problems = [], list(plugin_problems)
+    from dioptra_runner.parameter_types import type_problems
+
     for point, given in planned:
+        where = f"sweep point {point.label}: " if point is not None else ""
         try:
-            runs.append(PointRun(point, flow.resolve_parameters(given)))
+            values = flow.resolve_parameters(given)
         except FlowValidationError as error:
-            where = f"sweep point {point.label}: " if point is not None else ""
             problems.extend(f"{where}{p}" for p in error.problems)
+            continue
+        runs.append(PointRun(point, values))
+        problems.extend(f"{where}{p}" for p in type_problems(flow.tasks, values))
     if problems:
         folders = f" (plugin folders searched: {', '.join(searched) or 'none'})"
         listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
@@ -178,10 +236,15 @@ def _execute(
     reporter: Any,
     args: argparse.Namespace,
     out: IO[str],
+    stop: SignalStop,
 ) -> None:
-    """Run each PointRun on Prefect, feeding the progress view and the status reporter."""
+    """Run each PointRun on Prefect, feeding the progress view and the status reporter.
+
+    The runs go on in worker threads while the main thread waits, so that a stop signal
+    (StopRequested, raised in the main thread) reaches it here: it cancels the runs, gives
+    them a few seconds to end their flow runs Cancelled, and passes the StopRequested on.
+    """
     import dataclasses
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from dioptra import metrics
@@ -195,6 +258,8 @@ def _execute(
         for r in runs
         for n in flow.tasks
     }
+    # Each run's latest outcomes by node name: the account of a run cut short (see below).
+    latest: dict[str, dict[str, TaskOutcome]] = {r.prefix: {} for r in runs}
     lock = threading.Lock()
 
     class Monitor:
@@ -206,6 +271,7 @@ def _execute(
         def task_changed(self, outcome: TaskOutcome) -> None:
             shown = dataclasses.replace(outcome, name=f"{self.prefix}{outcome.name}")
             with lock:
+                latest[self.prefix][outcome.name] = dataclasses.replace(outcome)
                 outcomes[shown.name] = shown
                 fields = progress_fields(list(outcomes.values()))
             board.task_changed(shown)
@@ -214,7 +280,10 @@ def _execute(
     def execute(run_: PointRun) -> None:
         with metrics.collecting() as logged:
             run_.result = flow.run(
-                run_.values, listener=Monitor(run_.prefix), max_parallel_tasks=max_parallel_tasks
+                run_.values,
+                listener=Monitor(run_.prefix),
+                max_parallel_tasks=max_parallel_tasks,
+                cancellation=stop.cancellation,
             )
         run_.metrics = dict(logged)
         run_.results = collect_results(run_.result.tasks, run_.metrics)
@@ -223,12 +292,58 @@ def _execute(
                 _LOG.error("task %s%s failed:\n%s", run_.prefix, outcome.name, outcome.traceback)
 
     _wait_for_prefect(args)
+    stop.on_exit(_drain_prefect)
     if len(runs) > 1 and args.parallel > 1:
         _start_prefect_api()
     reporter.update(**progress_fields(list(outcomes.values())))
     live = out.isatty() and args.output == "table"
     with ProgressBoard(out, live=live) as board:
         board.declare(list(outcomes.values()))
-        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            for finished in [pool.submit(execute, r) for r in runs]:
+        pool = ThreadPoolExecutor(max_workers=max(1, args.parallel))
+        pending: list[concurrent.futures.Future[None]] = []
+        try:
+            for run_ in runs:
+                pending.append(pool.submit(execute, run_))
+            for finished in pending:
                 finished.result()
+        except StopRequested:
+            _LOG.warning("%s received: cancelling the flow runs", stop.signal_name)
+            stop.cancel()
+            for waiting in pending:
+                waiting.cancel()  # sweep points not started yet never start
+            # A run ends its flow run Cancelled and returns without waiting for its running
+            # tasks; the bound is for a Prefect API that no longer answers.
+            concurrent.futures.wait(pending, timeout=_CANCEL_GRACE_SECONDS)
+            with lock:
+                for run_ in runs:
+                    if run_.result is None:
+                        run_.result = _cut_short(flow, latest[run_.prefix], stop)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _cut_short(flow: Any, latest: dict[str, Any], stop: SignalStop) -> Any:
+    """The account of a run that did not return: never started, or stuck in its cancelling.
+
+    Its tasks as last reported, those not finished Cancelled.
+    """
+    import dataclasses
+
+    from dioptra.flow import CANCELLED, FINAL_STATES, PENDING, FlowRunResult, TaskOutcome
+
+    message = f"the run was cancelled ({stop.signal_name})"
+    tasks = {}
+    for node in flow.tasks:
+        outcome = latest.get(node.name) or TaskOutcome(name=node.name, task=node.task)
+        if outcome.state not in FINAL_STATES:
+            started = outcome.state != PENDING
+            outcome = dataclasses.replace(
+                outcome,
+                state=CANCELLED,
+                message=f"cancelled while running ({stop.signal_name})"
+                if started
+                else "not run: the run was cancelled",
+            )
+        tasks[node.name] = outcome
+    return FlowRunResult(flow.name, CANCELLED, tasks, message)

@@ -266,6 +266,15 @@ class Warmup:
                 process.kill()
                 process.wait()
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) and return at once, for a process exiting now.
+
+        It runs in its own session, so nothing else would stop it (a second Ctrl-C).
+        """
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+
     def _log_hint(self) -> str:
         return f" (server log: {self.log_path})" if self.log_path else ""
 
@@ -314,12 +323,16 @@ def _spawn_server(
     }
     log_path = home / SERVER_LOG_NAME
     with open(log_path, "wb") as log:
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground process group,
+        # and the server must outlive the runner's clean-up (it records the flow run's
+        # cancellation). The runner stops it last, on every way out (Warmup.stop).
         process = subprocess.Popen(
             _server_command(port),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return process, f"http://127.0.0.1:{port}/api", log_path
 

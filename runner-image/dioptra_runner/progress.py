@@ -6,10 +6,16 @@ import threading
 import time
 from typing import IO, Any
 
-from dioptra.flow import COMPLETED, FAILED, NOT_RUN, RUNNING, TaskOutcome
+from dioptra.flow import CANCELLED, COMPLETED, FAILED, NOT_RUN, RUNNING, TaskOutcome
 from dioptra_api.clock import format_duration
 
-_STYLES = {COMPLETED: "green", FAILED: "bold red", NOT_RUN: "yellow", RUNNING: "cyan"}
+_STYLES = {
+    COMPLETED: "green",
+    FAILED: "bold red",
+    NOT_RUN: "yellow",
+    RUNNING: "cyan",
+    CANCELLED: "magenta",
+}
 
 
 class ProgressBoard:
@@ -52,7 +58,7 @@ class ProgressBoard:
     def task_changed(self, outcome: TaskOutcome) -> None:
         with self._lock:
             self._outcomes[outcome.name] = outcome
-        if self._live is None and outcome.state in (COMPLETED, FAILED, NOT_RUN):
+        if self._live is None and outcome.state in (COMPLETED, FAILED, NOT_RUN, CANCELLED):
             elapsed = time.monotonic() - self._started
             duration = format_duration(outcome.duration)
             detail = f" ({duration})" if duration else ""

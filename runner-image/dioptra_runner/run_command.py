@@ -30,7 +30,7 @@ from dioptra_runner.execution import (
     run_flow,
     sweep_summary,
 )
-from dioptra_runner.interrupts import RunInterrupted
+from dioptra_runner.interrupts import RunInterrupted, StopRequested, stop_on_signals
 from dioptra_runner.summary import (
     CANCELLED,
     interruption_message,
@@ -105,37 +105,58 @@ def run(args: argparse.Namespace) -> int:
 
     reporter: StatusReporter = NullStatusReporter()
     experiment: Any = None
-    try:
-        experiment = _load_experiment(args)
-        cache = _cache_dir(args, experiment.name)
-        _configure_logging(args, cache, experiment.name, started)
-        if args.in_cluster:
-            reporter = _cluster_reporter()
-        reporter.update(
-            phase=Phase.RUNNING, startTime=_iso(started), message="running the entry point"
-        )
-        parameters = _parameters(experiment.spec, args.overrides)
-        _check_parameter_size(parameters)
-        _check_prefect_api(args)
-        plugin_dir = _plugin_folder(args, experiment, cache, out)
-        manifest = _manifest(plugin_dir)
-        if manifest is not None:
-            reporter.update(plugins=manifest.get("files", []))
-        runs, final_tasks = run_flow(experiment, plugin_dir, parameters, reporter, args, out)
-    except RunAborted as aborted:
-        _LOG.error("%s", aborted)
-        elapsed = time.monotonic() - clock
-        _finish(reporter, Phase.FAILED, str(aborted), started, elapsed, reason=aborted.reason)
-        print_error(args, experiment, aborted.code, aborted.reason, str(aborted), elapsed)
-        return aborted.code
-    except RunInterrupted as stop:
-        elapsed = time.monotonic() - clock
-        message = interruption_message(stop)
-        _LOG.warning("%s", message)
-        _finish(reporter, CANCELLED, message, started, elapsed, reason="Interrupted")
-        print_interrupted(args, experiment, stop, message, elapsed)
-        return stop.code
+    # From here on the first SIGINT or SIGTERM stops the command cleanly wherever it is
+    # (loading, syncing, running, printing); a second one exits at once.
+    with stop_on_signals():
+        try:
+            experiment = _load_experiment(args)
+            cache = _cache_dir(args, experiment.name)
+            _configure_logging(args, cache, experiment.name, started)
+            if args.in_cluster:
+                reporter = _cluster_reporter()
+            reporter.update(
+                phase=Phase.RUNNING, startTime=_iso(started), message="running the entry point"
+            )
+            parameters = _parameters(experiment.spec, args.overrides)
+            _check_parameter_size(parameters)
+            _check_prefect_api(args)
+            plugin_dir = _plugin_folder(args, experiment, cache, out)
+            manifest = _manifest(plugin_dir)
+            if manifest is not None:
+                reporter.update(plugins=manifest.get("files", []))
+            runs, final_tasks = run_flow(experiment, plugin_dir, parameters, reporter, args, out)
+            return _report_outcome(
+                args, experiment, runs, final_tasks, reporter, started, clock, out
+            )
+        except RunAborted as aborted:
+            _LOG.error("%s", aborted)
+            elapsed = time.monotonic() - clock
+            _finish(reporter, Phase.FAILED, str(aborted), started, elapsed, reason=aborted.reason)
+            print_error(args, experiment, aborted.code, aborted.reason, str(aborted), elapsed)
+            return aborted.code
+        except (RunInterrupted, StopRequested) as caught:
+            stop = (
+                caught if isinstance(caught, RunInterrupted) else RunInterrupted(caught.signum, [])
+            )
+            elapsed = time.monotonic() - clock
+            message = interruption_message(stop)
+            _LOG.warning("%s", message)
+            _finish(reporter, CANCELLED, message, started, elapsed, reason="Interrupted")
+            print_interrupted(args, experiment, stop, message, elapsed)
+            return stop.code
 
+
+def _report_outcome(
+    args: argparse.Namespace,
+    experiment: Any,
+    runs: list[Any],
+    final_tasks: list[str],
+    reporter: Any,
+    started: dt.datetime,
+    clock: float,
+    out: IO[str],
+) -> int:
+    """The final status, the summary and the exit code of a run that went to its end."""
     elapsed = time.monotonic() - clock
     succeeded = all(r.result.is_successful() for r in runs)
     code = EXIT_OK if succeeded else EXIT_FAILED

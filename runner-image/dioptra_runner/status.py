@@ -7,10 +7,11 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dioptra.flow import COMPLETED, FAILED, NOT_RUN, TaskOutcome
+from dioptra.flow import COMPLETED, TaskOutcome
+from dioptra.graph import FINAL_STATES
 from dioptra_api.clock import rfc3339
 
-FINISHED_STATES = frozenset({COMPLETED, FAILED, NOT_RUN})
+FINISHED_STATES = FINAL_STATES  # Completed, Failed, NotRun, Cancelled
 # A task output larger than this (as JSON) stays out of the status: etcd objects are
 # limited to ~1.5 MiB and `kubectl get -o yaml` must stay readable.
 MAX_OUTPUT_BYTES = 2048
