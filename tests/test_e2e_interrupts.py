@@ -120,8 +120,10 @@ def test_suspending_a_running_experiment_cancels_its_run_and_says_what_ran(
     final = cluster.wait_for(
         "experiments",
         "held",
-        lambda e: ((e or {}).get("status") or {}).get("phase") == c.Phase.SUSPENDED
-        and (e["status"].get("run") or {}).get("phase") == "Cancelled",
+        lambda e: (
+            ((e or {}).get("status") or {}).get("phase") == c.Phase.SUSPENDED
+            and (e["status"].get("run") or {}).get("phase") == "Cancelled"
+        ),
         what="the suspension and the runner's account",
     )["status"]
     assert code == 143, output
