@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dioptra_api as c
 import pytest
 import yaml
-from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.cluster import Cluster, OperatorProcess, wait_until
 from support.kubelet import StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
 
@@ -71,20 +70,6 @@ def status(api: Cluster, name: str) -> dict[str, Any]:
 
 def condition(current: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(cond for cond in current.get("conditions") or [] if cond["type"] == type_)
-
-
-@pytest.fixture()
-def runner_operator(
-    chart_rbac: ChartRbac, prefect_api_url: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        print("--- operator log ---\n" + "\n".join(process.log.splitlines()[-60:]))
 
 
 @pytest.fixture()

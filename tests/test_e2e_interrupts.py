@@ -8,13 +8,12 @@ the containers as processes and delivers SIGTERM as a container runtime does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dioptra_api as c
 import pytest
-from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.cluster import Cluster, OperatorProcess, wait_until
 from support.kubelet import StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server
 from test_e2e_experiment import credentials_secret
@@ -50,19 +49,6 @@ with Flow("Hold") as flow:
     held = pyplugs.call_task("holdpkg", "steps", "hold", marker=marker)
     pyplugs.call_task("holdpkg", "steps", "after", value=held, marker=marker)
 """
-
-
-@pytest.fixture()
-def runner_operator(
-    chart_rbac: ChartRbac, prefect_api_url: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
-        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
-    ).start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture()

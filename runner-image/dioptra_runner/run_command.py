@@ -160,34 +160,22 @@ def _report_outcome(
     elapsed = time.monotonic() - clock
     succeeded = all(r.result.is_successful() for r in runs)
     code = EXIT_OK if succeeded else EXIT_FAILED
-    if len(runs) == 1 and runs[0].point is None:
-        run_ = runs[0]
-        done = f"{len(run_.result.tasks)} tasks completed"
-        message = done if succeeded else run_.result.message
-        _finish(
-            reporter,
-            phase_name(succeeded),
-            message,
-            started,
-            elapsed,
-            results=run_.results,
-            reason="Succeeded" if succeeded else "TaskFailed",
-        )
-        print_summary(args, experiment.name, run_, final_tasks, elapsed, code, out)
+    single = len(runs) == 1 and runs[0].point is None
+    outcome: dict[str, Any]
+    if single:
+        done = f"{len(runs[0].result.tasks)} tasks completed"
+        message = done if succeeded else runs[0].result.message
+        outcome = {"results": runs[0].results}
     else:
-        summary = sweep_summary(runs)
         ok = sum(1 for r in runs if r.result.is_successful())
         message = f"{ok}/{len(runs)} sweep points succeeded"
-        _finish(
-            reporter,
-            phase_name(succeeded),
-            message,
-            started,
-            elapsed,
-            sweep=summary,
-            reason="Succeeded" if succeeded else "TaskFailed",
-        )
-        print_sweep(args, experiment.name, runs, summary, message, elapsed, code, out)
+        outcome = {"sweep": sweep_summary(runs)}
+    reason = "Succeeded" if succeeded else "TaskFailed"
+    _finish(reporter, phase_name(succeeded), message, started, elapsed, reason=reason, **outcome)
+    if single:
+        print_summary(args, experiment.name, runs[0], final_tasks, elapsed, code, out)
+    else:
+        print_sweep(args, experiment.name, runs, outcome["sweep"], message, elapsed, code, out)
     return code
 
 

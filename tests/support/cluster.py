@@ -59,6 +59,7 @@ __all__ = [
     "operator_process",
     "private_control_plane",
     "render_chart",
+    "runner_operator",
     "wait_until",
 ]
 
@@ -577,3 +578,18 @@ def operator_process(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[Operator
         process.stop()
         # Shown by pytest only when the test failed: what the operator said.
         print("--- operator log (last 60 lines) ---\n" + "\n".join(process.log.splitlines()[-60:]))
+
+
+@pytest.fixture()
+def runner_operator(
+    chart_rbac: ChartRbac, prefect_api_url: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The real operator, its Jobs' runners pointed at the session's Prefect server."""
+    process = OperatorProcess(
+        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print("--- operator log ---\n" + "\n".join(process.log.splitlines()[-60:]))
