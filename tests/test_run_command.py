@@ -114,6 +114,8 @@ def test_an_inline_script_runs_with_a_results_table(workspace: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "results of totals" in done.stdout
     assert "Succeeded totals: 2 tasks" in done.stdout
+    log = re.search(r"^log: (\S+)$", done.stdout, re.MULTILINE)
+    assert log and Path(log.group(1)).name.startswith("totals-"), done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 
 

@@ -91,7 +91,7 @@ def print_summary(
         console.print(f"[green]Succeeded[/] {name}: {len(result.tasks)} tasks in {took}")
     else:
         console.print(f"[bold red]Failed[/] {name} after {took}: {result.message}")
-        _print_log_hint(console, args)
+    _print_log_hint(console, args, failed=not result.is_successful())
 
 
 def print_sweep(
@@ -140,8 +140,7 @@ def print_sweep(
     for run_ in runs:
         if not run_.result.is_successful():
             console.print(f"  {run_.point.label}: {run_.result.message}")
-    if not succeeded:
-        _print_log_hint(console, args)
+    _print_log_hint(console, args, failed=not succeeded)
 
 
 def _console(out: IO[str]) -> Any:
@@ -166,9 +165,10 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _print_log_hint(console: Any, args: argparse.Namespace) -> None:
+def _print_log_hint(console: Any, args: argparse.Namespace, *, failed: bool) -> None:
+    """Where this run's own log file is (the tracebacks, when something failed)."""
     if getattr(args, "log_path", None):
-        console.print(f"full tracebacks: {args.log_path}")
+        console.print(f"{'full tracebacks' if failed else 'log'}: {args.log_path}")
 
 
 def _print_failure_line(args: argparse.Namespace, message: str) -> None:
@@ -197,10 +197,10 @@ def print_error(
 def interruption_message(stop: RunInterrupted) -> str:
     """``stopped by SIGINT after 2 of 5 tasks; not run: a, b, c`` (what ran and what did not)."""
     outcomes = [
-        outcome
+        (f"{run_.prefix}{name}", outcome)
         for run_ in stop.runs
         if getattr(run_, "result", None) is not None
-        for outcome in ({f"{run_.prefix}{n}": o for n, o in run_.result.tasks.items()}.items())
+        for name, outcome in run_.result.tasks.items()
     ]
     if not outcomes:
         return f"stopped by {stop.signal_name} before the first task"
