@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -232,3 +233,35 @@ def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> No
     kopf.event(
         kopf.Body(cast(kopf.RawBody, obj)), type=type_, reason=reason, message=message[:1024]
     )
+
+
+def configuration_problem() -> str | None:
+    """Why no Kubernetes API can be reached with the configuration at hand, or None.
+
+    kopf finds its credentials the same way (in-cluster, else kubeconfig) but only reports
+    their absence as a page of tracebacks ending in "Ran out of valid credentials".
+    """
+    try:
+        kubernetes.config.load_incluster_config()
+        return None
+    except kubernetes.config.ConfigException as in_cluster:
+        inside = str(in_cluster)
+    try:
+        kubernetes.config.load_kube_config()
+        return None
+    except Exception as kubeconfig:  # a missing, empty or malformed (YAML) kubeconfig
+        outside = _kubeconfig_problem(kubeconfig)
+    return (
+        "no Kubernetes API to talk to: not in a pod "
+        f"({inside.rstrip('.')}) and no usable kubeconfig ({outside.rstrip('.')}); "
+        "install it in a cluster with the Helm chart, or set KUBECONFIG to a cluster's kubeconfig"
+    )
+
+
+def _kubeconfig_problem(error: Exception) -> str:
+    path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:  # PyYAML's own error
+        return f"{path} is not valid YAML: {problem} at line {mark.line + 1}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
