@@ -574,3 +574,27 @@ def test_the_default_embedded_prefect_mode_gives_the_same_json_document(
     assert (document["phase"], document["exitCode"]) == ("Succeeded", 0)
     assert document["results"]["metrics"] == {"total": 6}
     assert "Traceback" not in done.stderr
+
+
+def test_an_unwritable_prefect_home_is_one_line_before_anything_runs(workspace: Path) -> None:
+    path = experiment(workspace, {"module": "runpkg.flows:flow"}, parameters={"n": 1})
+    blocker = workspace / "a-file"
+    blocker.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(blocker / "prefect")
+
+    done = subprocess.run(
+        [DIOPTRA, "run", str(path), "--plugin-cache", str(workspace / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"dioptra run: cannot start the local Prefect server: {blocker / 'prefect'} is not "
+        "writable (Not a directory); set PREFECT_HOME to a writable folder (in a pod, mount a "
+        "writable emptyDir at /tmp, as the operator's Jobs do) or PREFECT_API_URL to a Prefect "
+        "server\n"
+    )

@@ -228,6 +228,7 @@ class Warmup:
         self.process = process
         self.api_url = api_url
         self.log_path = log_path
+        self.error: OSError | None = None  # why the server could not be started, if it could not
         self._ready = process is None
 
     def wait(self, timeout: float = 120.0) -> None:
@@ -295,10 +296,12 @@ def start_background_warmup(
         return Warmup()
     try:
         process, api_url, log_path = _spawn_server(template, server_settings)
-    except OSError:
-        # An unwritable PREFECT_HOME, no free port...: let Prefect start its own server later
-        # (slower, and it reports its own error if it cannot either).
-        return Warmup()
+    except OSError as error:
+        # An unwritable PREFECT_HOME, no free port...: the caller decides (`Warmup.error`);
+        # Prefect's own server would fail the same way, 24 s later and with pages of output.
+        warmup = Warmup()
+        warmup.error = error
+        return warmup
     os.environ["PREFECT_API_URL"] = api_url
     _refresh_prefect_settings()
     warmup = Warmup(process, api_url, log_path)

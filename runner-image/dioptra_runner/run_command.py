@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     with stop_on_signals():
         try:
             experiment = _load_experiment(args)
+            _check_local_prefect(args)
             cache = _cache_dir(args, experiment.name)
             _configure_logging(args, cache, experiment.name, started)
             if args.in_cluster:
@@ -264,6 +265,23 @@ def _check_parameter_size(parameters: dict[str, Any]) -> None:
         "files in the plugin sources, or as a path parameter",
         EXIT_INVALID,
         "InvalidParameters",
+    )
+
+
+def _check_local_prefect(args: argparse.Namespace) -> None:
+    """The temporary Prefect server needs a writable PREFECT_HOME; say so before anything runs."""
+    error = getattr(args.prefect_warmup, "error", None)
+    if error is None:
+        return
+    from dioptra_runner.prefect_warmup import prefect_home
+
+    raise RunAborted(
+        f"cannot start the local Prefect server: {prefect_home()} is not writable "
+        f"({error.strerror or error}); set PREFECT_HOME to a writable folder (in a pod, "
+        "mount a writable emptyDir at /tmp, as the operator's Jobs do) or PREFECT_API_URL "
+        "to a Prefect server",
+        EXIT_INVALID,
+        "PrefectUnavailable",
     )
 
 
