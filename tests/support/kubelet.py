@@ -423,6 +423,10 @@ class _PodWorker:
         code = container.process.wait()
         if code < 0:  # killed by a signal: a container runtime reports 128 + the signal
             code = 128 - code
+        # The output first, then the exit code: a reader that sees the code sees all the output.
+        self.kubelet.logs[f"{self.namespace}/{self.name}/{name}"] = container.log.read_text(
+            errors="replace"
+        )
         self.kubelet.exit_codes[f"{self.namespace}/{self.name}/{name}"] = code
         reason = container.kill_reason or ("Completed" if code == 0 else "Error")
         container.kill_reason = None
@@ -436,9 +440,6 @@ class _PodWorker:
         if message:
             terminated["message"] = message
         self._set_container(key, index, spec, {"terminated": terminated}, container)
-        self.kubelet.logs[f"{self.namespace}/{self.name}/{name}"] = container.log.read_text(
-            errors="replace"
-        )
         return code
 
     def _termination_message(
