@@ -8,6 +8,7 @@ import pytest
 from dioptra import pyplugs
 from dioptra.flow import Flow, FlowDefinitionError, FlowValidationError, Parameter, TaskOutcome
 from dioptra.sdk.utilities.contexts import plugin_dirs
+from support.cluster import wait_until
 from support.plugin_tree import PluginTree
 
 pytestmark = pytest.mark.usefixtures("prefect_server_env")
@@ -372,3 +373,35 @@ def test_a_task_stopped_at_its_timeout_says_so(ops: tuple[str, object]) -> None:
 
     assert result[slow].state == "Failed"
     assert result[slow].message == "timed out after 1 s (timeoutSeconds)"
+
+
+def _events_of(flow_run_id: str | None, name: str) -> int:
+    """How many events called `name` the Prefect server stored for the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    assert flow_run_id
+    wanted = EventFilter(
+        event=EventNameFilter(name=[name]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        return len(client.read_events(filter=wanted, limit=50).events)
+
+
+def test_heartbeats_can_be_turned_off_for_a_server_that_ends_with_the_process(
+    ops: tuple[str, object],
+) -> None:
+    pkg, _ = ops
+    with Flow("heartbeats") as flow:
+        pyplugs.call_task(pkg, "ops", "make", n=2)
+
+    beating = flow.run()
+    quiet = flow.run(heartbeats=False)
+
+    # Events reach the server asynchronously: wait for the default run's heartbeat, and for
+    # the quiet run's own completion (sent after any heartbeat it would have sent).
+    wait_until(lambda: _events_of(beating.flow_run_id, "prefect.flow-run.heartbeat"), 30)
+    wait_until(lambda: _events_of(quiet.flow_run_id, "prefect.flow-run.Completed"), 30)
+    assert _events_of(quiet.flow_run_id, "prefect.flow-run.heartbeat") == 0
+    assert quiet.is_successful()

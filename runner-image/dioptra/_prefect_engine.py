@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -20,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,7 @@ def run_on_prefect(
     listener: TaskListener | None,
     max_workers: int | None,
     cancellation: Cancellation | None = None,
+    heartbeats: bool = True,
 ) -> FlowRunResult:
     outcomes = {node.name: TaskOutcome(name=node.name, task=node.task) for node in flow.tasks}
     notify = listener.task_changed if listener is not None else (lambda outcome: None)
@@ -165,7 +167,8 @@ def run_on_prefect(
         validate_parameters=False,
         persist_result=False,
     )
-    state = run(parameters, return_state=True)
+    with _heartbeat_setting(heartbeats):
+        state = run(parameters, return_state=True)
     if state.is_cancelled():
         return FlowRunResult(
             flow.name, CANCELLED, outcomes, _cancel_message(run_), flow_run_id.get("id")
@@ -181,6 +184,22 @@ def run_on_prefect(
     else:
         message = f"flow run ended {state.name}: {state.message or ''}".strip()
     return FlowRunResult(flow.name, FAILED, outcomes, message, flow_run_id.get("id"))
+
+
+@contextlib.contextmanager
+def _heartbeat_setting(heartbeats: bool) -> Iterator[None]:
+    """Prefect's flow-run heartbeats as asked, for this thread's flow runs only.
+
+    The setting cannot be turned off through the environment (it must be >= 30 s there);
+    a settings context (a contextvar) scopes it to the calling thread.
+    """
+    if heartbeats:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _schedule(

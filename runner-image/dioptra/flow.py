@@ -39,6 +39,7 @@ class Flow(FlowGraph):
         listener: TaskListener | None = None,
         max_parallel_tasks: int | None = None,
         cancellation: Cancellation | None = None,
+        heartbeats: bool = True,
     ) -> FlowRunResult:
         """Run the graph as one Prefect 3 flow run and return every node's outcome.
 
@@ -46,6 +47,9 @@ class Flow(FlowGraph):
         are wrong. Task failures do not raise: they are in the returned result.
         Once ``cancellation`` is cancelled no further task starts, the flow run ends
         Cancelled and this returns without waiting for tasks still running.
+        ``heartbeats=False`` turns off Prefect's flow-run heartbeats, which let a long-lived
+        server notice a crashed run: a temporary server that ends with the process has no use
+        for them, and the flow run's teardown waits up to a second for the heartbeat thread.
         """
         values = self.check(parameters)
         return run_on_prefect(
@@ -54,6 +58,7 @@ class Flow(FlowGraph):
             listener=listener,
             max_workers=max_parallel_tasks or self.max_parallel_tasks,
             cancellation=cancellation,
+            heartbeats=heartbeats,
         )
 
     def __repr__(self) -> str:

@@ -284,6 +284,9 @@ def _execute(
                 listener=Monitor(run_.prefix),
                 max_parallel_tasks=max_parallel_tasks,
                 cancellation=stop.cancellation,
+                # Heartbeats let a long-lived server notice a crashed run; the temporary
+                # server ends with this process, and its teardown would wait ~1 s for them.
+                heartbeats=bool(getattr(args, "external_prefect", True)),
             )
         run_.metrics = dict(logged)
         run_.results = collect_results(run_.result.tasks, run_.metrics)
