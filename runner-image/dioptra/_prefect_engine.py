@@ -37,11 +37,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dioptra.graph import (
     CANCELLED,
+    CANCELLED_BEFORE_START,
     COMPLETED,
     FAILED,
     FINAL_STATES,
     NOT_RUN,
-    PENDING,
     RUNNING,
     Cancellation,
     FlowGraph,
@@ -51,6 +51,8 @@ from dioptra.graph import (
     TaskListener,
     TaskNode,
     TaskOutcome,
+    cancel_outcome,
+    cancelled_run_message,
     describe_error,
     pick,
     substitute,
@@ -62,7 +64,7 @@ _TIMEOUT_ERRORS = (TimeoutError, asyncio.CancelledError, concurrent.futures.Canc
 # How long a running task's cancellation may wait for the API to know the task run: its
 # creation reaches the API through Prefect's events, a moment after the task started.
 _TASK_RUN_RECORD_WAIT = 3.0
-_NOT_STARTED = "not run: the run was cancelled"
+_NOT_STARTED = CANCELLED_BEFORE_START
 _LOG = logging.getLogger("dioptra.flow")
 
 
@@ -387,7 +389,7 @@ def _settle(
 
 
 def _cancel_message(run_: _Run) -> str:
-    return f"the run was cancelled ({run_.reason})" if run_.reason else "the run was cancelled"
+    return cancelled_run_message(run_.reason)
 
 
 def _cancel_run(run_: _Run, futures: dict[str, PrefectFuture[Any]]) -> State[Any]:
@@ -416,14 +418,11 @@ def _cancel_outcomes(run_: _Run, futures: dict[str, PrefectFuture[Any]]) -> list
         for name, outcome in run_.outcomes.items():
             if outcome.state in FINAL_STATES:
                 continue
-            if outcome.state == PENDING:
-                outcome.message = _NOT_STARTED
-            else:  # running, or waiting to retry: its thread is left to itself
-                outcome.message = f"cancelled while running ({run_.reason or 'cancelled'})"
+            if cancel_outcome(outcome, run_.reason):
+                # Running, or waiting to retry: its thread is left to itself.
                 outcome.end_time = _now()
                 if name in futures:
                     abandoned.append(futures[name].task_run_id)
-            outcome.state = CANCELLED
             changed.append(outcome)
     for outcome in changed:
         run_.notify(outcome)

@@ -36,6 +36,8 @@ __all__ = [
     "TaskNode",
     "TaskOptions",
     "TaskOutcome",
+    "cancel_outcome",
+    "cancelled_run_message",
     "current_flow",
     "describe_error",
     "pick",
@@ -243,6 +245,30 @@ class FlowRunResult:
     @property
     def failed_tasks(self) -> list[TaskOutcome]:
         return [t for t in self.tasks.values() if t.state == FAILED]
+
+
+# The message of a node that a cancellation stopped before it started.
+CANCELLED_BEFORE_START = "not run: the run was cancelled"
+
+
+def cancel_outcome(outcome: TaskOutcome, reason: str) -> bool:
+    """Mark a node that has not finished Cancelled, in place; True when it had started.
+
+    One wording for a cancelled node, whether the engine cancels its run or the runner has to
+    account for a run that did not come back from its cancelling.
+    """
+    started = outcome.state != PENDING
+    outcome.state = CANCELLED
+    if started:
+        outcome.message = f"cancelled while running ({reason or 'cancelled'})"
+    else:
+        outcome.message = CANCELLED_BEFORE_START
+    return started
+
+
+def cancelled_run_message(reason: str) -> str:
+    """The message of a flow run ended by a cancellation."""
+    return f"the run was cancelled ({reason})" if reason else "the run was cancelled"
 
 
 class Cancellation:

@@ -333,20 +333,20 @@ def _cut_short(flow: Any, latest: dict[str, Any], stop: SignalStop) -> Any:
     """
     import dataclasses
 
-    from dioptra.flow import CANCELLED, FINAL_STATES, PENDING, FlowRunResult, TaskOutcome
+    from dioptra.graph import (
+        CANCELLED,
+        FINAL_STATES,
+        FlowRunResult,
+        TaskOutcome,
+        cancel_outcome,
+        cancelled_run_message,
+    )
 
-    message = f"the run was cancelled ({stop.signal_name})"
     tasks = {}
     for node in flow.tasks:
-        outcome = latest.get(node.name) or TaskOutcome(name=node.name, task=node.task)
+        known = latest.get(node.name)
+        outcome = dataclasses.replace(known) if known else TaskOutcome(node.name, node.task)
         if outcome.state not in FINAL_STATES:
-            started = outcome.state != PENDING
-            outcome = dataclasses.replace(
-                outcome,
-                state=CANCELLED,
-                message=f"cancelled while running ({stop.signal_name})"
-                if started
-                else "not run: the run was cancelled",
-            )
+            cancel_outcome(outcome, stop.signal_name)
         tasks[node.name] = outcome
-    return FlowRunResult(flow.name, CANCELLED, tasks, message)
+    return FlowRunResult(flow.name, CANCELLED, tasks, cancelled_run_message(stop.signal_name))
