@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -66,17 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # `dioptra run --output json` promises one JSON document on stdout, even for a
         # command line argparse refuses (its usage and error went to stderr already).
         if stop.code == 2 and _asks_for_json(arguments):
+            from dioptra_runner.summary import write_json_error
+
             message = _Parser.last_error or "invalid command line"
-            document = {
-                "experiment": None,
-                "phase": "Failed",
-                "exitCode": 2,
-                "message": message,
-                "duration": 0.0,
-                "log": None,
-                "error": {"reason": "InvalidArguments", "message": message},
-            }
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+            write_json_error(argparse.Namespace(), None, 2, "InvalidArguments", message, 0.0)
         raise
     handler: Callable[[argparse.Namespace], int] = args.handler
     sys.exit(handler(args))

@@ -189,9 +189,21 @@ def print_error(
     """A run that could not start or go on: one message on stderr (and the JSON document)."""
     _print_failure_line(args, message)
     if args.output == "json":
-        name = getattr(experiment, "name", None)
-        error = {"reason": reason, "message": message}
-        _write_json(_document(args, name, "Failed", code, message, elapsed, error=error))
+        write_json_error(args, getattr(experiment, "name", None), code, reason, message, elapsed)
+
+
+def write_json_error(
+    args: argparse.Namespace,
+    name: str | None,
+    code: int,
+    reason: str,
+    message: str,
+    elapsed: float,
+) -> None:
+    """The JSON document of a run that could not start or go on (also for a refused command
+    line, whose ``args`` hold nothing)."""
+    error = {"reason": reason, "message": message}
+    _write_json(_document(args, name, "Failed", code, message, elapsed, error=error))
 
 
 def interruption_message(stop: RunInterrupted) -> str:
