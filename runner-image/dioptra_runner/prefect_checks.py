@@ -7,14 +7,10 @@ middle of the run, with the whole value echoed.
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 
 __all__ = ["PrefectUnreachable", "check_reachable", "max_parameter_size"]
-
-# What Prefect's server accepts by default (server.api.max_parameter_size).
-_DEFAULT_MAX_PARAMETER_SIZE = 524_288
 
 
 class PrefectUnreachable(RuntimeError):
@@ -41,13 +37,10 @@ def check_reachable(api_url: str, timeout: float = 5.0) -> None:
 
 
 def max_parameter_size() -> int:
-    """The largest flow-run parameters (bytes of JSON) Prefect's server stores; 0: no limit."""
-    raw = os.environ.get("PREFECT_SERVER_API_MAX_PARAMETER_SIZE")
-    if raw is None:
-        from prefect.settings import get_current_settings
+    """The largest flow-run parameters (bytes of JSON) Prefect's server stores; 0: no limit.
 
-        return int(get_current_settings().server.api.max_parameter_size)
-    try:
-        return int(raw)
-    except ValueError:
-        return _DEFAULT_MAX_PARAMETER_SIZE
+    Prefect's own setting, which already reads PREFECT_SERVER_API_MAX_PARAMETER_SIZE.
+    """
+    from prefect.settings import get_current_settings
+
+    return int(get_current_settings().server.api.max_parameter_size)
