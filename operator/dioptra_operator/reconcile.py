@@ -21,6 +21,7 @@ from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import (
+    RUN_REPORT_FIELDS,
     creation_failure,
     observe,
     status_patch,
@@ -37,19 +38,7 @@ _PER_RUN_CONDITIONS = frozenset({C.PLUGINS_SYNCED, C.STALLED, C.COMPLETE, C.FAIL
 
 # What a run writes (the runner's account and report, the operator's view of it), cleared when
 # a new Job starts the next run.
-_PER_RUN_FIELDS = (
-    "message",
-    "startTime",
-    "completionTime",
-    "duration",
-    c.RUN_STATUS,
-    "tasks",
-    "tasksTotal",
-    "tasksDone",
-    "progress",
-    "results",
-    "plugins",
-)
+_PER_RUN_FIELDS = (*RUN_REPORT_FIELDS, "progress", "plugins")
 
 
 def forget(memory: ExperimentMemory, namespace: str, name: str) -> None:

@@ -33,6 +33,20 @@ _RANK = {
 
 _STARTED = frozenset({P.RUNNING, P.SUCCEEDED, P.FAILED})
 
+# What describes one run (the operator's timings and message, the runner's account and
+# report): a new run, plain or sweep, starts without them.
+RUN_REPORT_FIELDS = (
+    "message",
+    "startTime",
+    "completionTime",
+    "duration",
+    c.RUN_STATUS,
+    "tasks",
+    "tasksTotal",
+    "tasksDone",
+    "results",
+)
+
 
 @dataclass
 class Observation:

@@ -42,7 +42,7 @@ from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import post_condition_events
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import observe
+from dioptra_operator.status_mapping import RUN_REPORT_FIELDS, observe
 from dioptra_operator.sweep_plan import (
     job_finished,
     job_phase,
@@ -60,19 +60,7 @@ PodsFor = Callable[[str], list[dict[str, Any]]]
 # Conditions that describe one run; a new run starts without them.
 _PER_RUN = frozenset({C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
 # Top-level fields of a run that a new run clears (a former run without sweep wrote some).
-_RUN_FIELDS = (
-    "jobName",
-    c.RUN_STATUS,
-    "tasks",
-    "tasksTotal",
-    "tasksDone",
-    "results",
-    "message",
-    "startTime",
-    "completionTime",
-    "duration",
-    "sweepPoints",
-)
+_RUN_FIELDS = ("jobName", *RUN_REPORT_FIELDS, "sweepPoints")
 
 
 @dataclass(frozen=True)
