@@ -10,19 +10,23 @@ from pathlib import Path
 OPERATOR = str(Path(sys.executable).with_name("dioptra-operator"))
 
 
-def test_without_a_cluster_the_operator_says_so_in_one_line(tmp_path: Path) -> None:
-    env = {
+def run_operator(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The console script outside any pod, with `home` as HOME (no ~/.kube/config) and `env`."""
+    environment = {
         k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")
     }
-    env["HOME"] = str(tmp_path)  # no ~/.kube/config
-
-    done = subprocess.run(
+    environment.update(HOME=str(home), **env)
+    return subprocess.run(
         [OPERATOR, "--standalone", "--all-namespaces"],
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=environment,
     )
+
+
+def test_without_a_cluster_the_operator_says_so_in_one_line(tmp_path: Path) -> None:
+    done = run_operator(tmp_path)
 
     assert done.returncode == 2
     assert done.stderr.startswith("dioptra-operator: no Kubernetes API to talk to")
@@ -34,16 +38,7 @@ def test_without_a_cluster_the_operator_says_so_in_one_line(tmp_path: Path) -> N
 def test_a_kubeconfig_that_does_not_parse_is_named_in_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "kubeconfig"
     broken.write_text("clusters: [\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-    env.update(HOME=str(tmp_path), KUBECONFIG=str(broken))
-
-    done = subprocess.run(
-        [OPERATOR, "--standalone", "--all-namespaces"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    done = run_operator(tmp_path, KUBECONFIG=str(broken))
 
     assert done.returncode == 2
     assert f"{broken} is not valid YAML" in done.stderr

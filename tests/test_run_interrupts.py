@@ -457,16 +457,22 @@ def run_in_thread(target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def test_a_cancelled_run_starts_no_task_after_the_cancellation(
-    gated_flow: tuple[Flow, Any],
-) -> None:
-    flow, steps = gated_flow
+def run_then_cancel(flow: Flow, steps: Any) -> tuple[threading.Thread, list[Any]]:
+    """Run the gated flow in a thread; cancel it once its first task has started."""
     cancellation = Cancellation()
     results: list[Any] = []
     runner = run_in_thread(lambda: results.append(flow.run(cancellation=cancellation)))
     assert steps.started.wait(60)
-
     cancellation.cancel("a test")
+    return runner, results
+
+
+def test_a_cancelled_run_starts_no_task_after_the_cancellation(
+    gated_flow: tuple[Flow, Any],
+) -> None:
+    flow, steps = gated_flow
+
+    runner, results = run_then_cancel(flow, steps)
     steps.release.set()  # the task ends now, after the cancellation: nothing may follow it
     runner.join(60)
 
@@ -481,12 +487,8 @@ def test_a_cancelled_run_ends_its_flow_run_cancelled_without_waiting_for_its_tas
     from prefect import get_client
 
     flow, steps = gated_flow
-    cancellation = Cancellation()
-    results: list[Any] = []
-    runner = run_in_thread(lambda: results.append(flow.run(cancellation=cancellation)))
-    assert steps.started.wait(60)
 
-    cancellation.cancel("a test")
+    runner, results = run_then_cancel(flow, steps)
     runner.join(60)  # the task is still blocked: the run returned without it
 
     assert not runner.is_alive()
