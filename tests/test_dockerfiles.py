@@ -198,9 +198,12 @@ def _engine_chosen(tmp_path: Path, stubs: dict[str, int]) -> subprocess.Complete
         stub = stub_bin / name
         stub.write_text(f"#!/bin/sh\nexit {code}\n")
         stub.chmod(0o755)
-    tools = {shutil.which(tool) for tool in ("sh", "make", "echo", "test")}
-    path = ":".join([str(stub_bin), *sorted({str(Path(t).parent) for t in tools if t})])
-    env = {"PATH": path, "HOME": str(tmp_path)}
+    # Only these tools and the stubs: the folders they live in may hold a real podman or docker.
+    for tool in ("sh", "bash", "make", "echo", "test"):
+        found = shutil.which(tool)
+        if found and not (stub_bin / tool).exists():
+            (stub_bin / tool).symlink_to(found)
+    env = {"PATH": str(stub_bin), "HOME": str(tmp_path)}
     return subprocess.run(
         ["make", "-s", "-C", str(REPO), "engine"], capture_output=True, text=True, env=env
     )

@@ -30,6 +30,11 @@ What a process cannot have, and what stands in for it:
   becomes the address and target port of a running Pod it selects (what DNS plus kube-proxy
   do).
 - The user: processes run as the test's own user (`runAsUser` needs images; see the podman tier).
+
+The image tier (`NamespaceSettings(images=True)`, or `running_kubelet(plane, images=True)`)
+replaces the processes with containers: each container runs in its image with podman, with its
+security context, volumes and env, and logs in with its token the in-cluster way
+(support/podman.py). Only the network stays shared with the host.
 - Memory limits: `kill(..., reason="OOMKilled")` is the test's way to have the kernel kill it.
 """
 
@@ -58,6 +63,7 @@ from typing import Any
 
 import pytest
 
+from support import podman
 from support.controlplane import ApiError, ControlPlane
 
 __all__ = [
@@ -109,11 +115,13 @@ class NamespaceSettings:
     """How a test wants the Pods of its namespace run (the kubelet is shared by the session).
 
     `main_command` replaces the main containers' command (STAND_IN_RUNNER, when the runner is
-    not the subject of the test); `env` is added to every container's environment.
+    not the subject of the test); `env` is added to every container's environment; `images`
+    runs each container in its image (support/podman.py) instead of as a host process.
     """
 
     main_command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    images: bool = False  # run the containers in their images with podman (the image tier)
 
 
 @dataclass
@@ -249,6 +257,7 @@ class _PodWorker:
         for volume in spec.get("volumes") or []:
             folder = self.folder / "volumes" / volume["name"]
             folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o777)  # as the kubelet makes an emptyDir: any container user writes
             if "configMap" in volume:
                 self._project_keys(folder, "configmaps", volume["configMap"])
             elif "secret" in volume:
@@ -369,13 +378,21 @@ class _PodWorker:
             for m in spec.get("volumeMounts") or []
             if m["name"] in volumes
         }
+        images = self.kubelet.settings_for(self.namespace).images
+        ctx = podman.PodContext(self.namespace, self.name, container.restarts, self.folder)
         while True:
             if self.deleted.is_set():
                 return None
             try:
-                env = self._env(spec, mounts)
+                env = self._env(spec, mounts, images=images)
+                if images:
+                    command = podman.run_command(
+                        ctx, self.pod["spec"], spec, env, mounts, self._argv(spec, env)
+                    )
+                else:
+                    command = self._command(spec, env, mounts, main=key == "containerStatuses")
                 break
-            except _Waiting as waiting:
+            except (_Waiting, podman.ConfigError) as waiting:
                 self._set_container(
                     key,
                     index,
@@ -384,16 +401,17 @@ class _PodWorker:
                     container,
                 )
                 self.deleted.wait(0.5)
-        command = self._command(spec, env, mounts, main=key == "containerStatuses")
         self.kubelet.commands[f"{self.namespace}/{self.name}/{name}"] = command
-        workdir = _map_path(spec.get("workingDir") or "", mounts) or str(self.folder)
+        workdir = str(self.folder)
+        if not images:
+            workdir = _map_path(spec.get("workingDir") or "", mounts) or workdir
         Path(workdir).mkdir(parents=True, exist_ok=True)
         started = _now()
         with container.log.open("ab") as log:
             try:
                 container.process = subprocess.Popen(
                     command,
-                    env=env,
+                    env=podman.environment() if images else env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -428,6 +446,11 @@ class _PodWorker:
             errors="replace"
         )
         self.kubelet.exit_codes[f"{self.namespace}/{self.name}/{name}"] = code
+        message = ""
+        if images:
+            oom_killed, message = podman.finished(ctx, name)
+            if oom_killed:
+                container.kill_reason = container.kill_reason or "OOMKilled"
         reason = container.kill_reason or ("Completed" if code == 0 else "Error")
         container.kill_reason = None
         terminated: dict[str, Any] = {
@@ -436,7 +459,8 @@ class _PodWorker:
             "startedAt": started,
             "finishedAt": _now(),
         }
-        message = self._termination_message(spec, mounts, code, container.log)
+        if not message.strip():
+            message = self._termination_message(spec, mounts, code, container.log)
         if message:
             terminated["message"] = message
         self._set_container(key, index, spec, {"terminated": terminated}, container)
@@ -472,14 +496,22 @@ class _PodWorker:
         statuses[index] = entry
         self._write_status(**{key: statuses})
 
-    def _env(self, spec: dict[str, Any], mounts: Mapping[str, Path]) -> dict[str, str]:
+    def _env(
+        self, spec: dict[str, Any], mounts: Mapping[str, Path], *, images: bool = False
+    ) -> dict[str, str]:
         settings = self.kubelet.settings_for(self.namespace)
-        env: dict[str, str] = {
-            "PATH": f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOSTNAME": self.name,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env: dict[str, str] = {"HOSTNAME": self.name}
+        if images:  # the image brings PATH and the rest; the API server is found in-cluster
+            api = urllib.parse.urlsplit(self.plane.url)
+            env["KUBERNETES_SERVICE_HOST"] = api.hostname or "127.0.0.1"
+            env["KUBERNETES_SERVICE_PORT"] = str(api.port)
+            mounts = {}  # container paths are real paths in a container
+        else:
+            env.update(
+                PATH=f"{VENV_BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+                LANG="C.UTF-8",
+                PYTHONUNBUFFERED="1",
+            )
         token = mounts.get(TOKEN_PATH)
         if token is not None:
             kubeconfig = self.plane.kubeconfig(
@@ -546,6 +578,14 @@ class _PodWorker:
             f"{self.namespace}/{ref['name']}",
         )
 
+    def _argv(self, spec: dict[str, Any], env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """A container's `command` and `args`, expanded, for a runtime that has the image."""
+        command, args = (
+            [self.kubelet.network(_expand(arg, env), self.ip) for arg in spec.get(part) or []]
+            for part in ("command", "args")
+        )
+        return command, args
+
     def _command(
         self,
         spec: dict[str, Any],
@@ -594,6 +634,20 @@ class _PodWorker:
                 os.killpg(process.pid, signal.SIGKILL)  # nothing of the container outlives it
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
+        if self.kubelet.settings_for(self.namespace).images:
+            for container in self.containers.values():
+                podman.remove(self._podman_context(container), container.name)
+
+    def _podman_context(self, container: _Container) -> podman.PodContext:
+        return podman.PodContext(self.namespace, self.name, container.restarts, self.folder)
+
+    def kill_main(self, container: _Container, reason: str) -> None:
+        """SIGKILL a running main container, as the kernel's OOM killer or a crash would."""
+        container.kill_reason = reason
+        if self.kubelet.settings_for(self.namespace).images:
+            podman.kill(self._podman_context(container), container.name)
+        elif container.process is not None:
+            os.killpg(container.process.pid, signal.SIGKILL)
 
     def _confirm_deletion(self) -> None:
         if not self.deleted.is_set():
@@ -613,8 +667,11 @@ class _PodWorker:
 class StandInKubelet:
     """Registers the Node, runs the Pods bound to it; start() once, stop() at the end."""
 
-    def __init__(self, plane: ControlPlane, folder: Path | None = None) -> None:
+    def __init__(
+        self, plane: ControlPlane, folder: Path | None = None, *, images: bool = False
+    ) -> None:
         self.plane = plane
+        self.images = images  # the runtime of namespaces the tests did not configure
         self.folder = folder or Path(tempfile.mkdtemp(prefix="stand-in-kubelet-"))
         self.logs: dict[str, str] = {}  # "<namespace>/<pod>/<container>" -> output so far
         self.errors: list[str] = []
@@ -719,7 +776,7 @@ class StandInKubelet:
         self._settings.pop(namespace, None)
 
     def settings_for(self, namespace: str) -> NamespaceSettings:
-        return self._settings.get(namespace) or NamespaceSettings()
+        return self._settings.get(namespace) or NamespaceSettings(images=self.images)
 
     def workers(self, namespace: str, job_name: str | None = None) -> list[_PodWorker]:
         with self._lock:
@@ -736,9 +793,8 @@ class StandInKubelet:
         """SIGKILL the Job's running main container; it reports exit 137 with `reason`."""
         for worker in self.workers(namespace, job_name):
             container = worker.running_main()
-            if container is not None and container.process is not None:
-                container.kill_reason = reason
-                os.killpg(container.process.pid, signal.SIGKILL)
+            if container is not None:
+                worker.kill_main(container, reason)
                 return
         raise AssertionError(f"no running main container for Job {namespace}/{job_name}")
 
@@ -747,9 +803,8 @@ class StandInKubelet:
         for worker in self.workers(namespace):
             if worker.name == pod_name:
                 container = worker.running_main()
-                if container is not None and container.process is not None:
-                    container.kill_reason = reason
-                    os.killpg(container.process.pid, signal.SIGKILL)
+                if container is not None:
+                    worker.kill_main(container, reason)
                     return
         raise AssertionError(f"no running main container in Pod {namespace}/{pod_name}")
 
@@ -967,8 +1022,8 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def running_kubelet(plane: ControlPlane) -> Iterator[StandInKubelet]:
-    kubelet = StandInKubelet(plane).start()
+def running_kubelet(plane: ControlPlane, *, images: bool = False) -> Iterator[StandInKubelet]:
+    kubelet = StandInKubelet(plane, images=images).start()
     try:
         yield kubelet
     finally:
