@@ -20,8 +20,8 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet '.[dev,bench]'
-	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
-		| grep -v '^dioptra-operator'; } > constraints.new && mv constraints.new constraints.txt
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude-editable \
+		| grep -v -e '^dioptra-operator' -e '^pip=='; } > constraints.new && mv constraints.new constraints.txt
 	rm -rf .lock-venv
 
 venv: $(BIN)/.installed

@@ -11,12 +11,16 @@ as in a default install.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dioptra_api as c
 import pytest
+import yaml
 from support import podman
 from support.cluster import CHART, Cluster, helm, private_control_plane, wait_for_crd
 from support.controlplane import free_port, kubectl_env
@@ -26,6 +30,7 @@ from test_e2e_experiment import credentials_secret, example, push_builtins
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
+REPO = Path(__file__).resolve().parents[1]
 RELEASE = "dioptra-operator"
 NAMESPACE = "dioptra"
 
@@ -169,3 +174,89 @@ def test_bad_credentials_fail_the_sync_in_the_runner_image(image_cluster: ImageC
     assert failed["reason"] == c.Reason.PLUGIN_SYNC_FAILED, final
     assert "InvalidAccessKeyId" in final["message"]
     assert "Traceback" not in final["message"] and "wrong-secret" not in str(final)
+
+
+LIST_DISTRIBUTIONS = (
+    "import importlib.metadata as m; "
+    "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"
+)
+
+
+@pytest.mark.parametrize("image", [podman.RUNNER_IMAGE, podman.OPERATOR_IMAGE])
+def test_the_image_holds_the_locked_versions_the_tests_ran_with(image: str) -> None:
+    reason = podman.unusable_reason()
+    if reason is not None:
+        pytest.fail(f"image tier: {reason}", pytrace=False)
+    listed = podman.podman(
+        "run", "--rm", "--entrypoint=/opt/venv/bin/python", image, "-c", LIST_DISTRIBUTIONS
+    ).stdout.split()
+    pins = {
+        name.lower().replace("_", "-"): version
+        for name, version in (
+            line.split("==", 1)
+            for line in (REPO / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+    }
+    installed = dict(line.lower().replace("_", "-").split("==", 1) for line in listed)
+    installed.pop("dioptra-operator")
+    assert len(installed) > 20
+    assert {n: v for n, v in installed.items() if n in pins and pins[n] != v} == {}
+    # Unlocked only: what a requirement's marker leaves out on the Python the lock was made
+    # with (Debian's Python 3.11.2 needs async-timeout for redis; the tests' 3.11.7 does not).
+    assert set(installed) - set(pins) <= _left_out_by_markers_here()
+
+
+def _left_out_by_markers_here() -> set[str]:
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    left_out = set()
+    for dist in importlib.metadata.distributions():
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            marker = requirement.marker
+            if marker and "extra" not in str(marker) and not marker.evaluate():
+                left_out.add(requirement.name.lower().replace("_", "-"))
+    return left_out
+
+
+def _restricted_run(
+    image: str, *args: str, env: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """The image under a restricted Pod's settings, without any volume."""
+    reason = podman.unusable_reason()
+    if reason is not None:
+        pytest.fail(f"image tier: {reason}", pytrace=False)
+    return podman.podman(
+        "run",
+        "--rm",
+        "--network=host",
+        "--user=65532:65532",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+        *(f"--env={item}" for item in env),
+        image,
+        *args,
+        check=False,
+    )
+
+
+def test_the_operator_image_without_a_cluster_says_so_in_one_line() -> None:
+    ran = _restricted_run(podman.OPERATOR_IMAGE)
+    assert ran.returncode == 2
+    (line,) = ran.stderr.strip().splitlines()
+    assert "kubeconfig" in line.lower() and "Traceback" not in line
+
+
+def test_the_runner_image_without_a_writable_tmp_says_so_in_one_line() -> None:
+    experiment = json.dumps(yaml.safe_load((REPO / "examples/minimal.yaml").read_text()))
+    ran = _restricted_run(
+        podman.RUNNER_IMAGE, "run", "--in-cluster", env=(f"DIOPTRA_EXPERIMENT={experiment}",)
+    )
+    assert ran.returncode != 0
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PREFECT_HOME" in lines[0], ran.stderr[-2000:]

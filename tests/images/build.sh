@@ -58,7 +58,7 @@ fi
 
 build() {  # image, Dockerfile
   local image=$1 dockerfile=$2 digest files
-  files=$(cd "$repo" && git ls-files pyproject.toml README.md constraints.txt crds operator runner-image | grep -v -e '/tests/' || true)
+  files=$(cd "$repo" && git ls-files --cached --others --exclude-standard pyproject.toml README.md constraints.txt crds operator runner-image | grep -v -e '/tests/' || true)
   digest=$( { echo "$base_digest $VERSION"; (cd "$repo" && cat $files); } | sha256sum | cut -c1-16)
   if [[ $(current_label "$image") == "$digest" ]]; then
     report "$image" "cached"
