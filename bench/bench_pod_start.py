@@ -1,0 +1,125 @@
+"""Benchmark: a runner container's start to its first task, in the runner image (issue 17).
+
+The runner image (built by `make image-tier`) runs under a restricted Pod's settings with
+podman: UID 65532, read-only root, capabilities dropped, and the Job's two emptyDirs (`/tmp`,
+the plugin folder) as fresh host folders. The Experiment is bench_cold_start's (a local plugin
+folder, two tasks; the first writes `time.time()` to a file). Per mode, the median of REPEATS
+runs of:
+  first task  seconds from `podman run` being spawned to the first task starting
+  total       seconds until `podman run` returned
+Modes:
+  container   `podman run ... true`: the floor of starting a container here
+  import      `python -c "import prefect"` in the image: the floor of any Prefect runner
+  embedded    the default install: the runner starts its temporary Prefect server in-process
+              (pre-migrated template database, started first thing)
+  external    PREFECT_API_URL of a `prefect server start` already running (the chart's optional
+              server), reached over the host network
+Goal (DESIGN.md, issue 17): embedded at most 1.2x external and under 3 s.
+
+Usage: .venv/bin/python bench/bench_pod_start.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cold_start import ExternalServer, write_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "localhost/dioptra-runner:0.1.0"
+MODES = ("container", "import", "embedded", "external")
+RESTRICTED = (
+    "--network=host",
+    "--user=65532:65532",
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+)
+
+
+def podman_env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": str(REPO / "tests" / "images" / "containers.conf")}
+
+
+def run_once(mode: str, root: Path, fixture: Path, api_url: str) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=root))
+    for folder in ("tmp", "plugins"):
+        (work / folder).mkdir()
+        (work / folder).chmod(0o777)  # as a kubelet makes an emptyDir
+    volumes = [
+        f"--volume={work / 'tmp'}:/tmp",
+        f"--volume={work / 'plugins'}:/var/lib/dioptra/plugins",
+        f"--volume={fixture}:/work:ro",
+        "--env=BENCH_MARK_FILE=/tmp/mark",
+    ]
+    if mode == "external":
+        volumes.append(f"--env=PREFECT_API_URL={api_url}")
+    command = {
+        "container": ["--entrypoint=true", IMAGE],
+        "import": ["--entrypoint=/opt/venv/bin/python", IMAGE, "-c", "import prefect"],
+    }.get(mode, [IMAGE, "run", "/work/experiment.yaml", "--output", "json"])
+    start = time.time()
+    done = subprocess.run(
+        ["podman", "run", "--rm", *RESTRICTED, *volumes, *command],
+        env=podman_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    total = time.time() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise SystemExit(f"{mode}: podman run failed ({done.returncode}):\n{tail}")
+    mark = work / "tmp" / "mark"
+    first = float(mark.read_text()) - start if mark.exists() else total
+    return {"first": first, "total": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    present = subprocess.run(["podman", "image", "exists", IMAGE], env=podman_env(), check=False)
+    if present.returncode != 0:
+        raise SystemExit(f"{IMAGE} is not built: run make image-tier")
+    root = Path(tempfile.mkdtemp(prefix="bench-pod-start-"))
+    root.chmod(0o755)
+    server = None
+    try:
+        fixture = write_fixture(root / "fixture").parent
+        for path in fixture.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        server = ExternalServer(root)
+        samples: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+        for _ in range(args.repeats):  # interleaved: load changes hit every mode alike
+            for mode in MODES:
+                samples[mode].append(run_once(mode, root, fixture, server.api_url))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    load = os.getloadavg()[0]
+    print(f"\nrunner container start to first task, in {IMAGE} (medians of {args.repeats}; "
+          f"load avg {load:.1f})")  # fmt: skip
+    print(f"{'mode':<10} {'first task s':>13} {'total s':>8}")
+    for mode, runs in samples.items():
+        first = statistics.median(r["first"] for r in runs)
+        total = statistics.median(r["total"] for r in runs)
+        print(f"{mode:<10} {first:>13.2f} {total:>8.2f}")
+    embedded = statistics.median(r["first"] for r in samples["embedded"])
+    external = statistics.median(r["first"] for r in samples["external"])
+    print(f"embedded / external: {embedded / external:.2f}x (goal <= 1.2x, and under 3 s)")
+
+
+if __name__ == "__main__":
+    main()
