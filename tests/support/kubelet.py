@@ -30,12 +30,12 @@ What a process cannot have, and what stands in for it:
   becomes the address and target port of a running Pod it selects (what DNS plus kube-proxy
   do).
 - The user: processes run as the test's own user (`runAsUser` needs images; see the podman tier).
+- Memory limits: `kill(..., reason="OOMKilled")` is the test's way to have the kernel kill it.
 
 The image tier (`NamespaceSettings(images=True)`, or `running_kubelet(plane, images=True)`)
 replaces the processes with containers: each container runs in its image with podman, with its
 security context, volumes and env, and logs in with its token the in-cluster way
 (support/podman.py). Only the network stays shared with the host.
-- Memory limits: `kill(..., reason="OOMKilled")` is the test's way to have the kernel kill it.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ class _PodWorker:
             if m["name"] in volumes
         }
         images = self.kubelet.settings_for(self.namespace).images
-        ctx = podman.PodContext(self.namespace, self.name, container.restarts, self.folder)
+        ctx = self._podman_context(container)
         while True:
             if self.deleted.is_set():
                 return None
