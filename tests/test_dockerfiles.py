@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.lock import locked_versions, normalized
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = {
@@ -227,20 +228,14 @@ def test_make_images_without_an_engine_says_why_in_one_line(tmp_path: Path) -> N
     assert "no container engine answers: docker's daemon is not running" in chosen.stderr
 
 
-def _pins() -> dict[str, str]:
-    lines = (REPO / "constraints.txt").read_text().splitlines()
-    pairs = (line.split("==", 1) for line in lines if line and not line.startswith("#"))
-    return {name.lower(): version for name, version in pairs}
-
-
 def test_the_test_environment_has_exactly_the_locked_versions() -> None:
     import importlib.metadata
 
     installed = {
-        (dist.metadata["Name"] or "").lower().replace("_", "-"): dist.version
+        normalized(dist.metadata["Name"] or ""): dist.version
         for dist in importlib.metadata.distributions()
     }
-    pins = {name.replace("_", "-"): version for name, version in _pins().items()}
+    pins = locked_versions()
     differing = {
         name: (version, installed[name])
         for name, version in pins.items()
@@ -258,5 +253,5 @@ def test_the_image_installs_the_locked_versions(image: str) -> None:
 
 
 def test_the_lock_settles_the_date_library_that_prefect_and_kubernetes_disagree_on() -> None:
-    major = int(_pins()["python-dateutil"].split(".")[0])
+    major = int(locked_versions()["python-dateutil"].split(".")[0])
     assert major < 3  # prefect and botocore need <3 (kubernetes 37.0.2 would need >=3)
