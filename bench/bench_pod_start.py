@@ -32,23 +32,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_cold_start import ExternalServer, write_fixture
+from support.podman import RESTRICTED_FLAGS, RUNNER_IMAGE, environment, image_present
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = "localhost/dioptra-runner:0.1.0"
 MODES = ("container", "import", "embedded", "external")
-RESTRICTED = (
-    "--network=host",
-    "--user=65532:65532",
-    "--read-only",
-    "--read-only-tmpfs=false",
-    "--cap-drop=ALL",
-    "--security-opt=no-new-privileges",
-)
-
-
-def podman_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(REPO / "tests" / "images" / "containers.conf")}
 
 
 def run_once(mode: str, root: Path, fixture: Path, api_url: str) -> dict[str, float]:
@@ -65,13 +53,13 @@ def run_once(mode: str, root: Path, fixture: Path, api_url: str) -> dict[str, fl
     if mode == "external":
         volumes.append(f"--env=PREFECT_API_URL={api_url}")
     command = {
-        "container": ["--entrypoint=true", IMAGE],
-        "import": ["--entrypoint=/opt/venv/bin/python", IMAGE, "-c", "import prefect"],
-    }.get(mode, [IMAGE, "run", "/work/experiment.yaml", "--output", "json"])
+        "container": ["--entrypoint=true", RUNNER_IMAGE],
+        "import": ["--entrypoint=/opt/venv/bin/python", RUNNER_IMAGE, "-c", "import prefect"],
+    }.get(mode, [RUNNER_IMAGE, "run", "/work/experiment.yaml", "--output", "json"])
     start = time.time()
     done = subprocess.run(
-        ["podman", "run", "--rm", *RESTRICTED, *volumes, *command],
-        env=podman_env(),
+        ["podman", "run", "--rm", *RESTRICTED_FLAGS, *volumes, *command],
+        env=environment(),
         capture_output=True,
         text=True,
         check=False,
@@ -89,9 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    present = subprocess.run(["podman", "image", "exists", IMAGE], env=podman_env(), check=False)
-    if present.returncode != 0:
-        raise SystemExit(f"{IMAGE} is not built: run make image-tier")
+    if not image_present(RUNNER_IMAGE):
+        raise SystemExit(f"{RUNNER_IMAGE} is not built: run make image-tier")
     root = Path(tempfile.mkdtemp(prefix="bench-pod-start-"))
     root.chmod(0o755)
     server = None
@@ -109,7 +96,7 @@ def main() -> None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
     load = os.getloadavg()[0]
-    print(f"\nrunner container start to first task, in {IMAGE} (medians of {args.repeats}; "
+    print(f"\nrunner container start to first task, in {RUNNER_IMAGE} (medians of {args.repeats}; "
           f"load avg {load:.1f})")  # fmt: skip
     print(f"{'mode':<10} {'first task s':>13} {'total s':>8}")
     for mode, runs in samples.items():

@@ -22,52 +22,64 @@ import dioptra_api as c
 import pytest
 import yaml
 from support import podman
-from support.cluster import CHART, Cluster, helm, private_control_plane, wait_for_crd
-from support.controlplane import free_port, kubectl_env
-from support.kubelet import StandInKubelet, running_kubelet
+from support.cluster import Cluster, private_control_plane, wait_for_crd
+from support.controlplane import kubectl_env
+from support.kubelet import running_kubelet
+from support.lock import locked_versions, normalized
 from support.s3 import FAKE_KEY, S3Server, start_moto_server
 from test_e2e_experiment import credentials_secret, example, push_builtins
+from test_helm_install import NAMESPACE, Installation, helm_install, install_values, wait_terminal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).resolve().parents[1]
-RELEASE = "dioptra-operator"
-NAMESPACE = "dioptra"
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    """The tier needs podman and the built images; without them it fails with the reason."""
+    reason = podman.unusable_reason()
+    if reason is not None:
+        pytest.fail(f"image tier: {reason}", pytrace=False)
 
 
 @dataclass
 class ImageCluster:
-    cluster: Cluster  # admin, in `default`, where the Experiments go
-    kubelet: StandInKubelet
+    installation: Installation  # the admin's cluster is in `default`, where Experiments go
     bucket: str
     endpoint: str
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        self.cluster.create(manifest)
-        name = manifest["metadata"]["name"]
-        final = self.cluster.wait_for(
-            "experiments",
-            name,
-            lambda e: ((e or {}).get("status") or {}).get("phase") in c.Phase.TERMINAL,
-            timeout=300,
-            what=f"{name} to finish",
-        )
-        return dict(final["status"])
+        self.installation.cluster.create(manifest)
+        return wait_terminal(self.installation.cluster, manifest["metadata"]["name"])
 
     def logs(self) -> dict[str, str]:
         return {
-            **self.kubelet.logs_in("default"),
-            **{f"operator/{k}": v[-3000:] for k, v in self.kubelet.logs_in(NAMESPACE).items()},
+            **self.installation.kubelet.logs_in("default"),
+            "operator": self.installation.operator_log()[-3000:],
         }
+
+
+def image_values() -> list[str]:
+    """The chart pointed at the locally built images, never pulled."""
+    values = []
+    for prefix, image in (("image", podman.OPERATOR_IMAGE), ("runner.image", podman.RUNNER_IMAGE)):
+        repository, tag = image.rsplit(":", 1)
+        values += [
+            "--set",
+            f"{prefix}.repository={repository}",
+            "--set",
+            f"{prefix}.tag={tag}",
+            "--set",
+            f"{prefix}.pullPolicy=Never",
+        ]
+    return values
 
 
 @pytest.fixture(scope="module")
 def image_cluster(
-    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+    images: None, tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
 ) -> Iterator[ImageCluster]:
-    reason = podman.unusable_reason()
-    if reason is not None:
-        pytest.fail(f"image tier: {reason}", pytrace=False)
     folder = tmp_path_factory.mktemp("image-tier")
     with (
         private_control_plane(folder / "controlplane") as plane,
@@ -78,55 +90,20 @@ def image_cluster(
         bucket = s3_server.new_bucket()
         push_builtins(s3_server, bucket)
         credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
-        repository, tag = podman.RUNNER_IMAGE.rsplit(":", 1)
-        operator_repository = podman.OPERATOR_IMAGE.rsplit(":", 1)[0]
-        helm(
-            "install",
-            RELEASE,
-            str(CHART),
-            "-n",
-            NAMESPACE,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "120s",
-            "--set",
-            f"image.repository={operator_repository}",
-            "--set",
-            f"image.tag={tag}",
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            f"runner.image.repository={repository}",
-            "--set",
-            f"runner.image.tag={tag}",
-            "--set",
-            "runner.image.pullPolicy=Never",
-            "--set",
-            "runner.namespaces={default}",
-            "--set",
-            f"s3.endpoint={s3_server.endpoint_url}",
-            "--set",
-            "s3.credentialsSecret=s3-credentials",
-            # Pods of the stand-in kubelet share the host's ports.
-            "--set",
-            f"health.port={free_port()}",
-            "--set",
-            f"metrics.port={free_port()}",
-            env=kubectl_env(cluster.kubeconfig_path),
-        )
+        # No Prefect server: each runner starts its own, as in a default install.
+        installation = Installation(cluster, node, kubectl_env(cluster.kubeconfig_path))
+        helm_install(installation, [*install_values(s3_server, None), *image_values()])
         wait_for_crd(plane)
-        yield ImageCluster(cluster, node, bucket, s3_server.endpoint_url)
+        yield ImageCluster(installation, bucket, s3_server.endpoint_url)
 
 
 def test_the_operator_runs_from_its_image_as_its_service_account(
     image_cluster: ImageCluster,
 ) -> None:
-    (pod,) = image_cluster.cluster.list(
-        "pods", NAMESPACE, labelSelector="app.kubernetes.io/component=operator"
-    )
+    (pod,) = image_cluster.installation.operator_pods()
     assert pod["status"]["phase"] == "Running"
-    command = image_cluster.kubelet.commands[f"{NAMESPACE}/{pod['metadata']['name']}/operator"]
+    commands = image_cluster.installation.kubelet.commands
+    command = commands[f"{NAMESPACE}/{pod['metadata']['name']}/operator"]
     assert command[:2] == ["podman", "run"] and podman.OPERATOR_IMAGE in command
     assert "--user=65532:65532" in command and "--read-only" in command
     assert "--cap-drop=ALL" in command
@@ -139,7 +116,7 @@ def test_random_integer_succeeds_in_the_runner_image(image_cluster: ImageCluster
     assert final["phase"] == c.Phase.SUCCEEDED, (final.get("message"), image_cluster.logs())
     assert final["progress"] == "3/3"
     assert final["plugins"], "the synced plugin versions are recorded"
-    commands = image_cluster.kubelet.commands
+    commands = image_cluster.installation.kubelet.commands
     (sync,) = [
         argv
         for key, argv in commands.items()
@@ -162,7 +139,9 @@ def test_adversarial_digits_succeeds_in_the_runner_image(image_cluster: ImageClu
 def test_bad_credentials_fail_the_sync_in_the_runner_image(image_cluster: ImageCluster) -> None:
     strict = start_moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # enforces credentials
     try:
-        credentials_secret(image_cluster.cluster, "wrong-credentials", "AKIDWRONG", "wrong-secret")
+        credentials_secret(
+            image_cluster.installation.cluster, "wrong-credentials", "AKIDWRONG", "wrong-secret"
+        )
         manifest = example("random-integer", "plugins", strict.endpoint_url)
         manifest["metadata"]["name"] = "bad-credentials"
         manifest["spec"]["plugins"]["credentialsSecretRef"] = {"name": "wrong-credentials"}
@@ -183,22 +162,12 @@ LIST_DISTRIBUTIONS = (
 
 
 @pytest.mark.parametrize("image", [podman.RUNNER_IMAGE, podman.OPERATOR_IMAGE])
-def test_the_image_holds_the_locked_versions_the_tests_ran_with(image: str) -> None:
-    reason = podman.unusable_reason()
-    if reason is not None:
-        pytest.fail(f"image tier: {reason}", pytrace=False)
+def test_the_image_holds_the_locked_versions_the_tests_ran_with(images: None, image: str) -> None:
     listed = podman.podman(
         "run", "--rm", "--entrypoint=/opt/venv/bin/python", image, "-c", LIST_DISTRIBUTIONS
     ).stdout.split()
-    pins = {
-        name.lower().replace("_", "-"): version
-        for name, version in (
-            line.split("==", 1)
-            for line in (REPO / "constraints.txt").read_text().splitlines()
-            if line and not line.startswith("#")
-        )
-    }
-    installed = dict(line.lower().replace("_", "-").split("==", 1) for line in listed)
+    pins = locked_versions()
+    installed = dict(normalized(line).split("==", 1) for line in listed)
     installed.pop("dioptra-operator")
     assert len(installed) > 20
     assert {n: v for n, v in installed.items() if n in pins and pins[n] != v} == {}
@@ -218,7 +187,7 @@ def _left_out_by_markers_here() -> set[str]:
             requirement = Requirement(line)
             marker = requirement.marker
             if marker and "extra" not in str(marker) and not marker.evaluate():
-                left_out.add(requirement.name.lower().replace("_", "-"))
+                left_out.add(normalized(requirement.name))
     return left_out
 
 
@@ -226,18 +195,10 @@ def _restricted_run(
     image: str, *args: str, env: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """The image under a restricted Pod's settings, without any volume."""
-    reason = podman.unusable_reason()
-    if reason is not None:
-        pytest.fail(f"image tier: {reason}", pytrace=False)
     return podman.podman(
         "run",
         "--rm",
-        "--network=host",
-        "--user=65532:65532",
-        "--read-only",
-        "--read-only-tmpfs=false",
-        "--cap-drop=ALL",
-        "--security-opt=no-new-privileges",
+        *podman.RESTRICTED_FLAGS,
         *(f"--env={item}" for item in env),
         image,
         *args,
@@ -245,14 +206,14 @@ def _restricted_run(
     )
 
 
-def test_the_operator_image_without_a_cluster_says_so_in_one_line() -> None:
+def test_the_operator_image_without_a_cluster_says_so_in_one_line(images: None) -> None:
     ran = _restricted_run(podman.OPERATOR_IMAGE)
     assert ran.returncode == 2
     (line,) = ran.stderr.strip().splitlines()
     assert "kubeconfig" in line.lower() and "Traceback" not in line
 
 
-def test_the_runner_image_without_a_writable_tmp_says_so_in_one_line() -> None:
+def test_the_runner_image_without_a_writable_tmp_says_so_in_one_line(images: None) -> None:
     experiment = json.dumps(yaml.safe_load((REPO / "examples/minimal.yaml").read_text()))
     ran = _restricted_run(
         podman.RUNNER_IMAGE, "run", "--in-cluster", env=(f"DIOPTRA_EXPERIMENT={experiment}",)

@@ -66,25 +66,28 @@ def empty_cluster(tmp_path: Path) -> Iterator[Installation]:
         yield Installation(cluster, node, env)
 
 
-def install_values(s3: S3Server, prefect_api_url: str) -> list[str]:
-    """The README's values, pointed at the test's S3 server, plus free ports for the node."""
-    return [
+def install_values(s3: S3Server, prefect_api_url: str | None) -> list[str]:
+    """The README's values, pointed at the test's S3 server, plus free ports for the node.
+
+    `prefect_api_url`: the session's Prefect server; None keeps the default, each runner's own
+    temporary server (works too, and only costs a few seconds more per run).
+    """
+    values = [
         "--set",
         f"s3.endpoint={s3.endpoint_url}",
         "--set",
         "s3.credentialsSecret=s3-credentials",
         "--set",
         "runner.namespaces={default}",
-        # The session's Prefect server (the default, each runner's own temporary server,
-        # works too and only costs a few seconds more per run).
-        "--set",
-        f"prefect.apiUrl={prefect_api_url}",
         # Pods of the stand-in kubelet share the host's ports.
         "--set",
         f"health.port={free_port()}",
         "--set",
         f"metrics.port={free_port()}",
     ]
+    if prefect_api_url is not None:
+        values += ["--set", f"prefect.apiUrl={prefect_api_url}"]
+    return values
 
 
 def readme_experiment(s3: S3Server) -> dict[str, Any]:

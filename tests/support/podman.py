@@ -31,6 +31,17 @@ VERSION = "0.1.0"
 RUNNER_IMAGE = f"localhost/dioptra-runner:{VERSION}"
 OPERATOR_IMAGE = f"localhost/dioptra-operator:{VERSION}"
 
+# What a restricted Pod's container gets (the operator's Jobs and the chart's Deployment), for
+# running an image by hand the way the kubelet would.
+RESTRICTED_FLAGS = (
+    "--network=host",
+    "--user=65532:65532",
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+)
+
 _QUANTITY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
 
 
@@ -57,11 +68,7 @@ def unusable_reason() -> str | None:
     """Why this machine cannot run the image tier, in one line; None when it can."""
     if shutil.which("podman") is None:
         return "podman is not installed (make test installs it with apt-get: see tests/images)"
-    missing = [
-        image
-        for image in (RUNNER_IMAGE, OPERATOR_IMAGE)
-        if podman("image", "exists", image, check=False).returncode != 0
-    ]
+    missing = [image for image in (RUNNER_IMAGE, OPERATOR_IMAGE) if not image_present(image)]
     if missing:
         return f"{', '.join(missing)} not built: run bash {BUILD_SCRIPT.relative_to(REPO)}"
     probe = podman("run", "--rm", "--network=host", "--entrypoint=true", RUNNER_IMAGE, check=False)
