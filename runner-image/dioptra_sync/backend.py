@@ -32,7 +32,10 @@ class Backend(Protocol):
 
     def download(
         self, remote: SourceFile, target: Path, on_bytes: Callable[[int], None]
-    ) -> tuple[str, str | None, str | None]: ...
+    ) -> tuple[str, str | None, str | None]:
+        """GET `remote.key` of `remote.source`'s bucket into `target` atomically, pinned to
+        the ETag `remote.token` (unpinned when it is empty); return (sha256, ETag, VersionId)."""
+        ...
 
 
 def fast_client_settings(

@@ -111,15 +111,15 @@ class BotoBackend:
         """GET one object into `target` atomically; return (sha256, ETag, VersionId).
 
         `IfMatch` pins the listed version: if the object changes between listing and GET,
-        the sync fails instead of recording an ETag that does not describe the bytes.
+        the sync fails instead of recording an ETag that does not describe the bytes. An
+        empty `remote.token` means an unpinned GET (an object named by its own digest).
         """
         bucket = remote.source[len("s3://") :].split("/", 1)[0]
         last_error: Exception | None = None
         for attempt in range(BODY_ATTEMPTS):
             try:
-                response = self.client.get_object(
-                    Bucket=bucket, Key=remote.key, IfMatch=f'"{remote.token}"'
-                )
+                pin = {"IfMatch": f'"{remote.token}"'} if remote.token else {}
+                response = self.client.get_object(Bucket=bucket, Key=remote.key, **pin)
                 chunks = response["Body"].iter_chunks(CHUNK)
                 sha256 = write_atomically(target, chunks, on_bytes, remote.size)
                 etag = str(response.get("ETag", remote.token)).strip('"')

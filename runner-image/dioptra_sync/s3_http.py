@@ -114,12 +114,14 @@ class HttpBackend:
     def download(
         self, remote: SourceFile, target: Path, on_bytes: Callable[[int], None]
     ) -> tuple[str, str | None, str | None]:
-        """GET into `target` atomically, pinned to the listed ETag; (sha256, ETag, VersionId)."""
+        """GET into `target` atomically, pinned to the listed ETag (unpinned when `remote.token`
+        is empty, e.g. a bundle named by its digest); (sha256, ETag, VersionId)."""
         bucket = remote.source[len("s3://") :].split("/", 1)[0]
         path = f"/{uri_encode(bucket, keep_slash=False)}/{uri_encode(remote.key, keep_slash=True)}"
 
         def attempt() -> tuple[str, str | None, str | None]:
-            response = self._request("GET", path, {}, {"If-Match": f'"{remote.token}"'})
+            pin = {"If-Match": f'"{remote.token}"'} if remote.token else {}
+            response = self._request("GET", path, {}, pin)
             length = response.getheader("Content-Length")
             chunks = iter(lambda: response.read(CHUNK), b"")
             sha256 = write_atomically(
