@@ -97,6 +97,15 @@ MODES: dict[str, dict[str, Any]] = {
     "prefect-server-with-external-url": {
         "prefect": {"apiUrl": "http://prefect.shared:4200/api", "server": {"enabled": True}}
     },
+    "plugin-deps": {
+        "pip": {
+            "indexURL": "https://pypi.internal/simple",
+            "extraIndexURL": "https://a.internal/simple https://b.internal/simple",
+            "trustedCA": "corp-ca",
+            "trustedCAKey": "bundle.pem",
+        },
+        "pluginDeps": {"cache": "plugin-deps"},
+    },
 }
 
 
@@ -243,8 +252,24 @@ def test_the_restricted_check_catches_a_privileged_root_container() -> None:
         ({"logLevel": "loud"}, "logLevel"),
         ({"replicaCount": 2}, "Additional property replicaCount is not allowed"),
         ({"image": {"repo": "x"}}, "Additional property repo is not allowed"),
+        ({"pip": {"indexURL": "pypi.internal/simple"}}, "pip.indexURL"),
+        ({"pip": {"extraIndexURL": "https://a.internal/simple b.internal"}}, "pip.extraIndexURL"),
+        ({"pip": {"trustedCA": "Corp_CA"}}, "pip.trustedCA"),
+        ({"pluginDeps": {"cache": "My Claim"}}, "pluginDeps.cache"),
+        ({"pluginDeps": {"size": "1Gi"}}, "Additional property size is not allowed"),
     ],
-    ids=["port-as-string", "bool-as-string", "enum", "unknown-key", "unknown-nested-key"],
+    ids=[
+        "port-as-string",
+        "bool-as-string",
+        "enum",
+        "unknown-key",
+        "unknown-nested-key",
+        "pip-index-without-scheme",
+        "pip-extra-index-without-scheme",
+        "pip-ca-not-a-name",
+        "plugin-deps-claim-not-a-name",
+        "plugin-deps-unknown-key",
+    ],
 )
 def test_the_values_schema_rejects_wrong_values(
     helm: Helm, values: dict[str, Any], complaint: str
@@ -878,3 +903,21 @@ def test_the_install_notes_without_a_prefect_server_suggest_one(
     notes = rendered_notes(helm_env, tmp_path, {})
     assert "port-forward" not in notes
     assert "prefect.server.enabled=true" in notes
+
+
+def test_the_operator_gets_the_plugin_requirements_settings_through_env(helm: Helm) -> None:
+    env = operator_env(render(helm, "plugin-deps"))
+    assert env["DIOPTRA_PIP_INDEX_URL"] == "https://pypi.internal/simple"
+    assert (
+        env["DIOPTRA_PIP_EXTRA_INDEX_URL"] == "https://a.internal/simple https://b.internal/simple"
+    )
+    assert env["DIOPTRA_PIP_TRUSTED_CA"] == "corp-ca"
+    assert env["DIOPTRA_PIP_TRUSTED_CA_KEY"] == "bundle.pem"
+    assert env["DIOPTRA_PLUGIN_DEPS_CLAIM"] == "plugin-deps"
+
+
+def test_by_default_plugin_requirements_come_from_pypi_into_an_empty_dir(helm: Helm) -> None:
+    env = operator_env(render(helm, "default"))
+    assert env["DIOPTRA_PIP_INDEX_URL"] == ""
+    assert env["DIOPTRA_PIP_TRUSTED_CA"] == ""
+    assert env["DIOPTRA_PLUGIN_DEPS_CLAIM"] == ""

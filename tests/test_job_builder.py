@@ -144,7 +144,7 @@ def test_both_containers_mount_the_plugin_and_tmp_volumes() -> None:
     assert {v["name"]: v for v in pod["volumes"]}["plugins"] == {"name": "plugins", "emptyDir": {}}
     for container in containers(job):
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert mounts == {"/var/lib/dioptra/plugins", "/tmp"}
+        assert mounts == {"/var/lib/dioptra/plugins", "/tmp", "/var/cache/dioptra/deps"}
 
 
 def test_pod_meets_the_restricted_pod_security_profile() -> None:
@@ -265,3 +265,75 @@ def test_a_failing_container_says_why_in_its_termination_message() -> None:
     init, main = containers(build_job(experiment(), SETTINGS))
     assert init["terminationMessagePolicy"] == main["terminationMessagePolicy"]
     assert main["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+# Plugin packages' own requirements: the dependency cache, the package index and its CA.
+
+DEPS_SETTINGS = Settings(
+    pip_index_url="https://pypi.internal/simple",
+    pip_extra_index_url="https://extra.internal/simple",
+    pip_trusted_ca="corp-ca",
+    plugin_deps_claim="plugin-deps",
+)
+
+
+def mounts_by_name(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container["volumeMounts"]}
+
+
+def test_both_containers_mount_the_deps_cache_at_the_path_the_sync_is_told() -> None:
+    job = build_job(experiment(), SETTINGS)
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["plugin-deps"] == {"name": "plugin-deps", "emptyDir": {}}
+    for container in containers(job):
+        assert mounts_by_name(container)["plugin-deps"]["mountPath"] == "/var/cache/dioptra/deps"
+        assert env(container)["DIOPTRA_DEPS_CACHE"] == "/var/cache/dioptra/deps"
+
+
+def test_a_deps_claim_makes_the_cache_a_volume_shared_by_runner_pods() -> None:
+    job = build_job(experiment(), DEPS_SETTINGS)
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["plugin-deps"] == {
+        "name": "plugin-deps",
+        "persistentVolumeClaim": {"claimName": "plugin-deps"},
+    }
+
+
+def test_the_package_index_settings_reach_both_containers() -> None:
+    for container in containers(build_job(experiment(), DEPS_SETTINGS)):
+        assert env(container)["PIP_INDEX_URL"] == "https://pypi.internal/simple"
+        assert env(container)["PIP_EXTRA_INDEX_URL"] == "https://extra.internal/simple"
+
+
+def test_no_index_settings_without_chart_values() -> None:
+    for container in containers(build_job(experiment(), SETTINGS)):
+        assert not {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT"} & set(env(container))
+
+
+def test_a_trusted_ca_config_map_is_mounted_read_only_and_given_to_uv_only() -> None:
+    job = build_job(experiment(), DEPS_SETTINGS)
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["trusted-ca"] == {"name": "trusted-ca", "configMap": {"name": "corp-ca"}}
+    for container in containers(job):
+        mount = mounts_by_name(container)["trusted-ca"]
+        assert mount["readOnly"] is True
+        assert env(container)["PIP_CERT"] == f"{mount['mountPath']}/ca.crt"
+        # SSL_CERT_FILE would also replace the S3 client's trust store.
+        assert "SSL_CERT_FILE" not in env(container)
+
+
+def test_the_plugin_deps_settings_come_from_the_charts_env() -> None:
+    settings = Settings.from_env(
+        {
+            "DIOPTRA_PIP_INDEX_URL": "https://pypi.internal/simple",
+            "DIOPTRA_PIP_EXTRA_INDEX_URL": "",
+            "DIOPTRA_PIP_TRUSTED_CA": "corp-ca",
+            "DIOPTRA_PIP_TRUSTED_CA_KEY": "bundle.pem",
+            "DIOPTRA_PLUGIN_DEPS_CLAIM": "plugin-deps",
+        }
+    )
+    assert settings.pip_index_url == "https://pypi.internal/simple"
+    assert settings.pip_extra_index_url is None
+    assert settings.pip_trusted_ca == "corp-ca"
+    assert settings.pip_trusted_ca_key == "bundle.pem"
+    assert settings.plugin_deps_claim == "plugin-deps"

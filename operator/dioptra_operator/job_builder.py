@@ -190,6 +190,39 @@ _COMMON_ENV: list[dict[str, Any]] = [
 ]
 
 
+# Plugin packages' requirements (runner-image/dioptra_sync/deps.py): installed by the init
+# container into this folder, read by the main one, so both mount it at the same path.
+DEPS_CACHE_DIR = "/var/cache/dioptra/deps"
+DEPS_CACHE_ENV = "DIOPTRA_DEPS_CACHE"
+TRUSTED_CA_DIR = "/etc/dioptra/trusted-ca"
+
+
+def _plugin_deps(settings: Settings) -> tuple[list[Any], list[Any], list[Any]]:
+    """The dependency cache (a shared claim, else an emptyDir), the index settings and the CA
+    bundle to trust: volumes, mounts and env for both containers.
+
+    The CA goes in PIP_CERT, which the sync passes to uv only: SSL_CERT_FILE would also
+    replace the trust store of the S3 client in the same container.
+    """
+    cache: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": settings.plugin_deps_claim}}
+        if settings.plugin_deps_claim
+        else {"emptyDir": {}}
+    )
+    volumes: list[Any] = [{"name": "plugin-deps", **cache}]
+    mounts: list[Any] = [{"name": "plugin-deps", "mountPath": DEPS_CACHE_DIR}]
+    env: list[Any] = [{"name": DEPS_CACHE_ENV, "value": DEPS_CACHE_DIR}]
+    if settings.pip_index_url:
+        env.append({"name": "PIP_INDEX_URL", "value": settings.pip_index_url})
+    if settings.pip_extra_index_url:
+        env.append({"name": "PIP_EXTRA_INDEX_URL", "value": settings.pip_extra_index_url})
+    if settings.pip_trusted_ca:
+        volumes.append({"name": "trusted-ca", "configMap": {"name": settings.pip_trusted_ca}})
+        mounts.append({"name": "trusted-ca", "mountPath": TRUSTED_CA_DIR, "readOnly": True})
+        env.append({"name": "PIP_CERT", "value": f"{TRUSTED_CA_DIR}/{settings.pip_trusted_ca_key}"})
+    return volumes, mounts, env
+
+
 def _pod_security_context() -> dict[str, Any]:
     """Restricted Pod Security Standard, for the Pod."""
     return {
@@ -227,14 +260,15 @@ def _sync_container(
     sources = (spec.get("plugins") or {}).get("sources") or []
     if not sources:
         return None
+    _, deps_mounts, deps_env = _plugin_deps(settings)
     return _container(
         c.INIT_CONTAINER,
         image,
         pull_policy,
         resources,
         command=["dioptra", "plugins", "sync", "--dest", c.PLUGIN_DIR, *sources],
-        env=[*_COMMON_ENV, *_s3_env(spec, settings)],
-        volumeMounts=list(_MOUNTS),
+        env=[*_COMMON_ENV, *deps_env, *_s3_env(spec, settings)],
+        volumeMounts=[*_MOUNTS, *deps_mounts],
     )
 
 
@@ -313,9 +347,11 @@ def build_job(
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
     resources = container_resources(runner.get("resources") or {})
     volumes, mounts, entry_env = _entry_point_volume(spec)
+    deps_volumes, deps_mounts, deps_env = _plugin_deps(settings)
     # The user's extra variables come last so that they can override ours deliberately.
     env = [
         *_runner_env(experiment, snapshot, point_env, settings),
+        *deps_env,
         *(dict(item) for item in runner.get("env") or []),
         *entry_env,
     ]
@@ -326,7 +362,7 @@ def build_job(
         resources,
         command=["dioptra", "run", "--in-cluster"],
         env=env,
-        volumeMounts=[*_MOUNTS, *mounts],
+        volumeMounts=[*_MOUNTS, *deps_mounts, *mounts],
     )
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -335,7 +371,7 @@ def build_job(
         or settings.runner_service_account,
         "securityContext": _pod_security_context(),
         "containers": [main],
-        "volumes": [*_VOLUMES, *volumes],
+        "volumes": [*_VOLUMES, *deps_volumes, *volumes],
     }
     sync = _sync_container(spec, settings, image, pull_policy, resources)
     if sync is not None:

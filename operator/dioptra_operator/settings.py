@@ -28,6 +28,15 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     # Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = 9090
+    # Where plugin packages' requirements come from (the runner passes them to uv): a package
+    # index, extra indexes (space-separated), and a ConfigMap holding the CA bundle to trust.
+    pip_index_url: str | None = None
+    pip_extra_index_url: str | None = None
+    pip_trusted_ca: str | None = None
+    pip_trusted_ca_key: str = "ca.crt"
+    # A PersistentVolumeClaim shared by runner pods for the installed requirements (None: an
+    # emptyDir per pod, so every run installs them again).
+    plugin_deps_claim: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +57,9 @@ class Settings:
             runner_service_account=get("DIOPTRA_RUNNER_SERVICE_ACCOUNT") or "dioptra-runner",
             image_pull_policy=get("DIOPTRA_RUNNER_IMAGE_PULL_POLICY") or "IfNotPresent",
             metrics_port=int(port) if port is not None else 9090,
+            pip_index_url=get("DIOPTRA_PIP_INDEX_URL"),
+            pip_extra_index_url=get("DIOPTRA_PIP_EXTRA_INDEX_URL"),
+            pip_trusted_ca=get("DIOPTRA_PIP_TRUSTED_CA"),
+            pip_trusted_ca_key=get("DIOPTRA_PIP_TRUSTED_CA_KEY") or "ca.crt",
+            plugin_deps_claim=get("DIOPTRA_PLUGIN_DEPS_CLAIM"),
         )

@@ -91,7 +91,7 @@ def run_flow(
     try:
         with stop_on_signals() as stop:
             stop.on_exit(_warmup_stopper(args))
-            with _plugin_dir_env(plugin_dir), plugin_dirs([]):
+            with _plugin_dir_env(plugin_dir), plugin_dirs([]), _plugin_deps_path(plugin_dir):
                 searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
                 flow = _load_flow(experiment)
                 runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
@@ -154,6 +154,36 @@ def _plugin_dir_env(plugin_dir: Path | None) -> Iterator[None]:
             os.environ.pop(PLUGIN_DIR_ENV, None)
         else:
             os.environ[PLUGIN_DIR_ENV] = previous
+
+
+@contextlib.contextmanager
+def _plugin_deps_path(plugin_dir: Path | None) -> Iterator[None]:
+    """The plugin packages' installed requirements (recorded by the sync) go on sys.path right
+    after the plugin folder, for the run only. sys.path is the process's, so the flow's tasks
+    (Prefect runs them in threads of this process) import them too."""
+    from dioptra_sync.deps import recorded_paths
+
+    folders = recorded_paths(plugin_dir) if plugin_dir is not None else []
+    if not folders:
+        yield
+        return
+    missing = [folder for folder in folders if not os.path.isdir(folder)]
+    if missing:
+        raise RunAborted(
+            f"the plugin requirements installed by the sync are missing at {missing[0]}: "
+            "mount the dependency cache (DIOPTRA_DEPS_CACHE) at the same path in the sync "
+            "and the run",
+            EXIT_SYNC,
+            "PluginSyncFailed",
+        )
+    saved = list(sys.path)
+    anchor = str(plugin_dir.resolve()) if plugin_dir is not None else ""
+    at = saved.index(anchor) + 1 if anchor in saved else 1
+    sys.path[:] = list(dict.fromkeys([*saved[:at], *folders, *saved[at:]]))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _wait_for_prefect(args: argparse.Namespace) -> None:
