@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             plugin_dir = _plugin_folder(args, experiment, cache, out)
             manifest = _manifest(plugin_dir)
             if manifest is not None:
-                reporter.update(plugins=manifest.get("files", []))
+                from dioptra_sync import status_entries  # a bundle as its digest, not its files
+
+                reporter.update(plugins=status_entries(manifest))
             runs, final_tasks = run_flow(experiment, plugin_dir, parameters, reporter, args, out)
             return _report_outcome(
                 args, experiment, runs, final_tasks, reporter, started, clock, out
@@ -313,6 +315,7 @@ def _plugin_folder(
     if not sources:
         return None
     from dioptra_sync import SyncError, sync_sources
+    from dioptra_sync.deps import install_plugin_deps
 
     plugins_spec = experiment.spec.get("plugins", {})
     if plugins_spec.get("region"):
@@ -335,10 +338,19 @@ def _plugin_folder(
             base=experiment.base_dir,
             progress_stream=out if out.isatty() else None,
         )
+        deps = install_plugin_deps(dest, _deps_cache(cache))
     except SyncError as error:
         raise RunAborted(f"plugin sync failed: {error}", EXIT_SYNC, "PluginSyncFailed") from None
     out.write(f"plugins: {report.summary()}\n")
+    if deps is not None:
+        out.write(f"plugins: {deps.summary()}\n")
     return dest
+
+
+def _deps_cache(cache: Path) -> Path:
+    """Where local runs install plugin requirements: $DIOPTRA_DEPS_CACHE, else the cache's
+    `deps/` (shared by every Experiment: one folder per resolved set)."""
+    return Path(os.environ.get("DIOPTRA_DEPS_CACHE") or cache / "deps")
 
 
 def _manifest(plugin_dir: Path | None) -> dict[str, Any] | None:

@@ -41,6 +41,14 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a source with no objects instead of failing",
     )
+    parser.add_argument(
+        "--deps-cache",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where plugin packages' requirements are installed, one folder per resolved set "
+        "(default: $DIOPTRA_DEPS_CACHE, else ~/.cache/dioptra/deps)",
+    )
     parser.set_defaults(handler=run_sync)
 
 
@@ -56,6 +64,15 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "--delete",
         action="store_true",
         help="also delete objects under the prefix that the folder does not have",
+    )
+    parser.add_argument(
+        "--bundle",
+        action="store_true",
+        help=(
+            "upload the folder as one tar.gz named by its digest (PREFIX/bundles/) and point "
+            "PREFIX/bundle.json at it; sync it by naming either as a source. As for sources, "
+            "./acme packs acme/..., ./plugins/ packs the folder's contents"
+        ),
     )
     parser.set_defaults(handler=run_push)
 
@@ -100,6 +117,10 @@ def run_sync(args: argparse.Namespace) -> int:
             allow_empty=args.allow_empty,
             workers=args.workers or DEFAULT_WORKERS,
         )
+        # After the files: the plugin packages' own requirements (nothing runs without any).
+        from dioptra_sync.deps import install_plugin_deps
+
+        deps = install_plugin_deps(Path(args.dest), getattr(args, "deps_cache", None))
     except SyncError as error:
         print(f"dioptra plugins sync: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -107,6 +128,8 @@ def run_sync(args: argparse.Namespace) -> int:
         print("dioptra plugins sync: interrupted", file=sys.stderr)
         return 130
     print(report.summary())
+    if deps is not None:
+        print(deps.summary())
     if report.overrides:
         shown = ", ".join(
             f"{o.path} ({o.winner} over {o.loser})" for o in report.overrides[:MAX_OVERRIDES_SHOWN]
@@ -118,16 +141,23 @@ def run_sync(args: argparse.Namespace) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     from dioptra_sync.engine import DEFAULT_WORKERS
-    from dioptra_sync.push import push_folder
+    from dioptra_sync.push import BundlePushReport, PushReport, push_bundle, push_folder
 
+    if args.bundle and args.delete:
+        print("dioptra plugins push: --delete does not apply to --bundle", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        report = push_folder(
-            Path(args.folder),
-            args.destination,
-            endpoint_url=args.endpoint_url,
-            delete=args.delete,
-            workers=args.workers or DEFAULT_WORKERS,
-        )
+        report: PushReport | BundlePushReport
+        if args.bundle:
+            report = push_bundle(args.folder, args.destination, endpoint_url=args.endpoint_url)
+        else:
+            report = push_folder(
+                Path(args.folder),
+                args.destination,
+                endpoint_url=args.endpoint_url,
+                delete=args.delete,
+                workers=args.workers or DEFAULT_WORKERS,
+            )
     except SyncError as error:
         print(f"dioptra plugins push: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -2,8 +2,8 @@
 
 Written at the top of the destination as `.dioptra-plugins.json` after every successful sync.
 It serves two readers: the next sync (to skip unchanged objects without a GET) and the runner,
-which copies `to_status()` into the Experiment's status so every run records exactly which
-plugin versions it used.
+which copies `status_entries()` into the Experiment's status so every run records exactly which
+plugin versions it used (a bundle as its digest, other sources file by file).
 """
 
 from __future__ import annotations
@@ -78,15 +78,52 @@ def read_manifest(dest: Path) -> dict[str, ManifestEntry]:
 
 
 def manifest_document(
-    sources: list[str], entries: list[ManifestEntry], synced_at: str
+    sources: list[str],
+    entries: list[ManifestEntry],
+    synced_at: str,
+    bundles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document: sources in merge order and files sorted by path."""
-    return {
+    """The JSON document: sources in merge order and files sorted by path.
+
+    `bundles` (when any source is a bundle) records each one as `{"source", "digest", "key",
+    "size", "files"}` plus `"pointer"` (its key) when it was found through a pointer.
+    """
+    document: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "syncedAt": synced_at,
         "sources": sources,
         "files": [entry.to_json() for entry in sorted(entries, key=lambda e: e.path)],
     }
+    if bundles:
+        document["bundles"] = bundles
+    return document
+
+
+def status_entries(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the Experiment's `status.plugins` records: small enough for any number of files.
+
+    One entry per bundle, `{"source", "bundle": "sha256:<hex>", "key", "size", "files"}` (the
+    digest says exactly which plugins ran; listing its files would put ~250 bytes per file
+    into the Experiment), then the per-file entries of the other sources, as in the manifest.
+    """
+    bundles = [item for item in document.get("bundles", []) if isinstance(item, dict)]
+    from_bundles = {item.get("source") for item in bundles}
+    entries: list[dict[str, Any]] = [
+        {
+            "source": item.get("source"),
+            "bundle": item.get("digest"),
+            "key": item.get("key"),
+            "size": item.get("size"),
+            "files": item.get("files"),
+        }
+        for item in bundles
+    ]
+    entries += [
+        item
+        for item in document.get("files", [])
+        if isinstance(item, dict) and item.get("source") not in from_bundles
+    ]
+    return entries
 
 
 def write_manifest(dest: Path, document: dict[str, Any]) -> None:

@@ -22,12 +22,16 @@ class SourceFile:
     `token` identifies the content without reading it: the ETag for S3, the modification time
     in nanoseconds for a local file (copies keep it, so a copy is current when size and mtime
     match its original).
+
+    `size` is None only for an object fetched without a listing (a bundle named by its digest,
+    or a bundle pointer): a backend then checks the body against the response's length.
+    Files in a listing always have their size.
     """
 
     source: str
     key: str  # the S3 key, or the absolute path of a local file
     path: str  # where it lands, relative to the destination, "/"-separated and checked safe
-    size: int
+    size: int | None
     token: str
     local: bool = False
 

@@ -1,24 +1,38 @@
-"""`push_folder`: a local plugin folder -> `s3://bucket/prefix`, uploading only what changed.
+"""`push_folder`: a local plugin folder -> `s3://bucket/prefix`, uploading only what changed;
+`push_bundle`: the same folder as one digest-named tar.gz plus a `bundle.json` pointer.
 
 Uses botocore (publishing is a user's command, not the init container's hot path). A file is
 unchanged when an object of the same size exists whose ETag is the file's MD5 (we PUT single
-part objects, so that holds for everything we uploaded).
+part objects, so that holds for everything we uploaded). A bundle is unchanged when an object
+of its name (its digest) and size exists.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dioptra_sync.engine import DEFAULT_WORKERS
 from dioptra_sync.errors import SyncError
 from dioptra_sync.local import walk_files
 from dioptra_sync.progress import Progress
-from dioptra_sync.uri import S3Source, parse_source
+from dioptra_sync.uri import (
+    BUNDLE_POINTER_NAME,
+    BUNDLES_FOLDER,
+    LocalSource,
+    S3Source,
+    bundle_key,
+    parse_source,
+)
 from dioptra_sync.work import guard, mib, run_parallel
+
+if TYPE_CHECKING:  # bundles import tarfile: only a bundle push pays for it
+    from dioptra_sync.bundle import BundleInfo
 
 
 @dataclass
@@ -108,5 +122,85 @@ def push_folder(
         deleted=len(extra) if delete else 0,
         remote_only=0 if delete else len(extra),
         bytes_uploaded=sum(sizes),
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class BundlePushReport:
+    """What a bundle push did; `pointer_uri` and `bundle_uri` are the sources to sync from."""
+
+    folder: str
+    info: BundleInfo
+    bundle_uri: str
+    pointer_uri: str
+    uploaded: bool
+    seconds: float
+
+    def summary(self) -> str:
+        state = "uploaded" if self.uploaded else "already there"
+        return (
+            f"pushed bundle sha256:{self.info.digest} of {self.folder} "
+            f"({self.info.files} files, {mib(self.info.size)}, {state}) in {self.seconds:.2f} s; "
+            f"sync it as {self.pointer_uri} (latest push) or {self.bundle_uri} (this bundle)"
+        )
+
+
+def push_bundle(
+    folder: str | os.PathLike[str],
+    destination: str,
+    *,
+    endpoint_url: str | None = None,
+) -> BundlePushReport:
+    """Pack `folder` into one deterministic tar.gz and publish it under `destination`.
+
+    Where the files sit inside the bundle follows rsync's trailing-slash rule, as for sources:
+    `"./acme"` packs `acme/...`, `"./plugins/"` packs the folder's contents at the top (pass
+    a string to use the slash; a `Path` never has one). The bundle goes to
+    `<prefix>/bundles/sha256-<hex>.tar.gz` (skipped when an object of that name and size
+    exists), then `<prefix>/bundle.json` is pointed at it.
+    """
+    started = time.monotonic()
+    target = parse_source(destination)
+    if not isinstance(target, S3Source):
+        raise SyncError(f"{destination}: push needs an s3://bucket/prefix destination")
+    local = parse_source(os.fspath(folder))
+    if not isinstance(local, LocalSource):
+        raise SyncError(f"{os.fspath(folder)}: push --bundle needs a folder")
+    from dioptra_sync import bundle
+    from dioptra_sync.s3 import list_for_push, make_client, upload
+
+    with tempfile.TemporaryDirectory(prefix="dioptra-bundle-") as scratch:
+        archive = Path(scratch) / "bundle.tar.gz"
+        info = guard(
+            "-",
+            local,
+            None,
+            lambda: bundle.pack(local.path, archive, root=local.folder, label=str(local)),
+        )
+        key = bundle_key(target.prefix, info.digest)
+        relative = key[len(target.prefix) :]
+        client = make_client(endpoint_url, 1)
+        endpoint = str(client.meta.endpoint_url)
+        folder_of_bundles = S3Source(target.bucket, f"{target.prefix}{BUNDLES_FOLDER}/")
+        existing = guard(endpoint, target, None, lambda: list_for_push(client, folder_of_bundles))
+        there = existing.get(relative[len(BUNDLES_FOLDER) + 1 :], (None, ""))[0] == info.size
+        if not there:
+            guard(endpoint, target, key, lambda: upload(client, target, relative, archive))
+        pointer = Path(scratch) / BUNDLE_POINTER_NAME
+        document = bundle.pointer_document(key, info)
+        pointer.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        guard(
+            endpoint,
+            target,
+            target.prefix + BUNDLE_POINTER_NAME,
+            lambda: upload(client, target, BUNDLE_POINTER_NAME, pointer),
+        )
+    return BundlePushReport(
+        folder=str(local),
+        info=info,
+        bundle_uri=f"s3://{target.bucket}/{key}",
+        pointer_uri=f"s3://{target.bucket}/{target.prefix}{BUNDLE_POINTER_NAME}",
+        uploaded=not there,
         seconds=time.monotonic() - started,
     )

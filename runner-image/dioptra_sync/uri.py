@@ -7,6 +7,7 @@ key becomes a path relative to the destination only if it cannot escape it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -21,6 +22,19 @@ LIST_PAGE_SIZE = 1000
 
 TEMP_MARKER = ".dioptra-tmp-"
 """Part of the name of a file being written; never a plugin file (it starts with a dot)."""
+
+BUNDLE_POINTER_NAME = "bundle.json"
+"""The pointer `dioptra plugins push --bundle` writes at `<prefix>/bundle.json`: the latest
+bundle's digest. Naming it as a source means "whatever was pushed last"."""
+
+BUNDLE_CACHE_FOLDER = ".dioptra-bundles"
+"""Unpacked bundles inside the destination, one `sha256-<hex>/` folder each (a dotfolder:
+never synced over, never importable)."""
+
+BUNDLES_FOLDER = "bundles"
+"""Where bundles live under a push prefix: `<prefix>/bundles/sha256-<hex>.tar.gz`."""
+
+_BUNDLE_NAME = re.compile(r"sha256-([0-9a-f]{64})\.tar\.gz")
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,62 @@ class LocalSource:
         return str(self.path) if self.folder else f"{self.path}/"
 
 
-Source = S3Source | LocalSource
+@dataclass(frozen=True)
+class BundleSource:
+    """A plugin bundle: one tar.gz holding a whole plugin tree (`dioptra plugins push --bundle`).
+
+    On S3 it is named either through its pointer (`s3://b/prefix/bundle.json`: the latest
+    push, `digest` None until the pointer is read) or by its digest
+    (`s3://b/prefix/bundles/sha256-<hex>.tar.gz`: pinned, `digest` is that hex). On a laptop
+    it may be a local `.tar.gz` file (`bucket` ""; `key` is then the absolute path). Files land
+    where the bundle holds them (the packer applied rsync's rule), so there is no `folder`.
+    """
+
+    bucket: str  # "" for a local file
+    key: str  # the object key, or the absolute path of a local file
+    digest: str | None  # 64 hex digits when the name pins it, else None
+
+    @property
+    def local(self) -> bool:
+        return not self.bucket
+
+    @property
+    def is_pointer(self) -> bool:
+        return not self.local and self.key.rsplit("/", 1)[-1] == BUNDLE_POINTER_NAME
+
+    def __str__(self) -> str:
+        return self.key if self.local else f"s3://{self.bucket}/{self.key}"
+
+
+Source = S3Source | LocalSource | BundleSource
+
+
+def bundle_key(prefix: str, digest: str) -> str:
+    """The object key of the bundle with sha256 `digest` (hex) under a push prefix."""
+    return f"{prefix}{BUNDLES_FOLDER}/sha256-{digest}.tar.gz"
+
+
+def bundle_digest_from_name(name: str) -> str | None:
+    """The hex digest in a bundle's file name `sha256-<64 hex>.tar.gz`, else None."""
+    match = _BUNDLE_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def _is_bundle_name(name: str) -> bool:
+    return name == BUNDLE_POINTER_NAME or name.endswith((".tar.gz", ".tgz"))
+
+
+def _bundle(text: str, bucket: str, key: str) -> BundleSource:
+    name = key.rsplit("/", 1)[-1]
+    if name == BUNDLE_POINTER_NAME:
+        return BundleSource(bucket=bucket, key=key, digest=None)
+    digest = bundle_digest_from_name(name)
+    if digest is None and bucket:
+        raise SyncError(
+            f"{text}: a bundle on S3 is named by its digest (bundles/sha256-<64 lowercase hex>"
+            f".tar.gz) or through its pointer ({BUNDLE_POINTER_NAME})"
+        )
+    return BundleSource(bucket=bucket, key=key, digest=digest)
 
 
 def parse_source(text: str, *, base: Path | None = None) -> Source:
@@ -64,6 +133,8 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
 
     The prefix is treated as a folder: `s3://b/custom` syncs `custom/...` and never
     `custom2/...`, so that "only what lies under the prefix is synced" holds literally.
+    A last segment `bundle.json`, `sha256-<hex>.tar.gz` (or, for a local path, any `.tar.gz`)
+    without a trailing slash names a bundle instead (`BundleSource`).
     """
     if text.startswith("s3://"):
         rest = text[len("s3://") :]
@@ -74,6 +145,8 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
         prefix = prefix.strip("/")
         if prefix:
             check_relative_key(prefix, source=text)
+        if prefix and not contents and _is_bundle_name(prefix.rsplit("/", 1)[-1]):
+            return _bundle(text, bucket, prefix)
         folder = "" if contents else prefix.rsplit("/", 1)[-1]
         return S3Source(bucket=bucket, prefix=f"{prefix}/" if prefix else "", folder=folder)
     if "://" in text:
@@ -87,8 +160,10 @@ def parse_source(text: str, *, base: Path | None = None) -> Source:
     return _local(path, contents=text.endswith(("/", os.sep)))
 
 
-def _local(path: Path, *, contents: bool) -> LocalSource:
+def _local(path: Path, *, contents: bool) -> LocalSource | BundleSource:
     resolved = path.resolve()
+    if not contents and resolved.name.endswith((".tar.gz", ".tgz")):
+        return _bundle(str(resolved), "", str(resolved))
     folder = "" if contents or resolved.parent == resolved else resolved.name
     return LocalSource(path=resolved, folder=folder)
 
