@@ -17,6 +17,7 @@ from typing import Any
 import dioptra_api as c
 import pytest
 import yaml
+from dioptra_sync import push_bundle
 from support.cluster import Cluster, OperatorProcess, wait_until
 from support.kubelet import StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
@@ -158,6 +159,37 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
         kubelet.logs_in(cluster.namespace),
     )
     assert final["progress"] == "2/2"
+
+
+def test_plugins_from_a_bundle_are_synced_in_the_job_and_recorded_by_their_digest(
+    cluster: Cluster,
+    runner_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    pushed = push_bundle(str(BUILTINS), f"s3://{bucket}/team")
+    credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    manifest = example("random-integer", bucket, s3_server.endpoint_url)
+    manifest["spec"]["plugins"]["sources"] = [pushed.pointer_uri]
+    cluster.create(manifest)
+
+    final = wait_until(
+        lambda: (s := status(cluster, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
+        timeout=150,
+        what="the experiment to finish",
+    )
+    assert final["phase"] == c.Phase.SUCCEEDED, (
+        final.get("message"),
+        kubelet.logs_in(cluster.namespace),
+    )
+    [recorded] = final["plugins"]
+    assert recorded["source"] == pushed.pointer_uri
+    assert recorded["bundle"] == f"sha256:{pushed.info.digest}"
+    assert recorded["files"] == pushed.info.files
 
 
 @pytest.fixture()
