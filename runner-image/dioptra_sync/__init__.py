@@ -1,7 +1,7 @@
 """Plugin sync and push: S3 (or local folders) <-> a plugin folder. Depends on boto3 only.
 
 Commands: `dioptra plugins sync --dest DIR SOURCE...` (the Job's init container) and
-`dioptra plugins push LOCAL_DIR s3://bucket/prefix` (also `python -m dioptra_sync`).
+`dioptra plugins push [--bundle] LOCAL_DIR s3://bucket/prefix` (also `python -m dioptra_sync`).
 
 Python API (what the runner calls)::
 
@@ -29,14 +29,29 @@ Python API (what the runner calls)::
   could land outside DEST (`..`, absolute, backslashes, empty segments) and symlinked folders
   inside DEST stop the sync before anything is written through them.
   `progress_stream` (default stderr) gets a live line when it is a terminal.
+  A source may also be a bundle (`bundle.py`): `s3://b/prefix/bundle.json` (the pointer to
+  the latest `push --bundle`), `s3://b/prefix/bundles/sha256-<64 hex>.tar.gz` (one bundle,
+  pinned by its digest) or, locally, a path to a `.tar.gz`. A bundle is one GET (plus one
+  for the pointer), checked against its digest, unpacked safely (regular files and folders
+  only, names checked, size and count capped) into `DEST/.dioptra-bundles/sha256-<hex>/`
+  and then merged like a local folder; that cache makes a no-op re-sync one small GET (the
+  pointer) or none (a digest-named source). Its files land where the bundle holds them.
 - `push_folder(folder, "s3://bucket/prefix", *, endpoint_url=None, delete=False, workers=16,
   progress_stream=None) -> PushReport`: upload changed files (size or MD5 differs from the
   object's ETag); `delete=True` also removes objects under the prefix that the folder lacks.
+- `push_bundle(folder, "s3://bucket/prefix", *, endpoint_url=None) -> BundlePushReport`:
+  pack the folder deterministically (same tree, same digest; `"./acme"` packs `acme/...`,
+  `"./plugins/"` the contents), upload `<prefix>/bundles/sha256-<hex>.tar.gz` unless there,
+  and point `<prefix>/bundle.json` at it (`report.pointer_uri`, `report.bundle_uri`).
 - `SyncError`: every failure the user can fix; `str(error)` is one line naming the source
   and the cause, never a credential and never a traceback.
 - `load_manifest(dest) -> dict | None`: the manifest for the Experiment's status:
   `{"version": 1, "syncedAt", "sources": [...], "files": [{"path", "source", "key", "size",
-  "sha256", "etag" (S3 only), "versionId" (versioned buckets only)}]}`.
+  "sha256", "etag" (S3 only), "versionId" (versioned buckets only)}], "bundles": [{"source",
+  "digest", "key", "size", "files", "pointer" (when found through one)}] (bundles only)}`.
+- `status_entries(document) -> list`: what goes into the Experiment's `status.plugins`: one
+  `{"source", "bundle": "sha256:<hex>", "key", "size", "files"}` per bundle instead of its
+  files, plus the per-file entries of the other sources.
 
 S3 access: credentials, region and endpoint come from boto3's standard chain
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, IRSA web identity); `endpoint_url`
@@ -51,16 +66,19 @@ imports Prefect, the Kubernetes client or rich.
 
 from dioptra_sync.engine import SyncReport, sync_sources
 from dioptra_sync.errors import SyncError
-from dioptra_sync.manifest import load_manifest
-from dioptra_sync.push import PushReport, push_folder
+from dioptra_sync.manifest import load_manifest, status_entries
+from dioptra_sync.push import BundlePushReport, PushReport, push_bundle, push_folder
 from dioptra_sync.uri import MANIFEST_NAME
 
 __all__ = [
     "MANIFEST_NAME",
+    "BundlePushReport",
     "PushReport",
     "SyncError",
     "SyncReport",
     "load_manifest",
+    "push_bundle",
     "push_folder",
+    "status_entries",
     "sync_sources",
 ]

@@ -118,8 +118,12 @@ class BotoBackend:
         last_error: Exception | None = None
         for attempt in range(BODY_ATTEMPTS):
             try:
-                pin = {"IfMatch": f'"{remote.token}"'} if remote.token else {}
-                response = self.client.get_object(Bucket=bucket, Key=remote.key, **pin)
+                if remote.token:
+                    response = self.client.get_object(
+                        Bucket=bucket, Key=remote.key, IfMatch=f'"{remote.token}"'
+                    )
+                else:
+                    response = self.client.get_object(Bucket=bucket, Key=remote.key)
                 chunks = response["Body"].iter_chunks(CHUNK)
                 sha256 = write_atomically(target, chunks, on_bytes, remote.size)
                 etag = str(response.get("ETag", remote.token)).strip('"')
