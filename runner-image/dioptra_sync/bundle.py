@@ -136,11 +136,8 @@ def _add(tar: tarfile.TarFile, name: str, path: Path | None, info: os.stat_resul
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # -- the pointer -----------------------------------------------------------------------------
