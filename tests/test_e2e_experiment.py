@@ -69,6 +69,23 @@ def status(api: Cluster, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
+def succeeded(
+    api: Cluster, kubelet: StandInKubelet, name: str, *, timeout: float = 150
+) -> dict[str, Any]:
+    """Wait for the Experiment to end and return its status; it must have Succeeded (the
+    message and the pods' logs say why not)."""
+    final: dict[str, Any] = wait_until(
+        lambda: (s := status(api, name)).get("phase") in c.Phase.TERMINAL and s,
+        timeout=timeout,
+        what="the experiment to finish",
+    )
+    assert final["phase"] == c.Phase.SUCCEEDED, (
+        final.get("message"),
+        kubelet.logs_in(api.namespace),
+    )
+    return final
+
+
 def condition(current: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(cond for cond in current.get("conditions") or [] if cond["type"] == type_)
 
@@ -91,15 +108,7 @@ def test_an_example_experiment_succeeds_with_progress_and_results(
 ) -> None:
     cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
 
-    final = wait_until(
-        lambda: (s := status(cluster, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
-        timeout=150,
-        what="the experiment to finish",
-    )
-    assert final["phase"] == c.Phase.SUCCEEDED, (
-        final.get("message"),
-        kubelet.logs_in(cluster.namespace),
-    )
+    final = succeeded(cluster, kubelet, "random-integer")
     assert final["tasksTotal"] == final["tasksDone"] == 3
     assert {task["state"] for task in final["tasks"]} == {"Completed"}
     assert final["results"]
@@ -149,15 +158,7 @@ def test_a_configmap_entry_point_runs_from_the_mounted_file(
     manifest["spec"]["parameters"] = {"seed": 7}
     cluster.create(manifest)
 
-    final = wait_until(
-        lambda: (s := status(cluster, "from-configmap")).get("phase") in c.Phase.TERMINAL and s,
-        timeout=150,
-        what="the experiment to finish",
-    )
-    assert final["phase"] == c.Phase.SUCCEEDED, (
-        final.get("message"),
-        kubelet.logs_in(cluster.namespace),
-    )
+    final = succeeded(cluster, kubelet, "from-configmap")
     assert final["progress"] == "2/2"
 
 
@@ -177,15 +178,7 @@ def test_plugins_from_a_bundle_are_synced_in_the_job_and_recorded_by_their_diges
     manifest["spec"]["plugins"]["sources"] = [pushed.pointer_uri]
     cluster.create(manifest)
 
-    final = wait_until(
-        lambda: (s := status(cluster, "random-integer")).get("phase") in c.Phase.TERMINAL and s,
-        timeout=150,
-        what="the experiment to finish",
-    )
-    assert final["phase"] == c.Phase.SUCCEEDED, (
-        final.get("message"),
-        kubelet.logs_in(cluster.namespace),
-    )
+    final = succeeded(cluster, kubelet, "random-integer")
     [recorded] = final["plugins"]
     assert recorded["source"] == pushed.pointer_uri
     assert recorded["bundle"] == f"sha256:{pushed.info.digest}"

@@ -11,17 +11,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import dioptra_api as c
 import pytest
 import yaml
 from dioptra_sync import SyncError, sync_sources
 from dioptra_sync.deps import install_plugin_deps, read_record
 from dioptra_sync.uv_install import Uv, find_uv, installed_distributions
-from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
+from support.cluster import ChartRbac, Cluster, OperatorProcess
 from support.kubelet import StandInKubelet
 from support.package_index import Index, build_wheel
 from support.s3 import FAKE_KEY, REGION, S3Server
-from test_e2e_experiment import credentials_secret
+from test_e2e_experiment import credentials_secret, succeeded
 
 DIOPTRA = str(Path(sys.executable).with_name("dioptra"))
 
@@ -290,21 +289,9 @@ def test_in_a_job_the_init_container_installs_what_the_runner_imports(
                 },
             }
         )
-        final = wait_until(
-            lambda: (
-                (s := cluster.get("experiments", "tiny").get("status") or {}).get("phase")
-                in c.Phase.TERMINAL
-                and s
-            ),
-            timeout=200,
-            what="the experiment to finish",
-        )
+        final = succeeded(cluster, kubelet, "tiny", timeout=200)
     finally:
         operator.stop()
-    assert final["phase"] == c.Phase.SUCCEEDED, (
-        final.get("message"),
-        kubelet.logs_in(cluster.namespace),
-    )
     assert final["results"]["outputs"] == {"acme.steps.tiny_value": "tiny one"}
     assert [p for p in index.wheel_downloads() if "tinylib-1.0" in p]
 
