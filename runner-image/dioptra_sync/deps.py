@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dioptra_sync.atomic import temp_name
 from dioptra_sync.errors import SyncError
 
 DEPS_RECORD_NAME = ".dioptra-deps.json"
 DEPS_CACHE_ENV = "DIOPTRA_DEPS_CACHE"
-_TEMP_PREFIX = ".dioptra-tmp-"
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,6 @@ def _write_record(record: Path, report: DepsReport) -> None:
         "requirements": report.requirements,
         "packages": report.installed or report.reused,
     }
-    temp = record.with_name(f"{record.name}{_TEMP_PREFIX}{os.getpid()}")
+    temp = temp_name(record)
     temp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     os.replace(temp, record)

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dioptra_sync.errors import SyncError
+from dioptra_sync.uri import TEMP_MARKER
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 UV_CACHE_NAME = ".uv-cache"
-TEMP_PREFIX = ".dioptra-tmp-"
 _MAX_CAUSE = 300
 ABANDONED_AFTER_SECONDS = 24 * 3600
 
@@ -116,7 +116,7 @@ class Uv:
 
     def resolve(self, requirements: Mapping[str, list[str]]) -> Resolution:
         """Resolve every plugin's requirements together; on failure, name the culprit."""
-        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as scratch:
+        with tempfile.TemporaryDirectory(prefix=TEMP_MARKER) as scratch:
             files = []
             for plugin, lines in requirements.items():
                 path = Path(scratch) / f"{plugin}.txt"
@@ -141,7 +141,7 @@ class Uv:
         atomically: a temp folder renamed into place; a folder already there wins."""
         _remove_abandoned_temps(folder.parent)
         # A unique name: pods sharing the cache may well have the same pid.
-        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{folder.name}-", dir=folder.parent))
+        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARKER}{folder.name}-", dir=folder.parent))
         try:
             done = self._run("install", "--target", str(temp), "--no-deps", *pins)
             if done.returncode != 0:
@@ -235,7 +235,7 @@ def _remove_abandoned_temps(cache: Path) -> None:
     import time
 
     cutoff = time.time() - ABANDONED_AFTER_SECONDS
-    for entry in cache.glob(f"{TEMP_PREFIX}*"):
+    for entry in cache.glob(f"{TEMP_MARKER}*"):
         try:
             if entry.is_dir() and entry.stat().st_mtime < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
