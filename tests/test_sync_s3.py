@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dioptra_sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources, uri
+from dioptra_sync import MANIFEST_NAME, SyncError, load_manifest, sync_sources
 from support.s3 import FlakyProxy, RecordedRequest, S3Server
 
 TREE = {
@@ -258,13 +258,14 @@ def test_keys_with_spaces_and_non_ascii_characters_sync_to_the_same_names(
 
 
 def test_a_listing_of_several_pages_is_read_to_the_end(
-    plugins: str, tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(uri, "LIST_PAGE_SIZE", 2)  # five objects, three pages
+    many = {f"pkg/m{i:04d}.py": f"n = {i}\n" for i in range(1001)}  # a page holds 1,000 keys
+    s3_server.put_files(s3_bucket, "p", many)
     with s3_server.recording() as requests:
-        sync_sources([plugins], tmp_path)
-    assert len(listings(requests)) == 3
-    assert files_under(tmp_path) == TREE
+        sync_sources([f"s3://{s3_bucket}/p/"], tmp_path)
+    assert len(listings(requests)) == 2
+    assert files_under(tmp_path) == many
 
 
 def test_a_symlinked_folder_in_the_destination_cannot_lead_files_outside(

@@ -54,8 +54,12 @@ def fast_client_settings(
 
 def make_backend(endpoint_url: str | None, workers: int) -> Backend:
     choice = os.environ.get(CLIENT_ENV, "auto")
-    if choice not in ("auto", "http", "botocore"):
-        raise SyncError(f"{CLIENT_ENV}={choice!r}: expected auto, http or botocore")
+    if choice not in ("auto", "obstore", "http", "botocore"):
+        raise SyncError(f"{CLIENT_ENV}={choice!r}: expected auto, obstore, http or botocore")
+    if choice in ("auto", "obstore"):
+        from dioptra_sync.s3_obstore import ObstoreClient
+
+        return ObstoreClient(endpoint_url)
     settings = fast_client_settings(endpoint_url, os.environ) if choice != "botocore" else None
     if settings is not None:
         from dioptra_sync.s3_http import HttpBackend

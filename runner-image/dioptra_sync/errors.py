@@ -14,3 +14,8 @@ class SyncError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class ClientSetupError(Exception):
+    """The S3 client could not be set up (no credentials, a profile that does not exist). The
+    message is the cause alone; `messages.explain` puts the source it was needed for in front."""

@@ -7,6 +7,7 @@ synced from disk and the same folder pushed and synced from S3 give the same tre
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -131,3 +132,10 @@ _NO_LINKS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 
 def no_progress(count: int) -> None:
     """An `on_bytes` for transfers not drawn as per-file progress (bundles, their links)."""
+
+
+def md5_of(path: Path) -> str:
+    """A file's MD5, which is the ETag S3 gives a single-part upload of it (push compares
+    them to skip unchanged files without a HEAD per object)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()

@@ -1,17 +1,26 @@
 """Turning client exceptions into one-line messages that name the source and the cause.
 
-Pure: an exception goes in, a `SyncError` comes out. Both clients' errors are understood (the
-fast client's `S3HttpError` / `EndpointUnreachable`, botocore's exceptions); botocore is only
-imported when the error came from it. Messages never quote the server's raw error text for
-authentication failures (some servers echo the access key id there) and never print
-credentials.
+Pure: an exception goes in, a `SyncError` comes out. obstore's exceptions carry the server's
+answer as text (the S3 error code in its XML, the HTTP status): both are read from there.
+Other clients' errors are understood too (botocore's, and the fast client's `S3HttpError` /
+`EndpointUnreachable`); a client's module is only imported when the error came from it.
+Messages never quote the server's raw error text (some servers echo the access key id in
+authentication failures) and never print credentials.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
-from dioptra_sync.errors import SyncError
+from dioptra_sync.errors import ClientSetupError, SyncError
+from dioptra_sync.uri import check_relative_key
+
+_CODE = re.compile(r"<Code>([^<]{1,64})</Code>")
+_STATUS = re.compile(r"status code: (\d{3})")
+_BAD_PATH = re.compile(r'Path "((?:[^"\\]|\\.)*)"')
+_CERTIFICATE = re.compile(r"InvalidCertificate\(\s*(\w+)")
+_UNREACHABLE = ("error sending request", "Connection refused", "dns error", "connect error")
 
 _AUTH_HINTS = {
     "InvalidAccessKeyId": "the server does not know this access key id; check AWS_ACCESS_KEY_ID",
@@ -33,6 +42,12 @@ def explain(
     where = f"{source}: {key!r}" if key else source
     if isinstance(error, SyncError):
         return error
+    if isinstance(error, ClientSetupError):
+        return SyncError(f"{where}: {error}")
+    if "obstore" in sys.modules:
+        message = _obstore_message(error, endpoint, source)
+        if message is not None:
+            return SyncError(f"{where}: {message}")
     from dioptra_sync.s3_http import EndpointUnreachable, S3HttpError
 
     if isinstance(error, S3HttpError):
@@ -49,6 +64,42 @@ def explain(
         return SyncError(f"{where}: {error.strerror or type(error).__name__} ({error.filename})")
     first_line = str(error).splitlines()[0] if str(error) else ""
     return SyncError(f"{where}: {type(error).__name__}: {first_line}")
+
+
+def _obstore_message(error: BaseException, endpoint: str, source: str) -> str | None:
+    from obstore.exceptions import BaseError, InvalidPathError, PreconditionError
+
+    if not isinstance(error, BaseError | FileNotFoundError) or not str(error):
+        return None  # obstore's NotFoundError is a FileNotFoundError
+    text = str(error)
+    if isinstance(error, InvalidPathError):
+        found = _BAD_PATH.search(text)
+        if found is not None:  # a listed key object_store refuses to parse: say why we do too
+            key = found.group(1).encode().decode("unicode_escape")
+            prefix = source[len("s3://") :].partition("/")[2]
+            relative = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+            try:
+                check_relative_key(relative, source=source)
+            except SyncError as refused:
+                return str(refused)[len(source) + 2 :]
+        return f"refusing an object key that is not a safe relative path ({text.splitlines()[0]})"
+    if isinstance(error, PreconditionError):
+        return describe_code("PreconditionFailed", 412, "", source)
+    code, status = _CODE.search(text), _STATUS.search(text)
+    if code is not None or status is not None:
+        number = int(status.group(1)) if status is not None else 0
+        return describe_code(code.group(1) if code else str(number), number, "", source)
+    certificate = _CERTIFICATE.search(text)
+    if certificate is not None:
+        return (
+            f"the TLS certificate of {endpoint} is not trusted ({certificate.group(1)}); "
+            "set AWS_CA_BUNDLE to the CA that signed it"
+        )
+    if any(marker in text for marker in _UNREACHABLE):
+        return f"cannot reach the S3 endpoint {endpoint}"
+    if "timed out" in text or "operation timed out" in text:
+        return f"the S3 endpoint {endpoint} did not answer in time"
+    return None
 
 
 def _botocore_message(error: BaseException, endpoint: str, source: str) -> str | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dioptra_sync.engine import DEFAULT_WORKERS
 from dioptra_sync.errors import SyncError
-from dioptra_sync.local import walk_files
+from dioptra_sync.local import md5_of, walk_files
 from dioptra_sync.progress import Progress
 from dioptra_sync.uri import (
     BUNDLE_POINTER_NAME,
@@ -83,11 +83,11 @@ def push_folder(
     local = walk_files(folder, label=str(folder))
     if not local:
         raise SyncError(f"{folder}: no plugin files to push")
-    from dioptra_sync.s3 import delete_keys, list_for_push, make_client, md5_of, upload
+    from dioptra_sync.s3_obstore import ObstoreClient
 
-    client = make_client(endpoint_url, workers)
-    endpoint = str(client.meta.endpoint_url)
-    remote = guard(endpoint, target, None, lambda: list_for_push(client, target))
+    client = guard("-", target, None, lambda: ObstoreClient(endpoint_url))
+    endpoint = client.endpoint
+    remote = guard(endpoint, target, None, lambda: client.list_for_push(target))
 
     def changed(item: tuple[str, Path, os.stat_result]) -> bool:
         relative, path, stat = item
@@ -103,7 +103,7 @@ def push_folder(
             endpoint,
             target,
             target.prefix + relative,
-            lambda: upload(client, target, relative, path),
+            lambda: client.upload(target, relative, path),
         )
         progress.add_bytes(stat.st_size)
         progress.file_done()
@@ -114,7 +114,7 @@ def push_folder(
     names = {relative for relative, _, _ in local}
     extra = sorted(relative for relative in remote if relative not in names)
     if delete and extra:
-        guard(endpoint, target, None, lambda: delete_keys(client, target, extra))
+        guard(endpoint, target, None, lambda: client.delete_keys(target, extra))
     return PushReport(
         destination=str(target),
         uploaded=len(todo),
@@ -168,7 +168,7 @@ def push_bundle(
     if not isinstance(local, LocalSource):
         raise SyncError(f"{os.fspath(folder)}: push --bundle needs a folder")
     from dioptra_sync import bundle
-    from dioptra_sync.s3 import list_for_push, make_client, upload
+    from dioptra_sync.s3_obstore import ObstoreClient
 
     with tempfile.TemporaryDirectory(prefix="dioptra-bundle-") as scratch:
         archive = Path(scratch) / "bundle.tar.gz"
@@ -180,13 +180,13 @@ def push_bundle(
         )
         key = bundle_key(target.prefix, info.digest)
         relative = key[len(target.prefix) :]
-        client = make_client(endpoint_url, 1)
-        endpoint = str(client.meta.endpoint_url)
+        client = guard("-", target, None, lambda: ObstoreClient(endpoint_url))
+        endpoint = client.endpoint
         folder_of_bundles = S3Source(target.bucket, f"{target.prefix}{BUNDLES_FOLDER}/")
-        existing = guard(endpoint, target, None, lambda: list_for_push(client, folder_of_bundles))
+        existing = guard(endpoint, target, None, lambda: client.list_for_push(folder_of_bundles))
         there = existing.get(relative[len(BUNDLES_FOLDER) + 1 :], (None, ""))[0] == info.size
         if not there:
-            guard(endpoint, target, key, lambda: upload(client, target, relative, archive))
+            guard(endpoint, target, key, lambda: client.upload(target, relative, archive))
         pointer = Path(scratch) / BUNDLE_POINTER_NAME
         document = bundle.pointer_document(key, info)
         pointer.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
@@ -194,7 +194,7 @@ def push_bundle(
             endpoint,
             target,
             target.prefix + BUNDLE_POINTER_NAME,
-            lambda: upload(client, target, BUNDLE_POINTER_NAME, pointer),
+            lambda: client.upload(target, BUNDLE_POINTER_NAME, pointer),
         )
     return BundlePushReport(
         folder=str(local),

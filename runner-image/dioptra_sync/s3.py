@@ -11,7 +11,6 @@ imports and nothing this package uses.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -171,8 +170,3 @@ def delete_keys(client: S3Client, source: S3Source, relatives: list[str]) -> Non
             Bucket=source.bucket,
             Delete={"Objects": [{"Key": source.prefix + r} for r in batch], "Quiet": True},
         )
-
-
-def md5_of(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
