@@ -158,14 +158,10 @@ def _client_kwargs(server: S3Server) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("client", ["auto", "botocore"])
 def test_valid_credentials_sync_from_a_server_that_enforces_auth(
-    auth_server: AuthServer, tmp_path: Path, client: str
+    auth_server: AuthServer, tmp_path: Path
 ) -> None:
-    env = {
-        **auth_server.server.env(auth_server.key_id, auth_server.secret),
-        "DIOPTRA_S3_CLIENT": client,
-    }
+    env = auth_server.server.env(auth_server.key_id, auth_server.secret)
     result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins/", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "a.py").read_text() == "a = 1\n"
@@ -179,16 +175,14 @@ def test_valid_credentials_sync_from_a_server_that_enforces_auth(
         ("wrong secret", "the secret key is wrong; check AWS_SECRET_ACCESS_KEY"),
     ],
 )
-@pytest.mark.parametrize("client", ["auto", "botocore"])
 def test_bad_credentials_end_with_one_line_that_names_the_cause_and_no_secret(
-    auth_server: AuthServer, tmp_path: Path, which: str, expected: str, client: str
+    auth_server: AuthServer, tmp_path: Path, which: str, expected: str
 ) -> None:
     key_id = "AKIAUNKNOWNKEY000000" if which == "unknown key" else auth_server.key_id
     secret = "wrong-secret-value-123"
     env = {
         **auth_server.server.env(key_id, secret),
         "AWS_MAX_ATTEMPTS": "1",
-        "DIOPTRA_S3_CLIENT": client,
     }
     result = dioptra_plugins("sync", "--dest", str(tmp_path), "s3://secured/plugins", env=env)
     assert result.returncode == 1
@@ -291,7 +285,7 @@ def test_push_then_sync_on_the_command_line_round_trips_a_folder(
     assert (tmp_path / "out/mine/acme/y.py").read_text() == "y = 2\n"
 
 
-def test_a_sync_through_the_fast_client_imports_neither_botocore_nor_prefect(
+def test_a_sync_with_keys_in_the_environment_imports_neither_boto3_nor_prefect(
     s3_server: S3Server, source: str, tmp_path: Path
 ) -> None:
     script = (

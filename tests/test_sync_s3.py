@@ -1,6 +1,7 @@
 """`sync_sources` against a real S3 server (moto_server): what lands on disk and what is fetched.
 
-Every test runs twice: with the fast standard-library client and with botocore.
+The client is obstore; `test_sync_s3_chain.py` covers where its settings and credentials
+come from.
 """
 
 from __future__ import annotations
@@ -20,14 +21,6 @@ TREE = {
     "acme/data/loaders.py": "def load():\n    return [1, 2, 3]\n",
     "acme/data/tables/schema.json": '{"columns": []}\n',
 }
-
-
-@pytest.fixture(autouse=True, params=["auto", "botocore"], ids=["fast-client", "botocore"])
-def s3_client_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run every test with both S3 clients: the fast one (chosen automatically when the
-    endpoint and static keys are in the environment, as here) and botocore."""
-    monkeypatch.setenv("DIOPTRA_S3_CLIENT", request.param)
-    return str(request.param)
 
 
 def object_gets(requests: list[RecordedRequest]) -> list[str]:

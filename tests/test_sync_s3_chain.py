@@ -57,7 +57,6 @@ def bare_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials-file"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config-file"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("DIOPTRA_S3_CLIENT", "obstore")
 
 
 def set_environment(monkeypatch: pytest.MonkeyPatch, variables: Mapping[str, str]) -> None:
