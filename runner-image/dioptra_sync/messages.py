@@ -2,8 +2,7 @@
 
 Pure: an exception goes in, a `SyncError` comes out. obstore's exceptions carry the server's
 answer as text (the S3 error code in its XML, the HTTP status): both are read from there.
-Other clients' errors are understood too (botocore's, and the fast client's `S3HttpError` /
-`EndpointUnreachable`); a client's module is only imported when the error came from it.
+obstore is only imported when it is already loaded (a local-folder sync never loads it).
 Messages never quote the server's raw error text (some servers echo the access key id in
 authentication failures) and never print credentials.
 """
@@ -48,18 +47,6 @@ def explain(
         message = _obstore_message(error, endpoint, source)
         if message is not None:
             return SyncError(f"{where}: {message}")
-    from dioptra_sync.s3_http import EndpointUnreachable, S3HttpError
-
-    if isinstance(error, S3HttpError):
-        return SyncError(
-            f"{where}: {describe_code(error.code, error.status, error.message, source)}"
-        )
-    if isinstance(error, EndpointUnreachable):
-        return SyncError(f"{where}: cannot reach the S3 endpoint {endpoint}")
-    if "botocore" in sys.modules:
-        message = _botocore_message(error, endpoint, source)
-        if message is not None:
-            return SyncError(f"{where}: {message}")
     if isinstance(error, OSError):
         return SyncError(f"{where}: {error.strerror or type(error).__name__} ({error.filename})")
     first_line = str(error).splitlines()[0] if str(error) else ""
@@ -99,48 +86,6 @@ def _obstore_message(error: BaseException, endpoint: str, source: str) -> str | 
         return f"cannot reach the S3 endpoint {endpoint}"
     if "timed out" in text or "operation timed out" in text:
         return f"the S3 endpoint {endpoint} did not answer in time"
-    return None
-
-
-def _botocore_message(error: BaseException, endpoint: str, source: str) -> str | None:
-    from botocore.exceptions import (
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        NoRegionError,
-        ParamValidationError,
-        PartialCredentialsError,
-        ProfileNotFound,
-        ReadTimeoutError,
-    )
-
-    if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return describe_code(
-            str(details.get("Code", "Unknown")),
-            int(status),
-            str(details.get("Message", "")),
-            source,
-        )
-    if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
-        return f"cannot reach the S3 endpoint {endpoint}"
-    if isinstance(error, ReadTimeoutError):
-        return f"the S3 endpoint {endpoint} did not answer in time"
-    if isinstance(error, NoCredentialsError):
-        return (
-            "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, or a web identity token)"
-        )
-    if isinstance(error, PartialCredentialsError):
-        return f"incomplete AWS credentials ({error.kwargs.get('cred_var')} missing)"
-    if isinstance(error, ProfileNotFound):
-        return "the AWS profile named in AWS_PROFILE does not exist"
-    if isinstance(error, NoRegionError):
-        return "no AWS region set (AWS_DEFAULT_REGION)"
-    if isinstance(error, ParamValidationError):
-        return f"invalid request ({str(error).splitlines()[-1].strip()})"
     return None
 
 

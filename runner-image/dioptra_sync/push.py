@@ -1,10 +1,10 @@
 """`push_folder`: a local plugin folder -> `s3://bucket/prefix`, uploading only what changed;
 `push_bundle`: the same folder as one digest-named tar.gz plus a `bundle.json` pointer.
 
-Uses botocore (publishing is a user's command, not the init container's hot path). A file is
-unchanged when an object of the same size exists whose ETag is the file's MD5 (we PUT single
-part objects, so that holds for everything we uploaded). A bundle is unchanged when an object
-of its name (its digest) and size exists.
+Uses the sync's S3 client (obstore, `s3_obstore.py`). A file is unchanged when an object of
+the same size exists whose ETag is the file's MD5 (we PUT single-part objects, so that holds
+for everything we uploaded). A bundle is unchanged when an object of its name (its digest)
+and size exists.
 """
 
 from __future__ import annotations
