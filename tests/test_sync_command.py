@@ -285,6 +285,13 @@ def test_push_then_sync_on_the_command_line_round_trips_a_folder(
     assert (tmp_path / "out/mine/acme/y.py").read_text() == "y = 2\n"
 
 
+def python_script(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter: what a process imports shows only there."""
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_a_sync_with_keys_in_the_environment_imports_neither_boto3_nor_prefect(
     s3_server: S3Server, source: str, tmp_path: Path
 ) -> None:
@@ -295,13 +302,7 @@ def test_a_sync_with_keys_in_the_environment_imports_neither_boto3_nor_prefect(
         "heavy = {'botocore', 'boto3', 'prefect', 'kubernetes', 'rich'} & set(sys.modules)\n"
         "print(code, sorted(heavy))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, **s3_server.env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python_script(script, env={**os.environ, **s3_server.env()})
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr
 
 
@@ -318,13 +319,7 @@ def test_dioptra_plugins_sync_loads_none_of_the_run_commands_modules(
         "    runner = sorted(m for m in sys.modules if m.startswith('dioptra_runner.'))\n"
         "    print(stop.code, runner)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={**os.environ, **s3_server.env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python_script(script, env={**os.environ, **s3_server.env()})
     assert result.stdout.splitlines()[-1] == "0 ['dioptra_runner.cli']", result.stderr
 
 
