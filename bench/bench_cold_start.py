@@ -18,7 +18,13 @@ Modes (see docs/prefect-startup.md):
 Each mode gets a fresh PREFECT_HOME per run. The machine's load is printed: on a shared
 2-core machine, wall times move with it; CPU seconds much less.
 
+With --shared, a second table (issue 17): on a fresh laptop (cache folder and templated
+PREFECT_HOME), a first and a second `dioptra run` of this Experiment (first task, wall) and of
+examples/minimal.yaml (wall: it has no task), with the local Prefect server kept between runs
+(the laptop default) beside DIOPTRA_LOCAL_SERVER=off (a server per run).
+
 Usage: .venv/bin/python bench/bench_cold_start.py [--repeats 3] [--modes a-fresh,d-warmup]
+       [--shared]
 """
 
 from __future__ import annotations
@@ -224,10 +230,59 @@ def run_mode(
     return timed([str(BIN / "dioptra"), *run_args], env, mark)
 
 
+MINIMAL = Path(__file__).resolve().parent.parent / "examples" / "minimal.yaml"
+SHARED_CONFIGS = {"shared": "on", "per-run": "off"}
+
+
+def shared_server_runs(
+    root: Path, experiment: Path, template: Path, switch: str
+) -> dict[str, float]:
+    """One fresh laptop: first and second run of each Experiment; the server stopped after."""
+    work = Path(tempfile.mkdtemp(prefix=f"shared-{switch}-", dir=root))
+    mark = work / "mark"
+    env = clean_env(
+        PREFECT_HOME=str(work / "prefect-home"),
+        DIOPTRA_CACHE_DIR=str(work / "cache"),
+        BENCH_MARK_FILE=str(mark),
+        DIOPTRA_PREFECT_TEMPLATE=str(template),
+        DIOPTRA_LOCAL_SERVER=switch,
+    )
+    dioptra = str(BIN / "dioptra")
+    sample: dict[str, float] = {}
+    try:
+        for run in ("1st", "2nd"):
+            timing = timed([dioptra, "run", str(experiment), "--output", "json"], env, mark)
+            sample[f"{run} first task"] = timing["first"]
+            sample[f"{run} wall"] = timing["total"]
+        for run in ("1st", "2nd"):
+            timing = timed([dioptra, "run", str(MINIMAL), "--output", "json"], env, None)
+            sample[f"{run} minimal wall"] = timing["total"]
+    finally:
+        subprocess.run([dioptra, "server", "stop"], env=env, capture_output=True, check=False)
+    return sample
+
+
+def print_shared_table(samples: dict[str, list[dict[str, float]]]) -> None:
+    load = os.getloadavg()[0]
+    print(f"\nshared local Prefect server vs a server per run (medians, seconds; load avg "
+          f"{load:.1f}; each sample a fresh laptop)")  # fmt: skip
+    keys = list(next(iter(samples.values()))[0])
+    print(f"{'':<20}" + "".join(f"{config:>10}" for config in samples))
+    for key in keys:
+        cells = "".join(
+            f"{statistics.median(s[key] for s in runs):>10.2f}" for runs in samples.values()
+        )
+        print(f"{key:<20}{cells}")
+    print("(first task: from spawning `dioptra run` to its first task; minimal.yaml has none)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument(
+        "--shared", action="store_true", help="also: the local server kept between runs"
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -250,6 +305,12 @@ def main() -> None:
             for mode in modes:
                 samples[mode].append(run_mode(mode, root, experiment, template, api_url))
         print_table(samples)
+        if args.shared:
+            shared: dict[str, list[dict[str, float]]] = {c: [] for c in SHARED_CONFIGS}
+            for _ in range(args.repeats):
+                for config, switch in SHARED_CONFIGS.items():
+                    shared[config].append(shared_server_runs(root, experiment, template, switch))
+            print_shared_table(shared)
     finally:
         if server is not None:
             server.stop()

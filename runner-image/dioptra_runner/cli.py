@@ -49,7 +49,35 @@ def _build_parser(arguments: Sequence[str]) -> argparse.ArgumentParser:
         from dioptra_runner.run_command import add_run_arguments
 
         add_run_arguments(run)
+    _add_server_commands(commands)
     return parser
+
+
+def _add_server_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """``dioptra server status|stop``: the local Prefect server that runs share on a laptop."""
+    server = commands.add_parser("server", help="the local Prefect server kept between runs")
+    server_commands = server.add_subparsers(dest="server_command", metavar="COMMAND")
+    server_commands.required = True
+    status = server_commands.add_parser(
+        "status", help="show its address, PID, uptime, idle timeout and log, or that none runs"
+    )
+    status.set_defaults(handler=_server_status)
+    stop = server_commands.add_parser(
+        "stop", help="stop it now (runs using it fail); the next run starts a new one"
+    )
+    stop.set_defaults(handler=_server_stop)
+
+
+def _server_status(args: argparse.Namespace) -> int:
+    from dioptra_runner.local_server import status_command  # lazy: not for `plugins sync`
+
+    return status_command(args)
+
+
+def _server_stop(args: argparse.Namespace) -> int:
+    from dioptra_runner.local_server import stop_command
+
+    return stop_command(args)
 
 
 def _asks_for_json(arguments: list[str]) -> bool:

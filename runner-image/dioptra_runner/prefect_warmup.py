@@ -48,8 +48,15 @@ __all__ = [
     "Warmup",
     "WarmupError",
     "build_template",
+    "free_port",
+    "healthy",
+    "prefect_home",
+    "prefect_version",
     "prepare_prefect_home",
     "quiet_server_settings",
+    "refresh_prefect_settings",
+    "server_command",
+    "server_environment",
     "start_background_warmup",
     "uses_external_server",
 ]
@@ -92,7 +99,8 @@ def uses_external_server(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("PREFECT_API_URL") or _profile_api_url(env))
 
 
-def _prefect_version() -> str:
+def prefect_version() -> str:
+    """The installed Prefect's version, read from its metadata (no import)."""
     return importlib.metadata.version("prefect")
 
 
@@ -123,7 +131,7 @@ def build_template(dest: Path) -> None:
         staged = Path(scratch) / "template"
         staged.mkdir()
         shutil.move(str(Path(scratch) / DATABASE_NAME), staged / DATABASE_NAME)
-        stamp = {"prefect": _prefect_version()}
+        stamp = {"prefect": prefect_version()}
         (staged / STAMP_NAME).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
         if dest.exists():
             shutil.rmtree(dest)
@@ -164,7 +172,7 @@ def _usable_template(template: Path) -> bool:
         stamp = json.loads((template / STAMP_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (template / DATABASE_NAME).is_file() and stamp.get("prefect") == _prefect_version()
+    return (template / DATABASE_NAME).is_file() and stamp.get("prefect") == prefect_version()
 
 
 def prepare_prefect_home(
@@ -243,7 +251,7 @@ class Warmup:
                     f"the temporary Prefect server exited with code {self.process.returncode}"
                     f"{self._log_hint()}"
                 )
-            if _healthy(self.api_url):
+            if healthy(self.api_url):
                 self._ready = True
                 return
             time.sleep(0.05)
@@ -258,7 +266,7 @@ class Warmup:
             return
         if os.environ.get("PREFECT_API_URL") == self.api_url:
             del os.environ["PREFECT_API_URL"]
-            _refresh_prefect_settings()
+            refresh_prefect_settings()
         if process.poll() is None:
             process.terminate()
             try:
@@ -303,7 +311,7 @@ def start_background_warmup(
         warmup.error = error
         return warmup
     os.environ["PREFECT_API_URL"] = api_url
-    _refresh_prefect_settings()
+    refresh_prefect_settings()
     warmup = Warmup(process, api_url, log_path)
     atexit.register(warmup.stop)
     return warmup
@@ -315,22 +323,15 @@ def _spawn_server(
     templated = prepare_prefect_home(template)
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        **quiet_server_settings(templated),
-        **(server_settings or {}),
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-    }
+    port = free_port()
+    env = server_environment(templated, server_settings)
     log_path = home / SERVER_LOG_NAME
     with open(log_path, "wb") as log:
         # Its own session: a terminal's Ctrl-C goes to the whole foreground process group,
         # and the server must outlive the runner's clean-up (it records the flow run's
         # cancellation). The runner stops it last, on every way out (Warmup.stop).
         process = subprocess.Popen(
-            _server_command(port),
+            server_command(port),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -340,7 +341,26 @@ def _spawn_server(
     return process, f"http://127.0.0.1:{port}/api", log_path
 
 
-def _server_command(port: int) -> list[str]:
+def server_environment(
+    templated: bool, server_settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of the temporary server: this process's, quieted, without the UI.
+
+    The two private flags are what Prefect sets on its own temporary server; shared with
+    ``dioptra_runner.local_server`` so both servers are started alike.
+    """
+    return {
+        **os.environ,
+        **quiet_server_settings(templated),
+        **(server_settings or {}),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+
+
+def server_command(port: int) -> list[str]:
+    """The uvicorn command line of Prefect's API server on 127.0.0.1:``port``."""
     spec = importlib.util.find_spec("prefect")
     assert spec is not None and spec.origin is not None, "prefect is not installed"
     return [
@@ -362,13 +382,15 @@ def _server_command(port: int) -> list[str]:
     ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the server binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _healthy(api_url: str) -> bool:
+def healthy(api_url: str) -> bool:
+    """Whether the Prefect API at ``api_url`` answers ``/health`` within 2 s."""
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return bool(response.status == 200)
@@ -376,7 +398,7 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def _refresh_prefect_settings() -> None:
+def refresh_prefect_settings() -> None:
     """Prefect snapshots its settings at import; re-read them if it was imported already."""
     context = sys.modules.get("prefect.context")
     if context is not None:
@@ -400,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WarmupError, OSError) as error:
         sys.stderr.write(f"prefect_warmup: {error}\n")
         return 1
-    sys.stdout.write(f"Prefect {_prefect_version()} template database written to {args.dest}\n")
+    sys.stdout.write(f"Prefect {prefect_version()} template database written to {args.dest}\n")
     return 0
 
 

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     """
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
+    from dioptra_runner.local_server import use_local_server
     from dioptra_runner.prefect_warmup import start_background_warmup, uses_external_server
 
     # No traceback-free line is ever printed twice: Python's last-resort handler would echo
@@ -98,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("dioptra").addHandler(logging.NullHandler())
     args.external_prefect = uses_external_server(os.environ)
     # Without a Prefect server to talk to, start Prefect's temporary one now: it boots while
-    # we load the Experiment, import Prefect and the plugins (docs/prefect-startup.md).
-    args.prefect_warmup = start_background_warmup()
+    # we load the Experiment, import Prefect and the plugins (docs/prefect-startup.md). A pod
+    # gets its own; a laptop shares one kept between runs (a later run starts none).
+    if args.in_cluster:
+        args.prefect_warmup, args.prefect_note = start_background_warmup(), ""
+    else:
+        args.prefect_warmup, args.prefect_note = use_local_server()
     out = sys.stderr if args.output == "json" else sys.stdout
     from dioptra_runner.reporter import NullStatusReporter, StatusReporter
 
@@ -113,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             _check_local_prefect(args)
             cache = _cache_dir(args, experiment.name)
             _configure_logging(args, cache, experiment.name, started)
+            if args.prefect_note:
+                _LOG.info("Prefect API: %s", args.prefect_note)
             if args.in_cluster:
                 reporter = _cluster_reporter()
             reporter.update(
@@ -408,10 +415,9 @@ def _iso(moment: dt.datetime) -> str:
 def _cache_dir(args: argparse.Namespace, name: str) -> Path:
     if args.plugin_cache:
         return Path(args.plugin_cache)
-    base = os.environ.get("DIOPTRA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dioptra"
-    )
-    return Path(base)
+    from dioptra_runner.local_server import cache_dir
+
+    return cache_dir(os.environ)
 
 
 def _configure_logging(
