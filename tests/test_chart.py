@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from dioptra_operator.settings import Settings as OperatorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "dioptra-operator"
@@ -944,3 +945,36 @@ def test_by_default_plugin_requirements_come_from_pypi_into_an_empty_dir(helm: H
     assert env["DIOPTRA_PIP_INDEX_URL"] == ""
     assert env["DIOPTRA_PIP_TRUSTED_CA"] == ""
     assert env["DIOPTRA_PLUGIN_DEPS_CLAIM"] == ""
+
+
+def test_by_default_the_operator_gives_runners_a_prefect_api_sidecar(helm: Helm) -> None:
+    env = operator_env(render(helm, "default"))
+    assert env["DIOPTRA_PREFECT_SIDECAR"] == "true"
+    assert OperatorSettings.from_env(env).prefect_sidecar
+
+
+def test_the_prefect_sidecar_can_be_turned_off(helm: Helm) -> None:
+    result = helm("template", {"prefect": {"sidecar": {"enabled": False}}})
+    assert result.returncode == 0, result.stderr
+    env = operator_env([d for d in yaml.safe_load_all(result.stdout) if d])
+    assert env["DIOPTRA_PREFECT_SIDECAR"] == "false"
+
+
+def test_no_prefect_sidecar_on_clusters_older_than_1_29(helm: Helm) -> None:
+    result = helm("template", {}, "--kube-version", "1.28.9")
+    assert result.returncode == 0, result.stderr
+    env = operator_env([d for d in yaml.safe_load_all(result.stdout) if d])
+    assert env["DIOPTRA_PREFECT_SIDECAR"] == "false"
+
+
+def test_the_prefect_sidecar_resources_reach_the_operator(helm: Helm) -> None:
+    resources = {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"memory": "700Mi"}}
+    result = helm("template", {"prefect": {"sidecar": {"resources": resources}}})
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    settings = OperatorSettings.from_env(operator_env(docs))
+    assert (
+        settings.prefect_sidecar_cpu_request,
+        settings.prefect_sidecar_memory_request,
+        settings.prefect_sidecar_memory_limit,
+    ) == ("250m", "300Mi", "700Mi")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ import dioptra_api as c
 import pytest
 import yaml
 from dioptra_sync import push_bundle
-from support.cluster import Cluster, OperatorProcess, wait_until
-from support.kubelet import StandInKubelet
+from support.cluster import ChartRbac, Cluster, OperatorProcess, operator_running, wait_until
+from support.kubelet import NamespaceSettings, StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -232,3 +234,114 @@ def test_a_failed_plugin_sync_is_announced_by_one_warning_event(
     wait_until(announced, what="the PluginSyncFailed Event")
     operator_process.stop()  # nothing more can be posted: count what was
     assert [e["type"] for e in announced()] == ["Warning"]
+
+
+# -- the Prefect API as a native sidecar (no Prefect server configured) -------------------------
+
+
+@pytest.fixture()
+def sidecar_operator(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The real operator as the chart runs it by default: no Prefect server, the sidecar on."""
+    with operator_running(chart_rbac, {"DIOPTRA_PREFECT_SIDECAR": "true"}, tmp_path) as process:
+        yield process
+
+
+def the_pod(api: Cluster, job: str) -> dict[str, Any]:
+    [pod] = api.list("pods", labelSelector=f"job-name={job}")
+    return dict(pod)
+
+
+def container_status(pod: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    return next(s for s in pod["status"][key] if s["name"] == name)
+
+
+def test_an_experiment_runs_on_the_prefect_api_of_its_sidecar(
+    cluster: Cluster,
+    sidecar_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    builtins_bucket: str,
+) -> None:
+    cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
+
+    final = succeeded(cluster, kubelet, "random-integer")
+    assert final["tasksTotal"] == final["tasksDone"] == 3
+    assert final["results"]
+    pod = the_pod(cluster, "random-integer-g1")
+    names = [c_["name"] for c_ in pod["spec"]["initContainers"]]
+    assert names == [c.PREFECT_SIDECAR, c.INIT_CONTAINER]
+    runner_env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert runner_env[c.PREFECT_SIDECAR_ENV] == "1"
+    sidecar_log = kubelet.log_of(cluster.namespace, pod["metadata"]["name"], c.PREFECT_SIDECAR)
+    assert "serving the Prefect API" in sidecar_log
+
+
+def test_the_prefect_sidecar_never_keeps_the_job_running(
+    cluster: Cluster,
+    sidecar_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    builtins_bucket: str,
+) -> None:
+    cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
+
+    job = cluster.wait_for(
+        "jobs",
+        "random-integer-g1",
+        lambda j: (
+            j is not None
+            and any(
+                cond["type"] == "Complete" and cond["status"] == "True"
+                for cond in (j.get("status") or {}).get("conditions") or []
+            )
+        ),
+        timeout=150,
+        what="the Job to complete",
+    )
+    assert job["status"]["succeeded"] == 1
+    pod = the_pod(cluster, "random-integer-g1")
+    assert pod["status"]["phase"] == "Succeeded"
+    sidecar = container_status(pod, "initContainerStatuses", c.PREFECT_SIDECAR)
+    runner = container_status(pod, "containerStatuses", c.MAIN_CONTAINER)
+    assert sidecar["restartCount"] == 0, "it ran through the whole run"
+    stopped = sidecar["state"]["terminated"]
+    assert stopped["exitCode"] in (0, 143), "stopped by SIGTERM, not killed"
+    assert stopped["startedAt"] <= runner["state"]["terminated"]["startedAt"]
+    assert stopped["finishedAt"] >= runner["state"]["terminated"]["finishedAt"]
+
+
+def test_a_prefect_sidecar_that_cannot_start_fails_the_experiment_naming_it(
+    cluster: Cluster,
+    sidecar_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    builtins_bucket: str,
+) -> None:
+    # What a runner image without the sidecar's command does (spec.runner.image too old).
+    broken = "import sys; sys.exit(\"prefect_warmup: error: invalid choice: 'serve'\")"
+    kubelet.configure(
+        cluster.namespace,
+        NamespaceSettings(
+            commands={c.PREFECT_SIDECAR: [sys.executable, "-c", broken]},
+            env={c.PREFECT_SIDECAR_TIMEOUT_ENV: "5"},
+        ),
+    )
+    try:
+        cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
+        final = wait_until(
+            lambda: (
+                (s := status(cluster, "random-integer")).get("phase") == c.Phase.FAILED
+                and any(
+                    cond["type"] == c.ConditionType.FAILED for cond in s.get("conditions") or []
+                )
+                and s
+            ),
+            timeout=90,
+            what="the experiment to fail",
+        )
+    finally:
+        kubelet.forget(cluster.namespace)
+    assert "the Prefect API sidecar did not answer" in final["message"]
+    failed = condition(final, c.ConditionType.FAILED)
+    assert failed["reason"] == c.Reason.PREFECT_API_FAILED
+    assert "invalid choice: 'serve'" in failed["message"]

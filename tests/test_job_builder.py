@@ -337,3 +337,84 @@ def test_the_plugin_deps_settings_come_from_the_charts_env() -> None:
     assert settings.pip_trusted_ca == "corp-ca"
     assert settings.pip_trusted_ca_key == "bundle.pem"
     assert settings.plugin_deps_claim == "plugin-deps"
+
+
+SIDECAR_SETTINGS = Settings(runner_image="registry.example/runner:1", prefect_sidecar=True)
+
+
+def init_containers(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(job["spec"]["template"]["spec"].get("initContainers") or [])
+
+
+def test_the_prefect_sidecar_is_the_first_init_container_and_restarts_always() -> None:
+    sidecar, sync = init_containers(build_job(experiment(), SIDECAR_SETTINGS))
+    assert (sidecar["name"], sync["name"]) == (c.PREFECT_SIDECAR, c.INIT_CONTAINER)
+    assert sidecar["restartPolicy"] == "Always"
+    assert "restartPolicy" not in sync
+    assert "startupProbe" not in sidecar, "a startupProbe would hold the sync back"
+    assert sidecar["command"][-2:] == ["--listen", "127.0.0.1:4200"]
+    assert sidecar["image"] == "registry.example/runner:1"
+    assert sidecar["securityContext"] == sync["securityContext"]
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "100m", "memory": "384Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+
+
+def test_the_prefect_sidecar_has_a_tmp_volume_of_its_own() -> None:
+    job = build_job(experiment(), SIDECAR_SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    [sidecar, sync] = pod["initContainers"]
+    [mount] = sidecar["volumeMounts"]
+    assert mount["mountPath"] == c.TMP_DIR
+    others = [m["name"] for each in (sync, *pod["containers"]) for m in each["volumeMounts"]]
+    assert mount["name"] not in others
+    assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
+
+
+def test_the_runner_is_pointed_at_the_sidecar_and_told_it_may_be_starting() -> None:
+    _, main = containers(build_job(experiment(), SIDECAR_SETTINGS))
+    assert env(main)["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert env(main)[c.PREFECT_SIDECAR_ENV] == "1"
+
+
+def test_the_sidecar_runs_even_without_plugin_sources() -> None:
+    spec = experiment()["spec"]
+    del spec["plugins"]
+    job = build_job({**experiment(), "spec": spec}, SIDECAR_SETTINGS)
+    assert [i["name"] for i in init_containers(job)] == [c.PREFECT_SIDECAR]
+
+
+def test_no_sidecar_when_it_is_disabled() -> None:
+    job = build_job(experiment(), Settings(runner_image="registry.example/runner:1"))
+    assert [i["name"] for i in init_containers(job)] == [c.INIT_CONTAINER]
+    _, main = containers(job)
+    assert "PREFECT_API_URL" not in env(main)
+    assert c.PREFECT_SIDECAR_ENV not in env(main)
+
+
+def test_no_sidecar_when_a_prefect_server_is_configured() -> None:
+    settings = Settings(prefect_sidecar=True, prefect_api_url="http://prefect:4200/api")
+    job = build_job(experiment(), settings)
+    assert [i["name"] for i in init_containers(job)] == [c.INIT_CONTAINER]
+    _, main = containers(job)
+    assert env(main)["PREFECT_API_URL"] == "http://prefect:4200/api"
+    assert c.PREFECT_SIDECAR_ENV not in env(main)
+
+
+def test_the_sidecar_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "DIOPTRA_PREFECT_SIDECAR": "true",
+            "DIOPTRA_PREFECT_SIDECAR_CPU_REQUEST": "250m",
+            "DIOPTRA_PREFECT_SIDECAR_MEMORY_REQUEST": "300Mi",
+            "DIOPTRA_PREFECT_SIDECAR_MEMORY_LIMIT": "600Mi",
+        }
+    )
+    assert settings.prefect_sidecar
+    assert (settings.prefect_sidecar_cpu_request, settings.prefect_sidecar_memory_limit) == (
+        "250m",
+        "600Mi",
+    )
+    assert not Settings.from_env({"DIOPTRA_PREFECT_SIDECAR": "false"}).prefect_sidecar
+    assert not Settings.from_env({}).prefect_sidecar

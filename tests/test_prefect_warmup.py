@@ -252,3 +252,45 @@ def test_the_module_imports_nothing_from_prefect() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
     assert prefect_warmup.__all__
+
+
+def test_the_sidecar_server_answers_on_its_address_and_ends_promptly_on_sigterm(
+    template: Path, tmp_path: Path
+) -> None:
+    port = prefect_warmup.free_port()
+    env = _env(tmp_path / "home", DIOPTRA_PREFECT_TEMPLATE=str(template))
+    command = [sys.executable, "-m", "dioptra_runner.prefect_warmup", "serve"]
+    server = subprocess.Popen(
+        [*command, "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        prefect_warmup.SidecarApi(f"http://127.0.0.1:{port}/api", timeout=60).wait()
+        assert (tmp_path / "home" / DATABASE_NAME).is_file(), "the template was copied in"
+        server.terminate()
+        assert server.wait(timeout=15) == 143  # 128 + SIGTERM, once uvicorn has shut down
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_waiting_for_a_sidecar_that_never_answers_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOSTNAME", "exp-g1-abcde")
+    url = f"http://127.0.0.1:{prefect_warmup.free_port()}/api"
+    with pytest.raises(prefect_warmup.SidecarUnavailable) as caught:
+        prefect_warmup.SidecarApi(url, timeout=0.3).wait()
+    assert str(caught.value) == (
+        f"the Prefect API sidecar did not answer at {url} within 0.3 s; "
+        "see `kubectl logs exp-g1-abcde -c prefect-api`"
+    )
+
+
+def test_a_pod_with_a_sidecar_waits_for_it_instead_of_starting_a_server() -> None:
+    env = {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "DIOPTRA_PREFECT_SIDECAR": "1"}
+    api = prefect_warmup.pod_prefect_api({**env, "DIOPTRA_PREFECT_SIDECAR_TIMEOUT": "7"})
+    assert isinstance(api, prefect_warmup.SidecarApi)
+    assert (api.api_url, api.timeout) == ("http://127.0.0.1:4200/api", 7.0)

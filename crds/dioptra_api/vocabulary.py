@@ -34,6 +34,9 @@ __all__ = [
     "PLUGIN_DIR_ENV",
     "PLURAL",
     "PREFECT_HOME",
+    "PREFECT_SIDECAR",
+    "PREFECT_SIDECAR_ENV",
+    "PREFECT_SIDECAR_TIMEOUT_ENV",
     "RUNNER_UID",
     "RUN_ACCOUNT_FIELDS",
     "RUN_STATUS",
@@ -82,6 +85,13 @@ PREFECT_HOME: Final = "/tmp/prefect"
 ENTRYPOINT_DIR: Final = "/etc/dioptra/entrypoint"
 INIT_CONTAINER: Final = "sync"
 MAIN_CONTAINER: Final = "runner"
+# The native sidecar (an init container with restartPolicy Always) serving the runner's Prefect
+# API on the Pod's loopback, when no Prefect server is configured; it starts before the sync.
+PREFECT_SIDECAR: Final = "prefect-api"
+# Set to "1" on the runner when PREFECT_API_URL is that sidecar: it may still be starting.
+PREFECT_SIDECAR_ENV: Final = "DIOPTRA_PREFECT_SIDECAR"
+# How long the runner waits for the sidecar to answer (seconds; default 120).
+PREFECT_SIDECAR_TIMEOUT_ENV: Final = "DIOPTRA_PREFECT_SIDECAR_TIMEOUT"
 RUNNER_UID: Final = 65532
 DNS_LABEL_MAX: Final = 63
 # The runner's environment in the Job (docs/architecture.md, "The Job's contract").
@@ -144,6 +154,7 @@ class Reason:
     DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
     RUNNER_FAILED: Final = "RunnerFailed"
+    PREFECT_API_FAILED: Final = "PrefectApiFailed"
     SWEEP_POINTS_FAILED: Final = "SweepPointsFailed"
 
 
@@ -178,6 +189,7 @@ MESSAGES: Final[dict[str, str]] = {
     Reason.DEADLINE_EXCEEDED: "The Job exceeded spec.activeDeadlineSeconds.",
     Reason.BACKOFF_LIMIT_EXCEEDED: "The Job failed more times than spec.backoffLimit allows",
     Reason.RUNNER_FAILED: "The runner exited with an error",
+    Reason.PREFECT_API_FAILED: "The Prefect API sidecar (container prefect-api) stopped",
     Reason.SWEEP_POINTS_FAILED: "{failed} of {total} sweep points failed",
 }
 

@@ -286,7 +286,67 @@ def _runner_env(
     ]
     if settings.prefect_api_url:
         env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
+    elif uses_prefect_sidecar(settings):
+        env.append({"name": "PREFECT_API_URL", "value": prefect_sidecar_url(settings)})
+        env.append({"name": c.PREFECT_SIDECAR_ENV, "value": "1"})
     return env
+
+
+_SIDECAR_VOLUME = "prefect-api-tmp"  # the sidecar's /tmp (PREFECT_HOME), shared with no one
+
+
+def uses_prefect_sidecar(settings: Settings) -> bool:
+    """A sidecar serves the Prefect API only when it is enabled and no server is configured."""
+    return settings.prefect_sidecar and not settings.prefect_api_url
+
+
+def prefect_sidecar_url(settings: Settings) -> str:
+    """The sidecar's API on the Pod's loopback, where nothing outside the Pod can reach it."""
+    return f"http://127.0.0.1:{settings.prefect_sidecar_port}/api"
+
+
+def _prefect_sidecar(settings: Settings, image: str, pull_policy: str) -> dict[str, Any] | None:
+    """The native sidecar serving the runner's Prefect API (None when the Pod needs none).
+
+    An init container with `restartPolicy: Always`: the kubelet starts it first and, as it has
+    no startupProbe, starts the sync right after, so the server's ~3 CPU-s start overlaps the
+    sync instead of following it; it runs beside the runner, is restarted if it dies, and is
+    stopped once the runner has ended (Kubernetes 1.29+). It binds 127.0.0.1 only: the API has
+    no authentication. No probe for that reason too: the kubelet's httpGet probe comes from
+    outside the Pod's loopback, and an exec probe would start a Python per period; the runner
+    waits for /api/health itself. Its own emptyDir holds PREFECT_HOME (the database copied from
+    the image's template).
+    """
+    if not uses_prefect_sidecar(settings):
+        return None
+    port = settings.prefect_sidecar_port
+    return _container(
+        c.PREFECT_SIDECAR,
+        image,
+        pull_policy,
+        {
+            "requests": {
+                "cpu": settings.prefect_sidecar_cpu_request,
+                "memory": settings.prefect_sidecar_memory_request,
+            },
+            "limits": {"memory": settings.prefect_sidecar_memory_limit},
+        },
+        restartPolicy="Always",
+        command=[
+            "python",
+            "-m",
+            "dioptra_runner.prefect_warmup",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=[
+            {"name": "HOME", "value": c.TMP_DIR},
+            {"name": "PREFECT_HOME", "value": c.PREFECT_HOME},
+        ],
+        ports=[{"name": c.PREFECT_SIDECAR, "containerPort": port, "protocol": "TCP"}],
+        volumeMounts=[{"name": _SIDECAR_VOLUME, "mountPath": c.TMP_DIR}],
+    )
 
 
 def _entry_point_volume(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
@@ -374,8 +434,14 @@ def build_job(
         "volumes": [*_VOLUMES, *deps_volumes, *volumes],
     }
     sync = _sync_container(spec, settings, image, pull_policy, resources)
-    if sync is not None:
-        pod["initContainers"] = [sync]
+    sidecar = _prefect_sidecar(settings, image, pull_policy)
+    # The sidecar first: the kubelet starts init containers in order, and the sync does not
+    # wait for a sidecar without a startupProbe.
+    inits = [container for container in (sidecar, sync) if container is not None]
+    if inits:
+        pod["initContainers"] = inits
+    if sidecar is not None:
+        pod["volumes"].append({"name": _SIDECAR_VOLUME, "emptyDir": {}})
     for key in ("nodeSelector", "tolerations", "affinity"):
         value = spec.get(key) or runner.get(key)
         if value:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/dioptra-operator/dioptra-runner:0.1.0"
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class Settings:
     # A PersistentVolumeClaim shared by runner pods for the installed requirements (None: an
     # emptyDir per pod, so every run installs them again).
     plugin_deps_claim: str | None = None
+    # Without prefect_api_url: serve the runner's Prefect API from a native sidecar that starts
+    # before the plugin sync (False: the runner starts it in its own process, after the sync).
+    # Off unless the variable says so; the chart turns it on by default.
+    prefect_sidecar: bool = False
+    prefect_sidecar_port: int = 4200
+    prefect_sidecar_cpu_request: str = "100m"
+    prefect_sidecar_memory_request: str = "384Mi"
+    prefect_sidecar_memory_limit: str = "1Gi"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -48,6 +57,8 @@ class Settings:
             return value or None
 
         port = get("DIOPTRA_METRICS_PORT")
+        sidecar_port = get("DIOPTRA_PREFECT_SIDECAR_PORT")
+        defaults = cls()
         return cls(
             runner_image=get("DIOPTRA_RUNNER_IMAGE") or DEFAULT_RUNNER_IMAGE,
             default_s3_endpoint=get("DIOPTRA_DEFAULT_S3_ENDPOINT"),
@@ -62,4 +73,14 @@ class Settings:
             pip_trusted_ca=get("DIOPTRA_PIP_TRUSTED_CA"),
             pip_trusted_ca_key=get("DIOPTRA_PIP_TRUSTED_CA_KEY") or "ca.crt",
             plugin_deps_claim=get("DIOPTRA_PLUGIN_DEPS_CLAIM"),
+            prefect_sidecar=(get("DIOPTRA_PREFECT_SIDECAR") or "").lower() in _TRUE,
+            prefect_sidecar_port=int(sidecar_port)
+            if sidecar_port
+            else defaults.prefect_sidecar_port,
+            prefect_sidecar_cpu_request=get("DIOPTRA_PREFECT_SIDECAR_CPU_REQUEST")
+            or defaults.prefect_sidecar_cpu_request,
+            prefect_sidecar_memory_request=get("DIOPTRA_PREFECT_SIDECAR_MEMORY_REQUEST")
+            or defaults.prefect_sidecar_memory_request,
+            prefect_sidecar_memory_limit=get("DIOPTRA_PREFECT_SIDECAR_MEMORY_LIMIT")
+            or defaults.prefect_sidecar_memory_limit,
         )

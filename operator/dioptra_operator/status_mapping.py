@@ -107,13 +107,58 @@ def _terminated(status: dict[str, Any]) -> dict[str, Any] | None:
     return (status.get("state") or {}).get("terminated")
 
 
+def _sync_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plugin sync's init container statuses: every init container but the sidecar."""
+    return [
+        s for s in _statuses(pod, "initContainerStatuses") if s.get("name") != c.PREFECT_SIDECAR
+    ]
+
+
+_CLEAN_STOP = frozenset({0, 128 + 15})  # exited, or ended by the kubelet's SIGTERM
+
+
+def _sidecar_stop(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """How the Prefect API sidecar died under the runner, if it did.
+
+    Its previous termination (it was restarted while the Pod ran), or its current one unless
+    the kubelet stopped it once the runner had ended: SIGTERM then, which the server answers
+    with 143 (or 0), or with 3 while it is still starting, so anything ending no earlier than
+    the runner counts as that stop. An OOM kill always counts.
+    """
+    runner_end = max(
+        (
+            str(term.get("finishedAt") or "")
+            for status in _statuses(pod, "containerStatuses")
+            if (term := _terminated(status))
+        ),
+        default=None,
+    )
+    for status in _statuses(pod, "initContainerStatuses"):
+        if status.get("name") != c.PREFECT_SIDECAR:
+            continue
+        last = (status.get("lastState") or {}).get("terminated")
+        if last and (last.get("exitCode", 0) not in _CLEAN_STOP or _oom(last)):
+            return dict(last)
+        term = _terminated(status)
+        if not term or (term.get("exitCode", 0) in _CLEAN_STOP and not _oom(term)):
+            return None
+        ended_first = runner_end is None or str(term.get("finishedAt") or "") < runner_end
+        if _oom(term) or ended_first:
+            return dict(term)
+    return None
+
+
+def _oom(term: Mapping[str, Any]) -> bool:
+    return term.get("reason") == "OOMKilled"
+
+
 def _failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str | None]:
     """The most specific reason a failed Job failed: pod evidence first, then the Job's own."""
     job_failed = _job_condition(job, "Failed") or {}
     if job_failed.get("reason") == "DeadlineExceeded":
         return R.DEADLINE_EXCEEDED, job_failed.get("message")
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name") or ""):
-        for status in _statuses(pod, "initContainerStatuses"):
+        for status in _sync_statuses(pod):
             term = _terminated(status)
             if term and term.get("exitCode", 0) != 0:
                 return R.PLUGIN_SYNC_FAILED, _exit_detail(term)
@@ -121,6 +166,9 @@ def _failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str
             term = _terminated(status)
             if term and term.get("reason") == "OOMKilled":
                 return R.OOM_KILLED, None
+        stopped = _sidecar_stop(pod)
+        if stopped:
+            return R.PREFECT_API_FAILED, _exit_detail(stopped)
         problem = _waiting_problem(pod)
         if problem:
             return problem
@@ -232,7 +280,7 @@ def _in_progress(
         )
     started = [*resumed, cond(C.STALLED, False, R.CONTAINERS_STARTED)]
     times = _times(job)
-    for init in _statuses(pod, "initContainerStatuses"):
+    for init in _sync_statuses(pod):
         state = init.get("state") or {}
         term = state.get("terminated")
         if "running" in state:
@@ -247,7 +295,7 @@ def _in_progress(
                 **times,
             )
     plugins = cond(C.PLUGINS_SYNCED, True, _plugins_reason(job))
-    synced = [plugins] if _statuses(pod, "initContainerStatuses") or not _syncs(job) else []
+    synced = [plugins] if _sync_statuses(pod) or not _syncs(job) else []
     for main in _statuses(pod, "containerStatuses"):
         state = main.get("state") or {}
         if "running" in state or "terminated" in state:
@@ -272,7 +320,8 @@ def pod_started(pods: Sequence[Mapping[str, Any]]) -> bool:
 def _syncs(job: dict[str, Any]) -> bool:
     """Whether the Job's Pod syncs plugins (an init container, present only with sources)."""
     template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
-    return bool(template.get("initContainers"))
+    inits = template.get("initContainers") or []
+    return any(init.get("name") != c.PREFECT_SIDECAR for init in inits)
 
 
 def _plugins_reason(job: dict[str, Any]) -> str:

@@ -187,14 +187,20 @@ def _plugin_deps_path(plugin_dir: Path | None) -> Iterator[None]:
 
 
 def _wait_for_prefect(args: argparse.Namespace) -> None:
-    """Wait for the early-started Prefect server; if it failed, let Prefect start its own."""
-    from dioptra_runner.prefect_warmup import WarmupError
+    """Wait for the early-started Prefect server; if it failed, let Prefect start its own.
+
+    The Job's sidecar is the exception: a run that falls back silently would hide a broken
+    sidecar and pay the start it exists to save, so its absence ends the run.
+    """
+    from dioptra_runner.prefect_warmup import SidecarUnavailable, WarmupError
 
     warmup = getattr(args, "prefect_warmup", None)
     if warmup is None:
         return
     try:
         warmup.wait()
+    except SidecarUnavailable as error:
+        raise RunAborted(str(error), EXIT_INVALID, "PrefectUnavailable") from None
     except WarmupError as error:
         _LOG.warning("%s; Prefect will start its own temporary server", error)
         warmup.stop()

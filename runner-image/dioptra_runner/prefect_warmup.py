@@ -13,6 +13,10 @@ just to build the command line. Measured in ``docs/prefect-startup.md``, the win
   loads the Experiment and imports the plugins; the runner then talks to it through
   ``PREFECT_API_URL`` like to any Prefect server, and flows and task runs land in its API.
 
+In a Job with the ``prefect-api`` sidecar (an init container with ``restartPolicy: Always``)
+the same server runs in that container instead (``serve``), started before the plugin sync,
+and the runner only waits for it (``SidecarApi``).
+
 When ``PREFECT_API_URL`` is set (the chart's Prefect server, or a user's), all of this is a
 no-op. This module imports nothing from Prefect at module level: it must run before Prefect is
 imported, to overlap with that import.
@@ -20,6 +24,10 @@ imported, to overlap with that import.
 Image build (run once, as root, in the runner image)::
 
     python -m dioptra_runner.prefect_warmup build-template /opt/dioptra/prefect-template
+
+The Job's sidecar::
+
+    python -m dioptra_runner.prefect_warmup serve --listen 127.0.0.1:4200
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,19 +51,25 @@ import urllib.request
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
+from dioptra_api import PREFECT_SIDECAR, PREFECT_SIDECAR_ENV, PREFECT_SIDECAR_TIMEOUT_ENV
+
 __all__ = [
     "DEFAULT_TEMPLATE",
     "TEMPLATE_ENV",
+    "SidecarApi",
+    "SidecarUnavailable",
     "Warmup",
     "WarmupError",
     "build_template",
     "free_port",
     "healthy",
+    "pod_prefect_api",
     "prefect_home",
     "prefect_version",
     "prepare_prefect_home",
     "quiet_server_settings",
     "refresh_prefect_settings",
+    "serve",
     "server_command",
     "server_environment",
     "start_background_warmup",
@@ -71,6 +86,10 @@ _DB_URL_KEYS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_
 
 class WarmupError(RuntimeError):
     """The temporary Prefect server did not come up; the message is one line for the user."""
+
+
+class SidecarUnavailable(WarmupError):
+    """The Job's Prefect API sidecar did not answer in time: the run cannot go on without it."""
 
 
 # -- where things are -------------------------------------------------------------------------
@@ -288,6 +307,60 @@ class Warmup:
         return f" (server log: {self.log_path})" if self.log_path else ""
 
 
+class SidecarApi:
+    """The Prefect API the Job's sidecar container serves, which may still be starting.
+
+    It offers what the runner uses of a ``Warmup`` (``wait``, ``stop``, ``terminate``,
+    ``error``); the server is not this process's to stop (the kubelet stops it).
+    """
+
+    error: OSError | None = None
+
+    def __init__(self, api_url: str, timeout: float = 120.0) -> None:
+        self.api_url = api_url
+        self.timeout = timeout
+        self._ready = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the sidecar answers ``/health``; SidecarUnavailable after the timeout.
+
+        The sidecar started before the plugin sync, so it usually answers at once; it may be
+        slower on a busy node, or crash-looping (OOM, a broken image), which only its own
+        status and log can tell.
+        """
+        if self._ready:
+            return
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while not healthy(self.api_url):
+            if time.monotonic() >= deadline:
+                pod = os.environ.get("HOSTNAME") or "<pod>"
+                raise SidecarUnavailable(
+                    f"the Prefect API sidecar did not answer at {self.api_url} within "
+                    f"{limit:g} s; see `kubectl logs {pod} -c {PREFECT_SIDECAR}`"
+                )
+            time.sleep(0.1)
+        self._ready = True
+
+    def stop(self) -> None:
+        """Nothing to stop: the kubelet ends the sidecar once the runner has ended."""
+
+    def terminate(self) -> None:
+        """Nothing to stop: the kubelet ends the sidecar once the runner has ended."""
+
+
+def pod_prefect_api(env: Mapping[str, str] = os.environ) -> Warmup | SidecarApi:
+    """The Prefect API of a runner in a Job's Pod: its sidecar's, else a server started now."""
+    url = env.get("PREFECT_API_URL")
+    if url and env.get(PREFECT_SIDECAR_ENV) == "1":
+        try:
+            timeout = float(env.get(PREFECT_SIDECAR_TIMEOUT_ENV) or 120)
+        except ValueError:
+            timeout = 120.0
+        return SidecarApi(url, timeout)
+    return start_background_warmup()
+
+
 def start_background_warmup(
     template: Path | None = None, server_settings: Mapping[str, str] | None = None
 ) -> Warmup:
@@ -405,7 +478,42 @@ def refresh_prefect_settings() -> None:
         context.refresh_global_settings_context()
 
 
-# -- command line (image build) ---------------------------------------------------------------
+def serve(listen: str, template: Path | None = None) -> None:
+    """Be Prefect's API server on ``listen`` (``HOST:PORT``), in the foreground: the sidecar.
+
+    The same server and settings as ``start_background_warmup`` (template database, quiet
+    settings, the app uvicorn would load), run in this process so that its output is the
+    container's log and the kubelet's SIGTERM reaches it. That signal must work from the first
+    instant: as a container's PID 1 a process that has no handler ignores it, and a sidecar
+    stopped while importing (a sync that failed at once) would hold its Pod for the whole grace
+    period. Until uvicorn installs its own handlers (graceful shutdown), SIGTERM exits 143.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise WarmupError(f"--listen expects HOST:PORT, got {listen!r}")
+    templated = prepare_prefect_home(template)
+    prefect_home().mkdir(parents=True, exist_ok=True)
+    os.environ.update(server_environment(templated))  # before Prefect reads its settings
+    sys.stderr.write(f"serving the Prefect API at http://{host}:{port}/api\n")
+    sys.stderr.flush()
+    import uvicorn
+
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host=host or "127.0.0.1",
+        port=int(port),
+        log_level="error",
+        lifespan="on",
+    )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+# -- command line (image build, the Job's sidecar) --------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,8 +524,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build-template", help="write a pre-migrated Prefect database")
     build.add_argument("dest", type=Path, help=f"target folder (default used: {DEFAULT_TEMPLATE})")
+    sidecar = commands.add_parser("serve", help="run the Prefect API server in the foreground")
+    sidecar.add_argument("--listen", default="127.0.0.1:4200", metavar="HOST:PORT")
     args = parser.parse_args(argv)
     try:
+        if args.command == "serve":
+            serve(args.listen)
+            return 0
         build_template(args.dest)
     except (WarmupError, OSError) as error:
         sys.stderr.write(f"prefect_warmup: {error}\n")

@@ -92,19 +92,25 @@ def run(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.UTC)
     clock = time.monotonic()
     from dioptra_runner.local_server import use_local_server
-    from dioptra_runner.prefect_warmup import start_background_warmup, uses_external_server
+    from dioptra_runner.prefect_warmup import SidecarApi, pod_prefect_api, uses_external_server
 
     # No traceback-free line is ever printed twice: Python's last-resort handler would echo
     # each error logged before the log file is set up.
     logging.getLogger("dioptra").addHandler(logging.NullHandler())
+    # A server someone runs, read before we point Prefect at one of ours: checked up front,
+    # with heartbeats. The Job's sidecar is a temporary server like ours: waited for (it may
+    # still be starting), and no heartbeats.
     args.external_prefect = uses_external_server(os.environ)
     # Without a Prefect server to talk to, start Prefect's temporary one now: it boots while
     # we load the Experiment, import Prefect and the plugins (docs/prefect-startup.md). A pod
-    # gets its own; a laptop shares one kept between runs (a later run starts none).
+    # gets its own (or its Job's sidecar serves it, started before the plugin sync); a laptop
+    # shares one kept between runs (a later run starts none).
     if args.in_cluster:
-        args.prefect_warmup, args.prefect_note = start_background_warmup(), ""
+        args.prefect_warmup, args.prefect_note = pod_prefect_api(), ""
     else:
         args.prefect_warmup, args.prefect_note = use_local_server()
+    if isinstance(args.prefect_warmup, SidecarApi):
+        args.external_prefect = False
     out = sys.stderr if args.output == "json" else sys.stdout
     from dioptra_runner.reporter import NullStatusReporter, StatusReporter
 

@@ -566,18 +566,27 @@ class OperatorProcess:
         return self.log.split("dioptra-operator started")[-1]
 
 
-@pytest.fixture()
-def operator_process(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The real operator watching the test's namespace; stopped at teardown."""
-    process = OperatorProcess(
-        chart_rbac, {"DIOPTRA_RUNNER_IMAGE": "dioptra-runner:test"}, tmp_path / "operator.log"
-    ).start()
+@contextlib.contextmanager
+def operator_running(
+    chart_rbac: ChartRbac, env: Mapping[str, str], tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The real operator with `env`, stopped on the way out; its log's end is printed, which
+    pytest shows only when the test failed."""
+    process = OperatorProcess(chart_rbac, dict(env), tmp_path / "operator.log").start()
     try:
         yield process
     finally:
         process.stop()
-        # Shown by pytest only when the test failed: what the operator said.
         print("--- operator log (last 60 lines) ---\n" + "\n".join(process.log.splitlines()[-60:]))
+
+
+@pytest.fixture()
+def operator_process(chart_rbac: ChartRbac, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The real operator watching the test's namespace; stopped at teardown."""
+    with operator_running(
+        chart_rbac, {"DIOPTRA_RUNNER_IMAGE": "dioptra-runner:test"}, tmp_path
+    ) as process:
+        yield process
 
 
 @pytest.fixture()
@@ -585,11 +594,7 @@ def runner_operator(
     chart_rbac: ChartRbac, prefect_api_url: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     """The real operator, its Jobs' runners pointed at the session's Prefect server."""
-    process = OperatorProcess(
-        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path / "operator.log"
-    ).start()
-    try:
+    with operator_running(
+        chart_rbac, {"DIOPTRA_PREFECT_API_URL": prefect_api_url}, tmp_path
+    ) as process:
         yield process
-    finally:
-        process.stop()
-        print("--- operator log ---\n" + "\n".join(process.log.splitlines()[-60:]))

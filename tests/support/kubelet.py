@@ -8,7 +8,12 @@ the same API a kubelet uses:
 - registers a Ready Node (no taints; the control plane runs no node lifecycle controller) and
   serves its read-only log endpoint over TLS, so `kubectl logs` works;
 - watches the Pods bound to that Node and runs each: volumes become folders (emptyDir,
-  configMap, secret, projected), init containers run in order, then the main containers; env is
+  configMap, secret, projected), init containers run in order, then the main containers;
+  native sidecars (init containers with `restartPolicy: Always`, Kubernetes 1.29+) are started
+  in their turn and the next init container starts once they run (or their httpGet
+  startupProbe passes); they run beside the main containers, are restarted whenever they exit
+  (restartCount, lastState), and are stopped (SIGTERM, then SIGKILL after the grace period)
+  once every main container has ended, whose exit codes alone decide the phase; env is
   resolved the kubelet's way (`value`, `$(VAR)`, `secretKeyRef`, `configMapKeyRef`, `fieldRef`,
   `envFrom`), and a missing Secret or ConfigMap key leaves the container waiting with
   `CreateContainerConfigError` until it appears;
@@ -26,7 +31,9 @@ What a process cannot have, and what stands in for it:
   does, and handed over as a kubeconfig (`KUBECONFIG`), since in-cluster config reads a fixed
   path; a Pod with `automountServiceAccountToken: false` gets nothing.
 - The network: each Pod gets its own address in 127.1.0.0/16 as its Pod IP; "0.0.0.0" in args
-  and env (bind everywhere) becomes that address; a Service name (`svc.ns.svc[.cluster.local]`)
+  and env (bind everywhere) becomes that address, and so does "127.0.0.1:<port>" for a port a
+  container of the Pod declares (`ports`), which stands in for the Pod's own loopback (two Pods
+  may both serve 127.0.0.1:4200); a Service name (`svc.ns.svc[.cluster.local]`)
   becomes the address and target port of a running Pod it selects (what DNS plus kube-proxy
   do).
 - The user: processes run as the test's own user (`runAsUser` needs images; see the podman tier).
@@ -56,6 +63,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,13 +123,36 @@ class NamespaceSettings:
     """How a test wants the Pods of its namespace run (the kubelet is shared by the session).
 
     `main_command` replaces the main containers' command (STAND_IN_RUNNER, when the runner is
-    not the subject of the test); `env` is added to every container's environment; `images`
-    runs each container in its image (support/podman.py) instead of as a host process.
+    not the subject of the test); `commands` replaces the command of the containers it names
+    (a broken sidecar); `env` is added to every container's environment; `images` runs each
+    container in its image (support/podman.py) instead of as a host process.
     """
 
     main_command: list[str] | None = None
+    commands: dict[str, list[str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     images: bool = False  # run the containers in their images with podman (the image tier)
+
+
+CONTAINER_MARKER = "STAND_IN_KUBELET_CONTAINER"
+
+
+def _kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment carries `marker`: what a container runtime
+    does to a container's processes when it ends, whichever process group they are in."""
+    if not marker:
+        return
+    needle = f"{CONTAINER_MARKER}={marker}\0".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone already, or not ours to read
+            continue
+        if needle in environ + b"\0":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 @dataclass
@@ -131,6 +162,8 @@ class _Container:
     process: subprocess.Popen[bytes] | None = None
     kill_reason: str | None = None
     restarts: int = 0
+    started: threading.Event = field(default_factory=threading.Event)  # ran at least once
+    marker: str = ""  # in the environment of each of its processes (process mode)
 
 
 class _PodWorker:
@@ -150,6 +183,14 @@ class _PodWorker:
         self.containers: dict[str, _Container] = {}
         self.status: dict[str, Any] = {}
         self.token = ""
+        spec = pod["spec"]
+        every = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+        # Ports its containers declare: 127.0.0.1:<port> is this Pod's own loopback.
+        self.local_ports = frozenset(
+            int(port["containerPort"]) for each in every for port in each.get("ports") or []
+        )
+        self.sidecars: list[threading.Thread] = []
+        self.ending = threading.Event()  # the main containers ended: sidecars are not restarted
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
 
@@ -206,6 +247,7 @@ class _PodWorker:
             self.kubelet.errors.append(f"{self.namespace}/{self.name}: {error!r}")
             raise
         finally:
+            self.ending.set()
             self._stop_all(grace=0)
             self._confirm_deletion()
 
@@ -235,14 +277,95 @@ class _PodWorker:
             return
         restart = spec.get("restartPolicy", "Always")
         for index, container in enumerate(inits):
+            if container.get("restartPolicy") == "Always":
+                if not self._start_sidecar(container, index, volumes):
+                    return
+                continue
             code = self._run_to_end(container, "initContainerStatuses", index, volumes, restart)
             if code is None:
                 return
             if code != 0:
-                self._write_status(phase="Failed")
+                self._end_pod(spec, phase="Failed")
                 return
         self._write_status(conditions=self._conditions(initialized=True, ready=False))
         self._run_mains(mains, volumes, restart)
+
+    def _start_sidecar(self, spec: dict[str, Any], index: int, volumes: Mapping[str, Path]) -> bool:
+        """Start a native sidecar; True once it runs (and its startupProbe passed, if any).
+
+        Whatever the Pod's restartPolicy, it is restarted whenever it exits until the main
+        containers have ended (`ending`) or the Pod is deleted.
+        """
+
+        def keep_running() -> None:
+            while True:
+                code = self._run_once(spec, "initContainerStatuses", index, volumes)
+                if code is None or self.deleted.is_set() or self.ending.is_set():
+                    return
+                self.containers[spec["name"]].restarts += 1
+                if self.deleted.wait(1.0) or self.ending.is_set():  # CrashLoopBackOff's step
+                    return
+
+        thread = threading.Thread(target=keep_running, name=f"sidecar-{spec['name']}", daemon=True)
+        self.sidecars.append(thread)
+        thread.start()
+        name = spec["name"]
+        while not self.deleted.is_set():
+            container = self.containers.get(name)
+            if container is not None and container.started.wait(0.1):
+                return self._startup_probe(spec)
+        return False
+
+    def _startup_probe(self, spec: dict[str, Any]) -> bool:
+        """Wait for a sidecar's httpGet startupProbe (the only kind the stand-in probes)."""
+        probe = spec.get("startupProbe")
+        if not probe:
+            return True
+        get = probe.get("httpGet")
+        if get is None:
+            raise AssertionError(f"the stand-in kubelet probes httpGet only ({spec['name']})")
+        url = f"http://{self.ip}:{get['port']}{get.get('path', '/')}"
+        period = min(float(probe.get("periodSeconds", 10)), 0.5)
+        while not self.deleted.is_set():
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
+                if 200 <= answer.status < 400:
+                    return True
+            self.deleted.wait(period)
+        return False
+
+    def _end_pod(self, spec: dict[str, Any], **status: Any) -> None:
+        """Stop the sidecars (SIGTERM, SIGKILL after the grace period), then write the end."""
+        self.ending.set()
+        names = {
+            c["name"]
+            for c in spec.get("initContainers") or []
+            if c.get("restartPolicy") == "Always"
+        }
+        sidecars = [c for n, c in self.containers.items() if n in names and c.process is not None]
+        grace = float(spec.get("terminationGracePeriodSeconds", 30))
+        if self.kubelet.settings_for(self.namespace).images:
+            self._stop_in_podman(sidecars, grace)
+        self._terminate([c.process for c in sidecars if c.process is not None], grace)
+        for thread in self.sidecars:
+            thread.join(10)  # its final status written first
+        self._write_status(**status)
+
+    def _stop_in_podman(self, containers: list[_Container], grace: float) -> None:
+        """`podman stop` (SIGTERM, SIGKILL after `grace`), as a runtime's StopContainer does.
+
+        A SIGTERM to `podman run` before its container runs is lost, which a sidecar stopped
+        right after it started (a sync that failed at once) would otherwise wait out.
+        """
+        deadline = time.monotonic() + grace
+        for container in containers:
+            name = podman.container_name(self._podman_context(container), container.name)
+            while container.process is not None and container.process.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                podman.podman("stop", f"--time={max(1, int(left))}", name, check=False)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    container.process.wait(0.5)
 
     def _volumes_until_ready(self, spec: dict[str, Any]) -> dict[str, Path] | None:
         while not self.deleted.is_set():
@@ -366,7 +489,7 @@ class _PodWorker:
             return
         failed = any(code != 0 for code in codes.values())
         ready = self._conditions(initialized=True, ready=False)
-        self._write_status(phase="Failed" if failed else "Succeeded", conditions=ready)
+        self._end_pod(self.pod["spec"], phase="Failed" if failed else "Succeeded", conditions=ready)
 
     def _run_once(
         self, spec: dict[str, Any], key: str, index: int, volumes: Mapping[str, Path]
@@ -407,6 +530,11 @@ class _PodWorker:
             workdir = _map_path(spec.get("workingDir") or "", mounts) or workdir
         Path(workdir).mkdir(parents=True, exist_ok=True)
         started = _now()
+        if not images:
+            # A container's processes die with it, even those that left its process group
+            # (the runner starts Prefect's server in a session of its own): all carry this.
+            container.marker = f"{self.uid}/{name}"
+            env = {**env, CONTAINER_MARKER: container.marker}
         with container.log.open("ab") as log:
             try:
                 container.process = subprocess.Popen(
@@ -434,8 +562,10 @@ class _PodWorker:
                     },
                     container,
                 )
+                container.started.set()
                 return 128
         self._set_container(key, index, spec, {"running": {"startedAt": started}}, container)
+        container.started.set()
         if key == "containerStatuses":
             self._write_status(phase="Running", conditions=self._conditions(True, True))
         code = container.process.wait()
@@ -546,7 +676,7 @@ class _PodWorker:
                 value = None
             if value is not None:
                 env[item["name"]] = value
-        return {key: self.kubelet.network(value, self.ip) for key, value in env.items()}
+        return {key: self._network(value) for key, value in env.items()}
 
     def _all_keys(self, kind: str, ref: Mapping[str, Any]) -> dict[str, str]:
         try:
@@ -578,10 +708,13 @@ class _PodWorker:
             f"{self.namespace}/{ref['name']}",
         )
 
+    def _network(self, value: str) -> str:
+        return self.kubelet.network(value, self.ip, self.local_ports)
+
     def _argv(self, spec: dict[str, Any], env: Mapping[str, str]) -> tuple[list[str], list[str]]:
         """A container's `command` and `args`, expanded, for a runtime that has the image."""
         command, args = (
-            [self.kubelet.network(_expand(arg, env), self.ip) for arg in spec.get(part) or []]
+            [self._network(_expand(arg, env)) for arg in spec.get(part) or []]
             for part in ("command", "args")
         )
         return command, args
@@ -595,10 +728,12 @@ class _PodWorker:
         main: bool,
     ) -> list[str]:
         settings = self.kubelet.settings_for(self.namespace)
+        if spec["name"] in settings.commands:
+            return list(settings.commands[spec["name"]])
         if main and settings.main_command:
             return list(settings.main_command)
         command = [
-            self.kubelet.network(_map_path(_expand(arg, env), mounts), self.ip)
+            self._network(_map_path(_expand(arg, env), mounts))
             for arg in [*(spec.get("command") or []), *(spec.get("args") or [])]
         ]
         if not command:
@@ -621,6 +756,16 @@ class _PodWorker:
 
     def _stop_all(self, grace: float) -> None:
         processes = [c.process for c in self.containers.values() if c.process is not None]
+        self._terminate(processes, grace)
+        for container in self.containers.values():
+            _kill_marked(container.marker)
+        if self.kubelet.settings_for(self.namespace).images:
+            for container in self.containers.values():
+                podman.remove(self._podman_context(container), container.name)
+
+    @staticmethod
+    def _terminate(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
+        """SIGTERM, up to `grace` seconds to exit, then SIGKILL to the whole group."""
         alive = [p for p in processes if p.poll() is None]
         for process in alive:
             with contextlib.suppress(ProcessLookupError):
@@ -634,9 +779,6 @@ class _PodWorker:
                 os.killpg(process.pid, signal.SIGKILL)  # nothing of the container outlives it
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
-        if self.kubelet.settings_for(self.namespace).images:
-            for container in self.containers.values():
-                podman.remove(self._podman_context(container), container.name)
 
     def _podman_context(self, container: _Container) -> podman.PodContext:
         return podman.PodContext(self.namespace, self.name, container.restarts, self.folder)
@@ -648,6 +790,7 @@ class _PodWorker:
             podman.kill(self._podman_context(container), container.name)
         elif container.process is not None:
             os.killpg(container.process.pid, signal.SIGKILL)
+            _kill_marked(container.marker)
 
     def _confirm_deletion(self) -> None:
         if not self.deleted.is_set():
@@ -831,9 +974,15 @@ class StandInKubelet:
 
     # -- the network stand-in -------------------------------------------------------------------
 
-    def network(self, value: str, pod_ip: str) -> str:
-        """Bind-everywhere becomes the Pod's address; a Service name one of its endpoints."""
+    def network(self, value: str, pod_ip: str, local_ports: frozenset[int] = frozenset()) -> str:
+        """Bind-everywhere becomes the Pod's address, and so does the Pod's loopback on a port
+        its containers declare; a Service name one of its endpoints."""
         value = re.sub(r"(?<![\d.])0\.0\.0\.0(?![\d.])", pod_ip, value)
+        value = re.sub(
+            r"(?<![\d.])127\.0\.0\.1:(\d+)(?!\d)",
+            lambda m: f"{pod_ip}:{m.group(1)}" if int(m.group(1)) in local_ports else m.group(0),
+            value,
+        )
         return _SERVICE_NAME.sub(self._endpoint, value)
 
     def _endpoint(self, match: re.Match[str]) -> str:
