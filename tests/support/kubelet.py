@@ -302,7 +302,10 @@ class _PodWorker:
                 code = self._run_once(spec, "initContainerStatuses", index, volumes)
                 if code is None or self.deleted.is_set() or self.ending.is_set():
                     return
-                self.containers[spec["name"]].restarts += 1
+                container = self.containers[spec["name"]]
+                container.restarts += 1
+                backoff = {"waiting": {"reason": "CrashLoopBackOff", "message": f"exit {code}"}}
+                self._set_container("initContainerStatuses", index, spec, backoff, container)
                 if self.deleted.wait(1.0) or self.ending.is_set():  # CrashLoopBackOff's step
                     return
 
@@ -623,6 +626,8 @@ class _PodWorker:
         entry["restartCount"] = container.restarts
         if previous.get("state", {}).get("terminated") and "terminated" not in state:
             entry["lastState"] = {"terminated": previous["state"]["terminated"]}
+        elif previous.get("lastState"):  # as the kubelet: the last termination before this one
+            entry["lastState"] = previous["lastState"]
         statuses[index] = entry
         self._write_status(**{key: statuses})
 
