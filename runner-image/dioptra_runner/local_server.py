@@ -62,6 +62,7 @@ from dioptra_runner.prefect_warmup import (
     server_environment,
     start_background_warmup,
     uses_external_server,
+    wait_until_healthy,
 )
 
 __all__ = [
@@ -354,18 +355,18 @@ class SharedServer:
         if self._ready:
             return
         assert self.api_url is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if healthy(self.api_url):
-                self._ready = True
-                return
-            if not self._supervisor_running():
-                raise WarmupError(f"the local Prefect server exited (server log: {self.log_path})")
-            time.sleep(0.05)
-        raise WarmupError(
-            f"the local Prefect server did not answer within {timeout:.0f} s "
-            f"(server log: {self.log_path})"
-        )
+
+        def exited() -> str | None:
+            if self._supervisor_running():
+                return None
+            return f"the local Prefect server exited (server log: {self.log_path})"
+
+        if not wait_until_healthy(self.api_url, timeout, exited):
+            raise WarmupError(
+                f"the local Prefect server did not answer within {timeout:.0f} s "
+                f"(server log: {self.log_path})"
+            )
+        self._ready = True
 
     def _supervisor_running(self) -> bool:
         if self._spawned is not None:

@@ -48,7 +48,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 from dioptra_api import PREFECT_SIDECAR, PREFECT_SIDECAR_ENV, PREFECT_SIDECAR_TIMEOUT_ENV
@@ -74,6 +74,7 @@ __all__ = [
     "server_environment",
     "start_background_warmup",
     "uses_external_server",
+    "wait_until_healthy",
 ]
 
 TEMPLATE_ENV = "DIOPTRA_PREFECT_TEMPLATE"
@@ -262,21 +263,23 @@ class Warmup:
         """Block until the server answers ``/health``; raises WarmupError after ``timeout`` s."""
         if self._ready:
             return
-        assert self.process is not None and self.api_url is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise WarmupError(
-                    f"the temporary Prefect server exited with code {self.process.returncode}"
-                    f"{self._log_hint()}"
-                )
-            if healthy(self.api_url):
-                self._ready = True
-                return
-            time.sleep(0.05)
-        raise WarmupError(
-            f"the temporary Prefect server did not answer within {timeout:.0f} s{self._log_hint()}"
-        )
+        process, api_url = self.process, self.api_url
+        assert process is not None and api_url is not None
+
+        def exited() -> str | None:
+            if process.poll() is None:
+                return None
+            return (
+                f"the temporary Prefect server exited with code {process.returncode}"
+                f"{self._log_hint()}"
+            )
+
+        if not wait_until_healthy(api_url, timeout, exited):
+            raise WarmupError(
+                f"the temporary Prefect server did not answer within {timeout:.0f} s"
+                f"{self._log_hint()}"
+            )
+        self._ready = True
 
     def stop(self) -> None:
         """Stop the server this warmup started, and stop pointing Prefect at it."""
@@ -331,15 +334,12 @@ class SidecarApi:
         if self._ready:
             return
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        while not healthy(self.api_url):
-            if time.monotonic() >= deadline:
-                pod = os.environ.get("HOSTNAME") or "<pod>"
-                raise SidecarUnavailable(
-                    f"the Prefect API sidecar did not answer at {self.api_url} within "
-                    f"{limit:g} s; see `kubectl logs {pod} -c {PREFECT_SIDECAR}`"
-                )
-            time.sleep(0.1)
+        if not wait_until_healthy(self.api_url, limit):
+            pod = os.environ.get("HOSTNAME") or "<pod>"
+            raise SidecarUnavailable(
+                f"the Prefect API sidecar did not answer at {self.api_url} within "
+                f"{limit:g} s; see `kubectl logs {pod} -c {PREFECT_SIDECAR}`"
+            )
         self._ready = True
 
     def stop(self) -> None:
@@ -469,6 +469,26 @@ def healthy(api_url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def wait_until_healthy(
+    api_url: str, timeout: float, exited: Callable[[], str | None] = lambda: None
+) -> bool:
+    """Poll ``/health`` until it answers (True) or ``timeout`` s pass (False).
+
+    ``exited`` says why the server can no longer answer (its process is gone), or None while
+    it may still come up; its message is raised as a WarmupError at once rather than waiting
+    out the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while not healthy(api_url):
+        gone = exited()
+        if gone is not None:
+            raise WarmupError(gone)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def refresh_prefect_settings() -> None:
