@@ -345,3 +345,41 @@ def test_a_prefect_sidecar_that_cannot_start_fails_the_experiment_naming_it(
     failed = condition(final, c.ConditionType.FAILED)
     assert failed["reason"] == c.Reason.PREFECT_API_FAILED
     assert "invalid choice: 'serve'" in failed["message"]
+
+
+def test_a_crash_looping_prefect_sidecar_stalls_the_experiment_while_the_runner_waits(
+    cluster: Cluster,
+    sidecar_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    builtins_bucket: str,
+) -> None:
+    broken = "import sys; sys.exit('OSError: [Errno 28] No space left on device')"
+    kubelet.configure(
+        cluster.namespace,
+        NamespaceSettings(
+            commands={c.PREFECT_SIDECAR: [sys.executable, "-c", broken]},
+            env={c.PREFECT_SIDECAR_TIMEOUT_ENV: "600"},  # the runner is still waiting throughout
+        ),
+    )
+    try:
+        cluster.create(example("random-integer", builtins_bucket, s3_server.endpoint_url))
+        stalled = wait_until(
+            lambda: next(
+                (
+                    cond
+                    for cond in status(cluster, "random-integer").get("conditions") or []
+                    if cond["type"] == c.ConditionType.STALLED and cond["status"] == "True"
+                ),
+                None,
+            ),
+            timeout=90,
+            what="the experiment to say it is stalled",
+        )
+        now = status(cluster, "random-integer")
+    finally:
+        kubelet.forget(cluster.namespace)
+    assert stalled["reason"] == c.Reason.PREFECT_API_FAILED
+    assert "No space left on device" in stalled["message"]
+    assert "CrashLoopBackOff" in stalled["message"]
+    assert now["phase"] not in c.Phase.TERMINAL

@@ -94,3 +94,19 @@ def test_a_sidecar_that_crashed_before_the_runner_ended_is_blamed() -> None:
     runner = {"terminated": {"exitCode": 2, "finishedAt": "2026-01-01T00:00:08Z"}}
     seen = observe(job(failed=True), [pod(sidecar, SYNCED, runner)])
     assert failed_condition(seen)["reason"] == R.PREFECT_API_FAILED
+
+
+def test_a_crash_looping_sidecar_stalls_the_run_with_its_last_exit() -> None:
+    crashed = {"exitCode": 1, "reason": "Error", "message": "Traceback...\nOSError: disk full"}
+    sidecar = {
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+        "restartCount": 3,
+        "lastState": {"terminated": crashed},
+    }
+    seen = observe(job(), [pod(sidecar, {"waiting": {"reason": "PodInitializing"}}, None)])
+    stalled = next(cond for cond in seen.conditions if cond["type"] == c.ConditionType.STALLED)
+    assert (stalled["status"], stalled["reason"]) == ("True", R.PREFECT_API_FAILED)
+    assert seen.message == (
+        "The Prefect API sidecar (container prefect-api) stopped: exit code 1: OSError: disk full;"
+        " the kubelet restarts it (CrashLoopBackOff)"
+    )

@@ -96,6 +96,11 @@ def _waiting_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
         text = waiting.get("message") or why or ""
         if why in _IMAGE_PULL:
             return R.IMAGE_PULL_FAILED, f"{status.get('name')}: {text}"
+        if why == "CrashLoopBackOff" and status.get("name") == c.PREFECT_SIDECAR:
+            # The runner waits for the API until its own timeout; say why meanwhile.
+            last = (status.get("lastState") or {}).get("terminated") or {}
+            detail = _exit_detail(last) if last else "it keeps exiting"
+            return R.PREFECT_API_FAILED, f"{detail}; the kubelet restarts it (CrashLoopBackOff)"
         if why == "CreateContainerConfigError":
             if "secret" in text.lower():
                 return R.SECRET_NOT_FOUND, f"{status.get('name')}: {text}"
