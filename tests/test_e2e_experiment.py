@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import yaml
 from dioptra_sync import push_bundle
 from support.cluster import ChartRbac, Cluster, OperatorProcess, operator_running, wait_until
-from support.kubelet import NamespaceSettings, StandInKubelet
+from support.kubelet import CONTAINER_MARKER, NamespaceSettings, StandInKubelet
 from support.s3 import FAKE_KEY, REGION, S3Server, start_moto_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -383,3 +385,108 @@ def test_a_crash_looping_prefect_sidecar_stalls_the_experiment_while_the_runner_
     assert "No space left on device" in stalled["message"]
     assert "CrashLoopBackOff" in stalled["message"]
     assert now["phase"] not in c.Phase.TERMINAL
+
+
+BARRIER_PLUGIN = """
+import time
+from pathlib import Path
+
+from dioptra import pyplugs
+
+
+@pyplugs.register
+def wait_for(path: str) -> str:
+    barrier = Path(path)
+    while not barrier.exists():  # the test creates it once the Prefect API is back
+        time.sleep(0.05)
+    return barrier.read_text()
+
+
+@pyplugs.register
+def echo(value: str) -> str:
+    return value
+"""
+
+BARRIER_FLOW = """
+from dioptra import pyplugs
+from dioptra.flow import Flow, Parameter
+
+with Flow("Across a Prefect API restart") as flow:
+    opened = pyplugs.call_task("barrier", "wait", "wait_for", path=Parameter("barrier"))
+    pyplugs.call_task("barrier", "wait", "echo", value=opened)
+"""
+
+
+def kill_container(pod: dict[str, Any], container: str) -> int:
+    """SIGKILL every process of one of the stand-in kubelet's containers, as an OOM kill
+    would; how many there were."""
+    needle = f"{CONTAINER_MARKER}={pod['metadata']['uid']}/{container}\0".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours to read
+    return killed
+
+
+def test_a_prefect_sidecar_killed_mid_run_restarts_and_the_run_still_succeeds(
+    cluster: Cluster,
+    sidecar_operator: OperatorProcess,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    bucket = s3_server.new_bucket()
+    s3_server.put_files(bucket, "barrier", {"__init__.py": "", "wait.py": BARRIER_PLUGIN})
+    credentials_secret(cluster, "s3-credentials", FAKE_KEY, FAKE_KEY)
+    barrier = tmp_path / "barrier"
+    cluster.create(
+        {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            "metadata": {"name": "api-restart"},
+            "spec": {
+                "entryPoint": {"script": BARRIER_FLOW, "flow": "flow"},
+                "parameters": {"barrier": str(barrier)},
+                "plugins": {
+                    "sources": [f"s3://{bucket}/barrier"],
+                    "endpointURL": s3_server.endpoint_url,
+                    "region": REGION,
+                    "credentialsSecretRef": {"name": "s3-credentials"},
+                },
+            },
+        }
+    )
+    wait_until(
+        lambda: any(
+            task.get("state") == "Running"
+            for task in status(cluster, "api-restart").get("tasks") or []
+        ),
+        timeout=120,
+        what="the first task to run",
+    )
+    pod = the_pod(cluster, "api-restart-g1")
+    assert kill_container(pod, c.PREFECT_SIDECAR) >= 1
+    pod_name = pod["metadata"]["name"]
+    wait_until(
+        lambda: (
+            kubelet.log_of(cluster.namespace, pod_name, c.PREFECT_SIDECAR).count(
+                "serving the Prefect API"
+            )
+            >= 2
+        ),
+        timeout=90,
+        what="the restarted sidecar to serve again",
+    )
+    barrier.write_text("opened")
+
+    final = succeeded(cluster, kubelet, "api-restart")
+    assert final["tasksDone"] == 2
+    sidecar = container_status(
+        the_pod(cluster, "api-restart-g1"), "initContainerStatuses", c.PREFECT_SIDECAR
+    )
+    assert sidecar["restartCount"] == 1
+    assert sidecar["lastState"]["terminated"]["exitCode"] == 137
