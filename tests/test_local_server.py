@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,6 +38,7 @@ from dioptra_runner.local_server import (
     wait_gone,
 )
 from dioptra_runner.prefect_warmup import DATABASE_NAME, build_template, healthy
+from dioptra_runner.warm_runner import read_state
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,6 +70,11 @@ def blocker(x: int) -> int:
     while not (MARKS / "release").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     return x
+
+
+@pyplugs.register
+def fails(x: int) -> int:
+    raise ValueError(f"refusing {x}")
 '''
 
 FLOWS = """
@@ -80,6 +87,9 @@ with Flow("Quick") as flow:
 with Flow("Blocking") as blocking:
     one = pyplugs.call_task("lspkg", "ops", "first")
     pyplugs.call_task("lspkg", "ops", "blocker", x=one)
+
+with Flow("Failing") as failing:
+    pyplugs.call_task("lspkg", "ops", "fails", x=pyplugs.call_task("lspkg", "ops", "first"))
 """
 
 
@@ -316,7 +326,10 @@ def test_two_concurrent_first_runs_start_one_server(laptop: Callable[[str], Lapt
         assert run.returncode == 0, stdout + stderr
     record = machine.record()
     assert record is not None
-    assert processes_mentioning(str(machine.paths.folder)) == [record.pid]
+    supervisors = processes_mentioning(  # the warm runner (warm_runner.py) aside
+        f"dioptra_runner.local_server\0serve\0--state-dir={machine.paths.folder}"
+    )
+    assert supervisors == [record.pid]
     logs = machine.run_logs()
     assert logs.count("started the local Prefect server") == 1
     assert logs.count("reusing the local Prefect server") == 1
@@ -519,3 +532,146 @@ def test_an_unwritable_prefect_home_is_still_one_line_before_anything_runs(
     )
     assert ran.done.stderr.count("\n") == 1
     assert not machine.paths.state.exists()
+
+
+# -- the warm runner: later runs forked from a process with Prefect imported ------------------
+
+
+def warm_runner_ready(machine: Laptop) -> dict[str, Any]:
+    """Wait until the warm runner the last run left behind listens; its state."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (state := read_state(machine.paths.folder)) is None:
+        assert time.monotonic() < deadline, (machine.paths.folder / "runner.log").read_text()
+        time.sleep(0.05)
+    return state
+
+
+def runner_log(machine: Laptop) -> str:
+    return (machine.paths.folder / "runner.log").read_text()
+
+
+def served_run(machine: Laptop, client: int) -> int | None:
+    """The PID the warm runner forked for the `dioptra run` of PID ``client``, if it did."""
+    found = re.search(rf"run \d+: PID (\d+) for client PID {client}\n", runner_log(machine))
+    return int(found[1]) if found else None
+
+
+def test_a_run_after_the_first_is_forked_by_the_warm_runner(
+    laptop: Callable[[str], Laptop],
+) -> None:
+    machine = laptop("laptop")
+    first = machine.run()
+    state = warm_runner_ready(machine)
+
+    process = machine.start()
+    stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+
+    assert_succeeded(first)
+    assert process.returncode == 0, stdout + stderr
+    assert "Succeeded shared-flow: 1 task" in stdout
+    run = served_run(machine, process.pid)
+    assert run is not None, runner_log(machine)
+    assert (machine.marks / f"first-{run}").exists(), "the first task ran in the forked run"
+    assert read_state(machine.paths.folder) == {**state, "served": 1}
+
+
+def test_a_warm_run_answers_as_a_cold_one_in_the_callers_streams_and_folder(
+    laptop: Callable[[str], Laptop],
+) -> None:
+    machine = laptop("laptop")
+    machine.experiment("failing")
+
+    def run_failing() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DIOPTRA, "run", "--output", "json", "failing.yaml"],  # relative to the caller
+            capture_output=True,
+            text=True,
+            env=machine.env(),
+            cwd=machine.root,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+
+    cold = run_failing()
+    warm_runner_ready(machine)
+    warm = run_failing()
+
+    assert "run 1: PID" in runner_log(machine), "the second run was forked"
+    assert (cold.returncode, warm.returncode) == (1, 1), warm.stdout + warm.stderr
+    outcomes = [json.loads(done.stdout) for done in (cold, warm)]
+    for outcome in outcomes:
+        assert outcome["phase"] == "Failed"
+        assert "refusing 1" in outcome["message"]
+    assert outcomes[0]["message"] == outcomes[1]["message"]
+    assert cold.stderr.count("Traceback") == warm.stderr.count("Traceback")
+
+
+def test_ctrl_c_stops_a_warm_run_as_it_stops_a_cold_one(
+    laptop: Callable[[str], Laptop],
+) -> None:
+    machine = laptop("laptop")
+    assert_succeeded(machine.run())
+    warm_runner_ready(machine)
+    process = machine.start("blocking")
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "BLOCKER STARTED" in line:
+            break
+    run = served_run(machine, process.pid)
+    assert run is not None, runner_log(machine)
+
+    os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C: the client's group only
+    code = process.wait(timeout=EXIT_TIMEOUT)
+    _, stderr = process.communicate()
+
+    assert code == 130, stderr
+    assert wait_gone([run], EXIT_TIMEOUT)
+    assert list(machine.paths.leases.iterdir()) == []
+
+
+def test_a_warm_run_whose_caller_was_killed_stops(laptop: Callable[[str], Laptop]) -> None:
+    machine = laptop("laptop")
+    assert_succeeded(machine.run())
+    warm_runner_ready(machine)
+    process = machine.start("blocking")
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "BLOCKER STARTED" in line:
+            break
+    run = served_run(machine, process.pid)
+    assert run is not None, runner_log(machine)
+
+    process.kill()
+    process.communicate()
+
+    assert wait_gone([run], EXIT_TIMEOUT), "the forked run outlived its caller"
+    assert list(machine.paths.leases.iterdir()) == []
+
+
+def test_a_run_with_other_prefect_settings_runs_cold_and_the_stale_warm_runner_goes(
+    laptop: Callable[[str], Laptop],
+) -> None:
+    machine = laptop("laptop")
+    assert_succeeded(machine.run())
+    stale = warm_runner_ready(machine)
+
+    other = machine.run(PREFECT_LOGGING_LEVEL="WARNING")
+
+    assert_succeeded(other)
+    assert "stopping: the client's environment or our sources changed" in runner_log(machine)
+    assert wait_gone([stale["pid"]], EXIT_TIMEOUT)
+    assert "run 1: PID" not in runner_log(machine), "it ran cold"
+    fresh = warm_runner_ready(machine)  # the cold run left one for its own settings
+    assert fresh["pid"] != stale["pid"] and fresh["served"] == 0
+
+
+def test_server_stop_stops_the_warm_runner_too(laptop: Callable[[str], Laptop]) -> None:
+    machine = laptop("laptop")
+    assert_succeeded(machine.run())
+    state = warm_runner_ready(machine)
+
+    stopped = machine.dioptra("server", "stop")
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert not pid_alive(state["pid"])
+    assert read_state(machine.paths.folder) is None

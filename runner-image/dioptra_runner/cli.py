@@ -87,8 +87,30 @@ def _asks_for_json(arguments: list[str]) -> bool:
     )
 
 
+def _hand_off_to_warm_runner(arguments: list[str]) -> int | None:
+    """A local ``dioptra run`` is forked by the warm runner when one is ready (Prefect
+    imported already); its exit code, or None to run here."""
+    if arguments[:1] != ["run"] or "--in-cluster" in arguments:
+        return None
+    import os
+
+    from dioptra_runner import warm_runner
+
+    if warm_runner.in_warm_child():
+        return None
+    from dioptra_runner.local_server import Paths, enabled
+    from dioptra_runner.prefect_warmup import uses_external_server
+
+    if not enabled(os.environ) or uses_external_server(os.environ):
+        return None
+    return warm_runner.hand_off(Paths.default().folder, [sys.argv[0], *arguments])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    code = _hand_off_to_warm_runner(arguments)
+    if code is not None:
+        sys.exit(code)
     parser = _build_parser(arguments)
     try:
         args = parser.parse_args(arguments)

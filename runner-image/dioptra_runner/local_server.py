@@ -342,13 +342,16 @@ class SharedServer:
         self.process = None  # the run owns no server process: the supervisor does
         self._spawned = spawned
         self._ready = False
+        self._launch: tuple[dict[str, str], list[str]] | None = None
 
     def point_prefect_here(self) -> None:
         """Point this process's Prefect at the server; give the lease back at exit."""
         assert self.api_url is not None
+        # What a warm runner for later runs must import under (see ``stop``).
+        self._launch = (dict(os.environ), list(sys.path))
         os.environ["PREFECT_API_URL"] = self.api_url
         refresh_prefect_settings()
-        atexit.register(self.release)
+        atexit.register(self._finished)
 
     def wait(self, timeout: float = 120.0) -> None:
         """Block until the server answers ``/health``; WarmupError if it dies or is late."""
@@ -379,6 +382,15 @@ class SharedServer:
         if lease is not None:
             with contextlib.suppress(OSError):
                 lease.unlink(missing_ok=True)
+
+    def _finished(self) -> None:
+        """At exit: give the lease back, and leave a warm runner behind for the next run
+        unless one runs already (``warm_runner``)."""
+        self.release()
+        from dioptra_runner import warm_runner
+
+        if self._launch is not None and not warm_runner.in_warm_child():
+            warm_runner.ensure_started(self.paths.folder, self.record.token, *self._launch)
 
     def stop(self) -> None:
         """Stop using the server (it keeps running for other runs and the next one)."""
@@ -660,7 +672,14 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def stop_server(paths: Paths, record: ServerRecord, timeout: float = 30.0) -> bool:
-    """Stop the server now and wait until its processes are gone; False if they are not."""
+    """Stop the server (and its warm runner) now and wait until their processes are gone;
+    False if they are not."""
+    from dioptra_runner.warm_runner import read_state
+
+    warm = read_state(paths.folder)
+    if warm is not None:
+        _signal(int(warm["pid"]), signal.SIGTERM)  # runs it forked go on until they end
+        wait_gone([int(warm["pid"])], timeout)
     if _supervisor_alive(record):
         _signal(record.pid, signal.SIGTERM)  # it stops its server, then exits
     elif _server_alive(record):
