@@ -11,6 +11,7 @@ os.environ["DIOPTRA_SERVER_IDLE_SECONDS"] = "5"  # if a test turns it on and for
 
 from support.cluster import *  # noqa: F403
 from support.kubelet import *  # noqa: F403
+from support.mlflow import *  # noqa: F403
 from support.plugin_tree import *  # noqa: F403
 from support.prefect import *  # noqa: F403
 from support.s3 import *  # noqa: F403

@@ -1,13 +1,17 @@
-"""End to end: a sweep in the cluster, one Job per point, at most `maxConcurrent` at once.
+"""End to end: a sweep in the cluster is one Indexed Job, one completion index per point.
 
-The real operator (console script, kopf) on the real control plane, with the stand-in kubelet.
-The tests about scheduling run the stand-in runner (a process that sleeps, then exits); the
-last ones run the real runner with a real plugin sync from a moto S3, to see each point's
-headline results reach `status.sweep.points`.
+The real operator (console script, kopf) on the real control plane, with the stand-in kubelet:
+the real Job controller paces the points (`parallelism: maxConcurrent`) and reports which
+indexes completed or failed, which the operator turns into per-point status. The tests about
+scheduling run the stand-in runner (a process that sleeps, then exits; with
+STAND_IN_EXIT_INDEXES only the named points fail); the last ones run the real runner with a
+real plugin sync from a moto S3, to see each point's headline results reach
+`status.sweep.points`.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +19,17 @@ from typing import Any
 
 import dioptra_api as c
 import pytest
-from dioptra_api.sweep import expand_sweep
-from dioptra_operator.job_builder import point_job_name
+from dioptra_api.sweep import cluster_points
 from support.cluster import ChartRbac, Cluster, OperatorProcess, wait_until
-from support.kubelet import StandInKubelet, stand_in_settings
+from support.kubelet import NamespaceSettings, StandInKubelet, stand_in_settings
 from support.s3 import FAKE_KEY, S3Server
 from test_e2e_experiment import credentials_secret, example, push_builtins
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 GRID = {"epsilon": [0.05, 0.1, 0.2]}
+P = c.Phase
+PYTHON = sys.executable
 
 
 def sweep_experiment(name: str, sweep: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -41,53 +46,59 @@ def sweep_experiment(name: str, sweep: dict[str, Any], **spec: Any) -> dict[str,
     }
 
 
-def expected_names(name: str, sweep: dict[str, Any], generation: int = 1) -> set[str]:
-    return {point_job_name(name, generation, p.key) for p in expand_sweep(sweep, {})}
-
-
 def status(api: Cluster, name: str) -> dict[str, Any]:
     return dict(api.get("experiments", name).get("status") or {})
 
 
-def point_jobs(api: Cluster, name: str) -> list[dict[str, Any]]:
+def jobs_of(api: Cluster, name: str) -> list[dict[str, Any]]:
     return api.list("jobs", labelSelector=f"{c.LABEL_EXPERIMENT}={name}")
 
 
-def finished(job: dict[str, Any]) -> bool:
-    return any(
-        cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
-        for cond in (job.get("status") or {}).get("conditions") or []
-    )
+def job_names(api: Cluster, name: str) -> set[str]:
+    return {job["metadata"]["name"] for job in jobs_of(api, name)}
 
 
 def wait_terminal(api: Cluster, name: str, timeout: float = 60) -> dict[str, Any]:
     found = api.wait_for(
         "experiments",
         name,
-        lambda e: ((e or {}).get("status") or {}).get("phase") in c.Phase.TERMINAL,
+        lambda e: ((e or {}).get("status") or {}).get("phase") in P.TERMINAL,
         timeout=timeout,
         what=f"{name} to finish",
     )
     return dict(found["status"])
 
 
-class JobWatcher:
-    """Watches the point Jobs in the background: the most ever unfinished, every uid ever seen.
+def wait_phase(api: Cluster, name: str, phase: str) -> dict[str, Any]:
+    return dict(
+        api.wait_for(
+            "experiments",
+            name,
+            lambda e: ((e or {}).get("status") or {}).get("phase") == phase,
+            what=f"{name} to be {phase}",
+        )["status"]
+    )
+
+
+class Watcher:
+    """Watches a kind (jobs or pods) of one Experiment in the background: every object ever
+    seen (name -> uids) and the most that were ever unfinished at once.
 
     A watch sees every change the API server makes, so no state between two looks is missed.
     """
 
-    def __init__(self, api: Cluster, name: str) -> None:
+    def __init__(self, api: Cluster, ref: str, name: str) -> None:
         self.api = api
+        self.ref = ref
         self.name = name
         self.most_unfinished = 0
         self.uids: dict[str, set[str]] = {}
-        self._jobs: dict[str, dict[str, Any]] = {}
+        self._objects: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._version = api.request("GET", api.path("jobs"))["metadata"]["resourceVersion"]
+        self._version = api.request("GET", api.path(ref))["metadata"]["resourceVersion"]
 
-    def __enter__(self) -> JobWatcher:
+    def __enter__(self) -> Watcher:
         self._thread.start()
         return self
 
@@ -95,27 +106,35 @@ class JobWatcher:
         self._stop.set()
         self._thread.join(70)
 
+    def _unfinished(self, obj: dict[str, Any]) -> bool:
+        if self.ref == "pods":
+            return (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        return not any(
+            cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True"
+            for cond in (obj.get("status") or {}).get("conditions") or []
+        )
+
     def _watch(self) -> None:
         selector = f"{c.LABEL_EXPERIMENT}={self.name}"
         while not self._stop.is_set():
             for event in self.api.plane.watch(
-                self.api.path("jobs"),
+                self.api.path(self.ref),
                 resource_version=self._version,
                 timeout_seconds=2,
                 stop=self._stop.is_set,
                 labelSelector=selector,
             ):
-                job = event["object"]
-                self._version = job["metadata"]["resourceVersion"]
+                obj = event["object"]
+                self._version = obj["metadata"]["resourceVersion"]
                 if event["type"] == "BOOKMARK":
                     continue
-                name = job["metadata"]["name"]
+                name = obj["metadata"]["name"]
                 if event["type"] == "DELETED":
-                    self._jobs.pop(name, None)
+                    self._objects.pop(name, None)
                 else:
-                    self._jobs[name] = job
-                    self.uids.setdefault(name, set()).add(job["metadata"]["uid"])
-                unfinished = sum(1 for j in self._jobs.values() if not finished(j))
+                    self._objects[name] = obj
+                    self.uids.setdefault(name, set()).add(obj["metadata"]["uid"])
+                unfinished = sum(1 for o in self._objects.values() if self._unfinished(o))
                 self.most_unfinished = max(self.most_unfinished, unfinished)
 
 
@@ -127,85 +146,109 @@ def stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandInKubel
     kubelet.forget(cluster.namespace)
 
 
-def test_a_sweep_never_has_more_point_jobs_unfinished_than_max_concurrent(
+def test_a_sweep_runs_as_one_indexed_job_with_a_completion_per_point(
     cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    sweep = {"grid": GRID, "maxConcurrent": 2}
-    with JobWatcher(cluster, "capped") as watcher:
-        cluster.create(sweep_experiment("capped", sweep))
-        wait_terminal(cluster, "capped")
-    assert watcher.most_unfinished == 2
-
-
-def test_every_point_gets_one_job_with_a_deterministic_name(
-    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
-) -> None:
-    sweep = {"grid": GRID, "maxConcurrent": 2}
-    cluster.create(sweep_experiment("named", sweep))
-    wait_terminal(cluster, "named")
-    jobs = point_jobs(cluster, "named")
-    assert {job["metadata"]["name"] for job in jobs} == expected_names("named", sweep)
-
-
-def test_each_point_job_runs_its_own_parameters_without_the_sweep(
-    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
-) -> None:
-    import json
-
-    sweep = {"grid": GRID, "maxConcurrent": 3}
-    cluster.create(sweep_experiment("snapshots", sweep))
-    wait_until(lambda: len(point_jobs(cluster, "snapshots")) == 3, what="three point Jobs")
-    seen = []
-    for job in point_jobs(cluster, "snapshots"):
-        (main,) = job["spec"]["template"]["spec"]["containers"]
-        env = {item["name"]: item.get("value") for item in main["env"]}
-        snapshot = json.loads(env["DIOPTRA_EXPERIMENT"])
-        assert "sweep" not in snapshot["spec"]
-        assert env[c.SWEEP_POINT_ENV] == job["metadata"]["labels"][c.LABEL_SWEEP_POINT]
-        seen.append(snapshot["spec"]["parameters"])
-    assert sorted(seen, key=lambda p: p["epsilon"]) == [
-        {"epsilon": epsilon, "seed": 7} for epsilon in GRID["epsilon"]
-    ]
-
-
-def test_a_sweep_whose_points_all_succeed_succeeds_with_counts_and_progress(
-    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
-) -> None:
-    cluster.create(sweep_experiment("counted", {"grid": GRID, "maxConcurrent": 2}))
-    final = wait_terminal(cluster, "counted")
-    assert final["phase"] == c.Phase.SUCCEEDED
+    cluster.create(sweep_experiment("indexed", {"grid": GRID, "maxConcurrent": 2}))
+    final = wait_terminal(cluster, "indexed")
+    (job,) = jobs_of(cluster, "indexed")
+    assert job["metadata"]["name"] == final["jobName"] == "indexed-g1"
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 3)
+    assert job["status"]["completedIndexes"] == "0-2"
+    assert final["phase"] == P.SUCCEEDED and final["progress"] == "3/3"
     assert final["sweep"]["counts"] == {"Pending": 0, "Running": 0, "Succeeded": 3, "Failed": 0}
-    assert final["progress"] == "3/3"
     assert [row["values"] for row in final["sweep"]["points"]] == [
         {"epsilon": epsilon} for epsilon in GRID["epsilon"]
     ]
+    assert {key: entry["jobPhase"] for key, entry in final["sweepPoints"].items()} == {
+        point.key: P.SUCCEEDED for point in cluster_points({"grid": GRID}, {})
+    }
 
 
-def test_a_sweep_with_a_failed_point_fails_once_every_point_finished(
+def test_max_concurrent_bounds_the_points_pods_running_at_once(
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
+) -> None:
+    with Watcher(cluster, "pods", "capped") as pods:
+        cluster.create(sweep_experiment("capped", {"grid": GRID, "maxConcurrent": 2}))
+        wait_terminal(cluster, "capped")
+    assert len(pods.uids) == 3  # one Pod per point, none retried
+    assert pods.most_unfinished == 2
+
+
+# The runner's first step in a sweep's Pod, alone: the point its completion index names.
+PRINT_POINT = (
+    "import json, os; from dioptra_api.sweep import point_for_index; "
+    "spec = json.loads(os.environ['DIOPTRA_EXPERIMENT'])['spec']; "
+    "print(point_for_index(spec['sweep'], spec['parameters'], "
+    "os.environ.get('JOB_COMPLETION_INDEX')).key)"
+)
+
+
+def test_each_pod_gets_its_completion_index_and_finds_its_point_from_it(
     cluster: Cluster, operator_process: OperatorProcess, kubelet: StandInKubelet
 ) -> None:
-    kubelet.configure(cluster.namespace, stand_in_settings(0.5, STAND_IN_EXIT="3"))
-    cluster.create(sweep_experiment("failing", {"grid": GRID, "maxConcurrent": 2}))
-    final = wait_terminal(cluster, "failing")
-    assert final["phase"] == c.Phase.FAILED
-    assert final["sweep"]["counts"]["Failed"] == 3
-    assert final["progress"] == "3/3"
-    assert final["message"].startswith("3 of 3 sweep points failed")
+    kubelet.configure(
+        cluster.namespace, NamespaceSettings(main_command=[PYTHON, "-c", PRINT_POINT])
+    )
+    cluster.create(sweep_experiment("by-index", {"grid": GRID, "maxConcurrent": 3}))
+    wait_terminal(cluster, "by-index")
+    pods = cluster.list("pods", labelSelector=f"{c.LABEL_EXPERIMENT}=by-index")
+    logs = kubelet.logs_in(cluster.namespace)
+    points = cluster_points({"grid": GRID}, {})
+    found = {
+        int(pod["metadata"]["labels"][c.LABEL_COMPLETION_INDEX]): logs[
+            f"{pod['metadata']['name']}/{c.MAIN_CONTAINER}"
+        ].strip()
+        for pod in pods
+    }
+    assert found == {point.index: point.key for point in points}
+
+
+def test_a_failing_point_fails_only_its_index_and_the_others_keep_their_results(
+    cluster: Cluster, operator_process: OperatorProcess, kubelet: StandInKubelet
+) -> None:
+    kubelet.configure(
+        cluster.namespace, stand_in_settings(0.5, STAND_IN_EXIT="3", STAND_IN_EXIT_INDEXES="1")
+    )
+    cluster.create(sweep_experiment("one-fails", {"grid": GRID, "maxConcurrent": 3}))
+    final = wait_terminal(cluster, "one-fails")
+    (job,) = jobs_of(cluster, "one-fails")
+    assert (job["status"]["completedIndexes"], job["status"]["failedIndexes"]) == ("0,2", "1")
+    assert final["phase"] == P.FAILED and final["progress"] == "3/3"
+    assert final["sweep"]["counts"]["Succeeded"] == 2 and final["sweep"]["counts"]["Failed"] == 1
+    failed = cluster_points({"grid": GRID}, {})[1]
+    # The stand-in runner never reports: the failure is the operator's, from the point's Pod.
+    assert final["sweepPoints"][failed.key]["jobMessage"] == (
+        "The runner exited with an error: exit code 3"
+    )
+    assert final["message"] == (
+        "1 of 3 sweep points failed; first: The runner exited with an error: exit code 3"
+    )
+
+
+def test_a_point_killed_before_its_runner_reported_fails_with_the_kill(
+    cluster: Cluster, operator_process: OperatorProcess, kubelet: StandInKubelet
+) -> None:
+    kubelet.configure(cluster.namespace, stand_in_settings(30))
+    cluster.create(sweep_experiment("killed", {"points": [{"epsilon": 0.3}], "maxConcurrent": 1}))
+    wait_phase(cluster, "killed", P.RUNNING)
+    kubelet.kill("killed-g1", cluster.namespace, reason="OOMKilled")
+    final = wait_terminal(cluster, "killed")
+    assert final["phase"] == P.FAILED
+    (row,) = final["sweep"]["points"]
+    assert row["phase"] == P.FAILED and row["message"] == c.MESSAGES[c.Reason.OOM_KILLED]
 
 
 def test_restarting_the_operator_mid_sweep_creates_no_second_job(
     cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    sweep = {"grid": GRID, "maxConcurrent": 1}
-    with JobWatcher(cluster, "restarted") as watcher:
-        cluster.create(sweep_experiment("restarted", sweep))
-        wait_until(lambda: point_jobs(cluster, "restarted"), what="the first point Job")
+    with Watcher(cluster, "jobs", "restarted") as jobs:
+        cluster.create(sweep_experiment("restarted", {"grid": GRID, "maxConcurrent": 1}))
+        wait_until(lambda: jobs_of(cluster, "restarted"), what="the sweep's Job")
         operator_process.restart()
         final = wait_terminal(cluster, "restarted")
-    assert final["phase"] == c.Phase.SUCCEEDED
-    assert set(watcher.uids) == expected_names("restarted", sweep)
-    assert all(len(uids) == 1 for uids in watcher.uids.values()), watcher.uids
-    assert watcher.most_unfinished == 1
+    assert final["phase"] == P.SUCCEEDED
+    assert {name: len(uids) for name, uids in jobs.uids.items()} == {"restarted-g1": 1}
 
 
 def test_a_sweep_too_large_to_run_fails_with_invalid_spec(
@@ -216,31 +259,39 @@ def test_a_sweep_too_large_to_run_fails_with_invalid_spec(
     grid = {"epsilon": list(range(40)), "seed": list(range(30))}
     cluster.create(sweep_experiment("bad-sweep", {"grid": grid}))
     final = wait_terminal(cluster, "bad-sweep", timeout=15)
-    assert final["phase"] == c.Phase.FAILED
+    assert final["phase"] == P.FAILED
     accepted = next(cond for cond in final["conditions"] if cond["type"] == "Accepted")
     assert accepted["reason"] == c.Reason.INVALID_SPEC
     assert "1200 points" in accepted["message"]
-    assert point_jobs(cluster, "bad-sweep") == []
+    assert jobs_of(cluster, "bad-sweep") == []
 
 
-def test_a_suspended_sweep_holds_its_point_jobs_until_resumed(
+def test_a_suspended_sweep_holds_its_job_until_resumed(
     cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
 ) -> None:
-    cluster.create(sweep_experiment("held", {"grid": GRID, "maxConcurrent": 2}, suspend=True))
-    cluster.wait_for(
-        "experiments",
-        "held",
-        lambda e: ((e or {}).get("status") or {}).get("phase") == c.Phase.SUSPENDED,
-        what="the sweep to be suspended",
-    )
-    jobs = point_jobs(cluster, "held")
-    assert len(jobs) == 2 and all(job["spec"]["suspend"] for job in jobs)
-    cluster.patch("experiments", "held", {"spec": {"suspend": False}})
-    final = wait_terminal(cluster, "held")
-    assert final["phase"] == c.Phase.SUCCEEDED
-    assert {job["metadata"]["name"] for job in point_jobs(cluster, "held")} == expected_names(
-        "held", {"grid": GRID}
-    )
+    with Watcher(cluster, "jobs", "held") as jobs:
+        cluster.create(sweep_experiment("held", {"grid": GRID, "maxConcurrent": 2}, suspend=True))
+        wait_phase(cluster, "held", P.SUSPENDED)
+        (job,) = jobs_of(cluster, "held")
+        assert job["spec"]["suspend"] is True
+        assert cluster.list("pods", labelSelector=f"{c.LABEL_EXPERIMENT}=held") == []
+        cluster.patch("experiments", "held", {"spec": {"suspend": False}})
+        final = wait_terminal(cluster, "held")
+    assert final["phase"] == P.SUCCEEDED
+    # Toggling suspend keeps the run: the same Job, resumed in place.
+    assert {name: len(uids) for name, uids in jobs.uids.items()} == {"held-g1": 1}
+
+
+def test_a_sweep_admitted_by_a_queue_runs_although_its_spec_says_suspend(
+    cluster: Cluster, operator_process: OperatorProcess, stand_in: StandInKubelet
+) -> None:
+    # Kueue admits a suspended Job by setting its `suspend` to false; the operator must not
+    # suspend it again on the Job's next event.
+    cluster.create(sweep_experiment("queued", {"grid": GRID, "maxConcurrent": 3}, suspend=True))
+    wait_phase(cluster, "queued", P.SUSPENDED)
+    cluster.patch("jobs", "queued-g1", {"spec": {"suspend": False}})
+    final = wait_terminal(cluster, "queued")
+    assert final["phase"] == P.SUCCEEDED and final["progress"] == "3/3"
 
 
 @pytest.mark.timeout(240)
@@ -312,31 +363,31 @@ def slow_stand_in(cluster: Cluster, kubelet: StandInKubelet) -> Iterator[StandIn
     kubelet.forget(cluster.namespace)
 
 
-def job_names(api: Cluster, name: str) -> set[str]:
-    return {job["metadata"]["name"] for job in point_jobs(api, name)}
-
-
-def test_changing_a_running_sweeps_spec_replaces_its_unfinished_point_jobs(
+def test_changing_a_running_sweeps_spec_replaces_its_job(
     cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
 ) -> None:
-    sweep = {"grid": GRID, "maxConcurrent": 1}
-    cluster.create(sweep_experiment("changed", sweep))
-    first = sorted(expected_names("changed", sweep))
-    wait_until(lambda: job_names(cluster, "changed") & set(first), what="a generation-1 Job")
+    cluster.create(sweep_experiment("changed", {"grid": GRID, "maxConcurrent": 1}))
+    wait_phase(cluster, "changed", P.RUNNING)
     cluster.patch("experiments", "changed", {"spec": {"parameters": {"seed": 8}}})
-    wanted = expected_names("changed", sweep, generation=2)
     wait_until(
-        lambda: (names := job_names(cluster, "changed")) and names <= wanted,
-        what=f"only generation-2 point Jobs (now: {job_names(cluster, 'changed')})",
+        lambda: job_names(cluster, "changed") == {"changed-g2"},
+        what=f"the generation-2 Job alone (now: {job_names(cluster, 'changed')})",
     )
-    assert len(job_names(cluster, "changed")) == 1
+    found = cluster.wait_for(
+        "experiments",
+        "changed",
+        lambda e: ((e or {}).get("status") or {}).get("jobName") == "changed-g2",
+        what="the new run in status",
+    )["status"]
+    assert found["sweep"]["generation"] == 2
+    assert all(entry.get("job") == "changed-g2" for entry in found.get("sweepPoints", {}).values())
 
 
-def test_dropping_the_sweep_replaces_the_point_jobs_with_one_plain_job(
+def test_dropping_the_sweep_replaces_its_job_with_one_plain_job(
     cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
 ) -> None:
     cluster.create(sweep_experiment("unswept", {"grid": GRID, "maxConcurrent": 2}))
-    wait_until(lambda: len(point_jobs(cluster, "unswept")) == 2, what="two point Jobs")
+    wait_phase(cluster, "unswept", P.RUNNING)
     cluster.patch("experiments", "unswept", {"spec": {"sweep": None}})
     wait_until(
         lambda: job_names(cluster, "unswept") == {"unswept-g2"},

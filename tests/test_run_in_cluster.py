@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dioptra_api.sweep import cluster_points
 from support.cluster import ChartRbac, Cluster
 from support.proxy import ApiProxy, Seen
 
@@ -94,7 +95,9 @@ def run_in_pod(cluster: Cluster, chart_rbac: ChartRbac, proxy: ApiProxy, tmp_pat
     token = cluster.plane.token(cluster.namespace, chart_rbac.runner_sa)
     kubeconfig = proxy.kubeconfig(token, tmp_path / "runner.kubeconfig", cluster.namespace)
 
-    def run(document: dict[str, Any], plugin_dir: Path) -> subprocess.CompletedProcess[str]:
+    def run(
+        document: dict[str, Any], plugin_dir: Path, **pod_env: str
+    ) -> subprocess.CompletedProcess[str]:
         created = cluster.create(document)
         snapshot = {**document, "metadata": {**document["metadata"], **created["metadata"]}}
         env = {
@@ -104,6 +107,7 @@ def run_in_pod(cluster: Cluster, chart_rbac: ChartRbac, proxy: ApiProxy, tmp_pat
             "DIOPTRA_EXPERIMENT_NAME": document["metadata"]["name"],
             "DIOPTRA_EXPERIMENT_NAMESPACE": cluster.namespace,
             "DIOPTRA_PLUGIN_DIR": str(plugin_dir),
+            **pod_env,
         }
         return subprocess.run(
             [str(BIN / "dioptra"), "run", "--in-cluster"],
@@ -223,3 +227,35 @@ def test_an_invalid_snapshot_fails_the_experiment_with_the_reason(
     assert status["run"]["phase"] == "Failed"
     assert status["run"]["message"].startswith("the flow cannot start")
     assert status["run"]["message"].endswith("missing parameter(s): width")
+
+
+def test_a_sweep_pod_runs_the_point_of_its_completion_index_and_reports_under_its_key(
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
+) -> None:
+    document = experiment_document(SCRIPT, 2)
+    document["spec"]["sweep"] = {"points": [{"width": 1}, {"width": 2}], "maxConcurrent": 2}
+
+    done = run_in_pod(document, synced_plugins, JOB_COMPLETION_INDEX="1")
+
+    assert done.returncode == 0, done.stderr
+    status = cluster.get("experiments", "squares")["status"]
+    point = cluster_points(document["spec"]["sweep"], {})[1]
+    assert point.values == {"width": 2}
+    assert list(status["sweepPoints"]) == [point.key]
+    assert status["sweepPoints"][point.key]["phase"] == "Succeeded"
+    assert "run" not in status and "tasks" not in status  # the top level is the operator's
+
+
+def test_a_sweep_pod_whose_index_is_out_of_range_fails_in_one_line_and_reports_nothing(
+    run_in_pod: Any, cluster: Cluster, proxy: ApiProxy, synced_plugins: Path
+) -> None:
+    document = experiment_document(SCRIPT, 1)
+    document["spec"]["sweep"] = {"points": [{"width": 1}]}
+
+    done = run_in_pod(document, synced_plugins, JOB_COMPLETION_INDEX="5")
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # the Pod's termination message
+    assert "completion index 5 is out of range: the sweep has 1 point (indexes 0-0)" in last
+    assert writes(proxy) == []

@@ -1,6 +1,7 @@
-"""A sweep in the cluster, the pure parts: point Jobs, the plan, the status.
+"""A sweep in the cluster, the pure parts: its Indexed Job, its points' state, the status.
 
-What a sweep point's runner reports is checked on the API server, in tests/test_reporter.py.
+What a sweep point's runner reports is checked on the API server, in tests/test_reporter.py;
+the whole sweep on the real control plane in tests/test_e2e_sweep.py.
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from typing import Any
 
 import dioptra_api as c
 import pytest
-from dioptra_api.sweep import SweepPoint, expand_sweep
+from dioptra_api.sweep import SweepError, SweepPoint, cluster_points, point_for_index
 from dioptra_operator.job_builder import (
     InvalidSpecError,
     build_job,
     job_name,
-    point_job_name,
-    spec_hash,
     sweep_points,
 )
 from dioptra_operator.settings import Settings
 from dioptra_operator.sweep_plan import (
+    changed_records,
     job_finished,
-    job_phase,
-    plan_sweep,
+    parse_index_set,
     point_outcome,
+    point_records,
     sweep_phase,
     sweep_status,
 )
@@ -32,6 +32,7 @@ from dioptra_operator.sweep_plan import (
 P = c.Phase
 SETTINGS = Settings(runner_image="registry.example/runner:1")
 GRID = {"grid": {"epsilon": [0.05, 0.1, 0.2]}, "maxConcurrent": 2}
+JOB = "sweep-g2"
 
 
 def experiment(name: str = "sweep", **spec: Any) -> dict[str, Any]:
@@ -49,11 +50,7 @@ def experiment(name: str = "sweep", **spec: Any) -> dict[str, Any]:
 
 
 def points() -> list[SweepPoint]:
-    return expand_sweep(GRID, {"epsilon": 0.0, "seed": 7})
-
-
-def names(generation: int = 2) -> dict[str, str]:
-    return {point.key: point_job_name("sweep", generation, point.key) for point in points()}
+    return cluster_points(GRID, {"epsilon": 0.0, "seed": 7})
 
 
 def main_env(job: dict[str, Any]) -> dict[str, Any]:
@@ -61,80 +58,84 @@ def main_env(job: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value") for item in main["env"]}
 
 
-def job(*, condition: str | None = None, active: int = 0) -> dict[str, Any]:
-    status: dict[str, Any] = {"active": active} if active else {}
-    if condition:
-        status["conditions"] = [{"type": condition, "status": "True"}]
-    return {"metadata": {"name": "j"}, "status": status}
+# -- the index sets of an Indexed Job's status --------------------------------------------------
 
 
-# -- point Jobs ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "indexes"),
+    [
+        (None, set()),
+        ("", set()),
+        ("4", {4}),
+        ("0-3", {0, 1, 2, 3}),
+        ("1,3-5,7", {1, 3, 4, 5, 7}),
+        ("0-1,10-12,999", {0, 1, 10, 11, 12, 999}),
+    ],
+)
+def test_an_index_set_lists_single_indexes_and_ranges(text: str | None, indexes: set[int]) -> None:
+    assert parse_index_set(text) == indexes
 
 
-@pytest.mark.parametrize("length", [5, 40, 63, 120])
-def test_a_point_job_name_fits_a_dns_label(length: int) -> None:
-    assert len(point_job_name("e" * length, 12, "abcdefghij")) <= c.DNS_LABEL_MAX
+@pytest.mark.parametrize("text", ["a", "1-", "-1", "3-1", "1,,x", "1.5"])
+def test_anything_else_is_not_an_index_set(text: str) -> None:
+    with pytest.raises(ValueError, match="not an index set"):
+        parse_index_set(text)
 
 
-@pytest.mark.parametrize("length", [5, 40, 120])
-def test_a_point_job_name_ends_with_the_generation_and_the_point_key(length: int) -> None:
-    assert point_job_name("e" * length, 12, "abcdefghij").endswith("-g12-abcdefghij")
+# -- the sweep's Job ----------------------------------------------------------------------------
 
 
-def test_long_experiment_names_differing_only_at_the_end_get_different_point_job_names() -> None:
-    first, second = "x" * 70 + "a", "x" * 70 + "b"
-    assert point_job_name(first, 1, "k" * 10) != point_job_name(second, 1, "k" * 10)
+def test_a_sweep_is_one_indexed_job_with_one_completion_per_point() -> None:
+    spec = build_job(experiment(), SETTINGS)["spec"]
+    assert (spec["completionMode"], spec["completions"]) == ("Indexed", 3)
 
 
-def test_a_point_job_name_differs_from_the_plain_job_name() -> None:
-    assert point_job_name("sweep", 2, "abcdefghij") != job_name("sweep", 2)
+@pytest.mark.parametrize(("limit", "parallelism"), [(1, 1), (2, 2), (50, 3)])
+def test_the_sweeps_job_runs_at_most_max_concurrent_points_at_once(
+    limit: int, parallelism: int
+) -> None:
+    sweep = {**GRID, "maxConcurrent": limit}
+    assert build_job(experiment(sweep=sweep), SETTINGS)["spec"]["parallelism"] == parallelism
 
 
-def test_a_point_job_is_named_after_its_point() -> None:
-    point = points()[1]
-    built = build_job(experiment(), SETTINGS, point)
-    assert built["metadata"]["name"] == point_job_name("sweep", 2, point.key)
+@pytest.mark.parametrize(("backoff", "per_index"), [(None, 0), (2, 2)])
+def test_the_backoff_limit_applies_to_each_point_on_its_own(
+    backoff: int | None, per_index: int
+) -> None:
+    knobs = {} if backoff is None else {"backoffLimit": backoff}
+    spec = build_job(experiment(**knobs), SETTINGS)["spec"]
+    assert spec["backoffLimitPerIndex"] == per_index
+    # A Job-wide limit would count every point's failures together and stop the others.
+    assert "backoffLimit" not in spec and "maxFailedIndexes" not in spec
 
 
-@pytest.mark.parametrize("where", ["job", "pod"])
-def test_a_point_job_and_its_pods_carry_the_sweep_point_label(where: str) -> None:
-    point = points()[0]
-    built = build_job(experiment(), SETTINGS, point)
-    metadata = built["metadata"] if where == "job" else built["spec"]["template"]["metadata"]
-    assert metadata["labels"][c.LABEL_SWEEP_POINT] == point.key
+def test_the_sweeps_job_keeps_the_job_knobs() -> None:
+    knobs = {"suspend": True, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60}
+    spec = build_job(experiment(**knobs), SETTINGS)["spec"]
+    assert {key: spec[key] for key in knobs} == knobs
 
 
-def test_a_point_job_tells_the_runner_its_point_key() -> None:
-    point = points()[2]
-    assert main_env(build_job(experiment(), SETTINGS, point))[c.SWEEP_POINT_ENV] == point.key
-
-
-def test_a_point_jobs_snapshot_has_the_points_parameters_and_no_sweep() -> None:
-    point = points()[2]
-    snapshot = json.loads(main_env(build_job(experiment(), SETTINGS, point))["DIOPTRA_EXPERIMENT"])
-    assert "sweep" not in snapshot["spec"]
-    assert snapshot["spec"]["parameters"] == {"epsilon": 0.2, "seed": 7}
-
-
-def test_a_plain_job_tells_the_runner_no_sweep_point() -> None:
-    spec = {key: value for key, value in experiment()["spec"].items() if key != "sweep"}
-    plain = build_job({**experiment(), "spec": spec}, SETTINGS)
-    assert c.SWEEP_POINT_ENV not in main_env(plain)
-
-
-def test_a_point_job_keeps_the_run_generation_it_was_given() -> None:
-    point = points()[0]
-    built = build_job(experiment(), SETTINGS, point, generation=1)
-    assert built["metadata"]["name"] == point_job_name("sweep", 1, point.key)
+def test_the_sweeps_job_is_named_after_the_run_generation() -> None:
+    built = build_job(experiment(), SETTINGS, generation=1)
+    assert built["metadata"]["name"] == job_name("sweep", 1)
     assert built["metadata"]["labels"][c.LABEL_GENERATION] == "1"
 
 
-def test_every_point_job_carries_the_hash_of_the_whole_spec() -> None:
-    hashes = {
-        build_job(experiment(), SETTINGS, point)["metadata"]["annotations"][c.ANNOTATION_SPEC_HASH]
-        for point in points()
-    }
-    assert hashes == {spec_hash(experiment()["spec"])}
+def test_the_sweeps_snapshot_holds_the_whole_sweep_for_the_runners_to_expand() -> None:
+    snapshot = json.loads(main_env(build_job(experiment(), SETTINGS))["DIOPTRA_EXPERIMENT"])
+    assert snapshot["spec"]["sweep"] == GRID
+    assert snapshot["spec"]["parameters"] == {"epsilon": 0.0, "seed": 7}
+
+
+def test_no_job_names_a_point_the_runner_finds_its_own_by_completion_index() -> None:
+    env = main_env(build_job(experiment(), SETTINGS))
+    assert c.SWEEP_POINT_ENV not in env and c.JOB_COMPLETION_INDEX_ENV not in env
+
+
+def test_a_plain_experiments_job_is_not_indexed() -> None:
+    spec = {key: value for key, value in experiment()["spec"].items() if key != "sweep"}
+    built = build_job({**experiment(), "spec": spec}, SETTINGS)["spec"]
+    assert "completionMode" not in built and built["backoffLimit"] == 0
 
 
 @pytest.mark.parametrize(
@@ -157,140 +158,170 @@ def test_a_spec_without_a_sweep_has_no_points() -> None:
     assert sweep_points({"entryPoint": {"module": "m:f"}}) is None
 
 
-# -- a point's phase and outcome ----------------------------------------------------------------
+# -- each Pod's point ---------------------------------------------------------------------------
+
+
+def test_the_grid_order_does_not_change_which_point_an_index_runs() -> None:
+    written = {"grid": {"seed": [1, 2], "epsilon": [0.1, 0.2]}}
+    sorted_copy = {"grid": {"epsilon": [0.1, 0.2], "seed": [1, 2]}}
+    assert [p.key for p in cluster_points(written, {})] == [
+        p.key for p in cluster_points(sorted_copy, {})
+    ]
+
+
+@pytest.mark.parametrize("index", ["0", "2", 1])
+def test_a_pod_runs_the_point_of_its_completion_index(index: str | int) -> None:
+    point = point_for_index(GRID, {"seed": 7}, index)
+    assert point == points()[int(index)]
+    assert point.parameters["seed"] == 7
 
 
 @pytest.mark.parametrize(
-    ("point_job", "phase"),
-    [
-        (job(), P.PENDING),
-        (job(active=1), P.PENDING),
-        (job(condition="Complete"), P.SUCCEEDED),
-        (job(condition="Failed"), P.FAILED),
-    ],
+    ("index", "words"),
+    [("3", "out of range: the sweep has 3 points (indexes 0-2)"), (None, "unset"), ("x", "'x'")],
 )
-def test_a_point_jobs_phase_follows_its_status(point_job: dict[str, Any], phase: str) -> None:
-    assert job_phase(point_job) == phase
+def test_a_bad_completion_index_is_a_one_line_error(index: str | None, words: str) -> None:
+    with pytest.raises(SweepError) as caught:
+        point_for_index(GRID, {}, index)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_a_point_runs_once_its_job_has_a_ready_pod() -> None:
-    ready = job(active=1)
-    ready["status"]["ready"] = 1
-    assert job_phase(ready) == P.RUNNING
+def test_a_sweep_that_does_not_expand_is_a_one_line_error_in_the_pod() -> None:
+    with pytest.raises(SweepError) as caught:
+        point_for_index({"grid": {"a": []}, "points": []}, {}, "0")
+    assert "spec.sweep" in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    ("statuses", "phase"),
-    [
-        (
-            {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
-            P.PENDING,
-        ),
-        ({"initContainerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
-        ({"containerStatuses": [{"state": {"running": {}}}]}, P.RUNNING),
-    ],
-    ids=["creating", "syncing", "running"],
-)
-def test_a_point_runs_once_a_container_of_its_pod_started(
-    statuses: dict[str, Any], phase: str
-) -> None:
-    assert job_phase(job(active=1), [{"status": statuses}]) == phase
+# -- each point's record, from the Indexed Job and its Pods -------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("condition", "done"), [(None, False), ("Complete", True), ("Failed", True)]
-)
-def test_a_point_job_is_finished_only_with_a_terminal_condition(
-    condition: str | None, done: bool
-) -> None:
-    assert (job_finished(job(condition=condition)) is not None) is done
+def indexed_job(
+    completed: str = "", failed: str = "", condition: str | None = None, **status: Any
+) -> dict[str, Any]:
+    status = {**status}
+    if completed:
+        status["completedIndexes"] = completed
+    if failed:
+        status["failedIndexes"] = failed
+    if condition:
+        status["conditions"] = [{"type": condition, "status": "True", "reason": "X"}]
+    return {"metadata": {"name": JOB}, "spec": {}, "status": status}
 
 
-def test_a_point_outcome_carries_the_runners_results() -> None:
-    report = {"phase": P.SUCCEEDED, "results": {"metrics": {"accuracy": 0.9}}}
-    outcome = point_outcome("j", job(condition="Complete"), report)
-    assert outcome["results"] == {"metrics": {"accuracy": 0.9}}
-
-
-def test_a_point_whose_job_failed_is_failed_even_if_the_runner_said_running() -> None:
-    outcome = point_outcome("j", job(condition="Failed"), {"phase": P.RUNNING}, "OOMKilled")
-    assert (outcome["phase"], outcome["message"]) == (P.FAILED, "OOMKilled")
-
-
-def test_a_failed_points_message_prefers_the_runners_own() -> None:
-    report = {"phase": P.FAILED, "message": "task attack failed"}
-    outcome = point_outcome("j", job(condition="Failed"), report, "exit code 1")
-    assert outcome["message"] == "task attack failed"
-
-
-def test_a_point_whose_runner_failed_is_failed_even_if_its_job_completed() -> None:
-    outcome = point_outcome("j", job(condition="Complete"), {"phase": P.FAILED})
-    assert outcome["phase"] == P.FAILED
-
-
-def test_a_finished_point_whose_job_expired_keeps_its_recorded_phase() -> None:
-    outcome = point_outcome("j", None, {"job": "j", "jobPhase": P.SUCCEEDED})
-    assert outcome["phase"] == P.SUCCEEDED
-
-
-def test_a_point_whose_job_vanished_before_finishing_failed_with_job_missing() -> None:
-    outcome = point_outcome("j", None, {"job": "j", "jobPhase": P.RUNNING})
-    assert outcome["phase"] == P.FAILED
-    assert "was deleted before the experiment finished" in outcome["message"]
-
-
-def test_a_report_about_another_runs_job_is_ignored() -> None:
-    report = {"job": "old-g1-k", "jobPhase": P.FAILED, "phase": P.FAILED}
-    assert point_outcome("new-g2-k", None, report) == {"phase": P.PENDING}
-
-
-# -- the plan -----------------------------------------------------------------------------------
-
-
-def jobs_for(states: list[str | None]) -> dict[str, dict[str, Any]]:
-    """Point Jobs for the first len(states) points: None is running, else a condition type."""
-    by_key = names()
+def pod(index: int, phase: str = "Running", **container: Any) -> dict[str, Any]:
+    state = container or {"running": {}}
     return {
-        by_key[point.key]: job(condition=state, active=0 if state else 1)
-        for point, state in zip(points(), states, strict=False)
+        "metadata": {"name": f"{JOB}-{index}-x", "labels": {c.LABEL_COMPLETION_INDEX: str(index)}},
+        "status": {"phase": phase, "containerStatuses": [{"name": "runner", "state": state}]},
     }
 
 
-@pytest.mark.parametrize(
-    ("states", "limit", "created"),
-    [
-        ([], 2, 2),
-        ([], 5, 3),
-        ([None], 2, 1),
-        ([None, None], 2, 0),
-        (["Complete", None], 2, 1),
-        (["Complete", "Failed"], 2, 1),
-        (["Complete", "Complete", "Complete"], 2, 0),
-    ],
-)
-def test_the_plan_keeps_at_most_the_limit_of_point_jobs_unfinished(
-    states: list[str | None], limit: int, created: int
-) -> None:
-    plan = plan_sweep(points(), names(), jobs_for(states), {}, limit)
-    assert len(plan.create) == created
+def phases(records: dict[str, dict[str, Any]]) -> list[str | None]:
+    return [records.get(point.key, {}).get("jobPhase") for point in points()]
 
 
-def test_the_plan_starts_points_in_sweep_order() -> None:
-    plan = plan_sweep(points(), names(), jobs_for(["Complete"]), {}, 2)
-    assert [point.index for point in plan.create] == [1, 2]
+def test_completed_and_failed_indexes_are_succeeded_and_failed_points() -> None:
+    records = point_records(points(), JOB, indexed_job(completed="0", failed="2"), {})
+    assert phases(records) == [P.SUCCEEDED, None, P.FAILED]
 
 
-def test_a_point_whose_finished_job_expired_is_not_started_again() -> None:
-    first = points()[0]
-    reports = {first.key: {"job": names()[first.key], "jobPhase": P.SUCCEEDED}}
-    plan = plan_sweep(points(), names(), {}, reports, 3)
-    assert [point.index for point in plan.create] == [1, 2]
+def test_a_point_whose_pod_runs_is_running_and_one_without_a_started_pod_has_no_record() -> None:
+    waiting = {"waiting": {"reason": "ContainerCreating"}}
+    pods = [pod(0), pod(1, phase="Pending", **waiting)]
+    assert phases(point_records(points(), JOB, indexed_job(), {}, pods)) == [P.RUNNING, None, None]
 
 
-def test_a_runner_report_alone_does_not_count_as_a_started_point() -> None:
-    first = points()[0]
-    plan = plan_sweep(points(), names(), {}, {first.key: {"phase": P.RUNNING}}, 3)
-    assert [point.index for point in plan.create] == [0, 1, 2]
+def test_a_failed_point_is_explained_by_its_own_pod() -> None:
+    pods = [pod(0), pod(1, "Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})]
+    records = point_records(points(), JOB, indexed_job(failed="1"), {}, pods)
+    assert records[points()[1].key]["jobMessage"] == c.MESSAGES[c.Reason.OOM_KILLED]
+    assert "jobMessage" not in records[points()[0].key]
+
+
+def test_a_point_killed_before_its_runner_reported_fails_with_the_pods_exit() -> None:
+    pods = [pod(2, "Failed", terminated={"exitCode": 3, "reason": "Error"})]
+    records = point_records(points(), JOB, indexed_job(failed="2"), {}, pods)
+    outcome = point_outcome(JOB, records[points()[2].key])
+    assert outcome == {"phase": P.FAILED, "message": "The runner exited with an error: exit code 3"}
+
+
+def test_points_a_failed_job_never_finished_fail_with_the_jobs_reason() -> None:
+    job = indexed_job(completed="0", condition="Failed")
+    job["status"]["conditions"][0]["reason"] = "DeadlineExceeded"
+    records = point_records(points(), JOB, job, {})
+    assert phases(records) == [P.SUCCEEDED, P.FAILED, P.FAILED]
+    assert records[points()[1].key]["jobMessage"].startswith(c.MESSAGES[c.Reason.DEADLINE_EXCEEDED])
+
+
+def test_a_running_point_whose_pod_was_stopped_by_a_suspension_is_pending_again() -> None:
+    first = points()[0].key
+    reports = {first: {"job": JOB, "jobPhase": P.RUNNING}}
+    stopped = [pod(0, "Failed", terminated={"exitCode": 143})]
+    records = point_records(points(), JOB, indexed_job(), reports, stopped)
+    assert records[first]["jobPhase"] == P.PENDING
+
+
+def test_finished_points_keep_their_record_once_the_job_expired() -> None:
+    reports = {p.key: {"job": JOB, "jobPhase": P.SUCCEEDED} for p in points()}
+    records = point_records(points(), JOB, None, reports, job_created=True)
+    assert phases(records) == [P.SUCCEEDED] * 3
+
+
+def test_unfinished_points_of_a_job_deleted_under_them_fail_with_job_missing() -> None:
+    reports = {points()[0].key: {"job": JOB, "jobPhase": P.SUCCEEDED}}
+    records = point_records(points(), JOB, None, reports, job_created=True)
+    assert phases(records) == [P.SUCCEEDED, P.FAILED, P.FAILED]
+    assert "was deleted before the experiment finished" in records[points()[1].key]["jobMessage"]
+
+
+def test_no_point_has_a_record_before_the_runs_job_is_created() -> None:
+    assert point_records(points(), JOB, None, {}) == {}
+
+
+def test_only_changed_records_are_written_and_a_stale_message_is_removed() -> None:
+    key = points()[0].key
+    reports = {key: {"job": JOB, "jobPhase": P.FAILED, "jobMessage": "old", "phase": P.FAILED}}
+    records = {key: {"job": JOB, "jobPhase": P.PENDING}}
+    assert changed_records(records, reports) == {key: {"jobPhase": P.PENDING, "jobMessage": None}}
+    assert changed_records(reports, reports) == {}
+
+
+def test_a_job_is_finished_only_with_a_terminal_condition() -> None:
+    assert job_finished(indexed_job()) is None
+    assert job_finished(indexed_job(condition="Failed")) == P.FAILED
+    assert job_finished(indexed_job(condition="Complete")) == P.SUCCEEDED
+
+
+# -- a point's outcome --------------------------------------------------------------------------
+
+
+def test_a_point_outcome_carries_the_runners_results() -> None:
+    entry = {"jobPhase": P.SUCCEEDED, "phase": P.SUCCEEDED, "results": {"metrics": {"a": 0.9}}}
+    assert point_outcome(JOB, entry)["results"] == {"metrics": {"a": 0.9}}
+
+
+def test_a_point_whose_index_failed_is_failed_even_if_the_runner_said_running() -> None:
+    entry = {"job": JOB, "jobPhase": P.FAILED, "jobMessage": "OOMKilled", "phase": P.RUNNING}
+    assert point_outcome(JOB, entry) == {"phase": P.FAILED, "message": "OOMKilled"}
+
+
+def test_a_failed_points_message_prefers_the_runners_own() -> None:
+    entry = {"jobPhase": P.FAILED, "jobMessage": "exit code 1", "phase": P.FAILED}
+    entry["message"] = "task attack failed"
+    assert point_outcome(JOB, entry)["message"] == "task attack failed"
+
+
+def test_a_point_whose_runner_failed_is_failed_even_if_its_index_completed() -> None:
+    assert point_outcome(JOB, {"jobPhase": P.SUCCEEDED, "phase": P.FAILED})["phase"] == P.FAILED
+
+
+def test_a_runners_report_alone_does_not_finish_a_point() -> None:
+    assert point_outcome(JOB, {"phase": P.SUCCEEDED})["phase"] == P.PENDING
+
+
+def test_an_entry_about_another_runs_job_is_ignored() -> None:
+    entry = {"job": "sweep-g1", "jobPhase": P.FAILED, "phase": P.FAILED}
+    assert point_outcome(JOB, entry) == {"phase": P.PENDING}
 
 
 # -- the Experiment's status --------------------------------------------------------------------

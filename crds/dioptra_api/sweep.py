@@ -7,18 +7,24 @@ A sweep runs the same entry point once per point::
       # or: points: [{epsilon: 0.05}, {epsilon: 0.1, seed: 3}]
       maxConcurrent: 2
 
-API, shared by ``dioptra run --parallel N`` and the operator (one Job per point):
+API, shared by ``dioptra run --parallel N`` and the operator (one Indexed Job per sweep):
 
 - ``expand_sweep(sweep, base_parameters, *, known_parameters=None) -> list[SweepPoint]``:
   every point in a stable order (grid: first parameter varies slowest; points: as written).
   ``SweepPoint.parameters`` is ``base_parameters`` overlaid with the point's values;
   ``values`` is the point's own values; ``label`` reads ``epsilon=0.05,seed=0``; ``key`` is a
   10-character ``[a-z0-9]`` digest of the point's values, the same for the same values in any
-  sweep, for Job names (``<experiment>-<key>``). Raises :class:`SweepError` listing every
+  sweep, for ``status.sweepPoints.<key>``. Raises :class:`SweepError` listing every
   problem with its path (``spec.sweep.grid.epsilon: ...``): no or both of grid/points, empty
   grid or lists, non-list grid values, empty or non-mapping points, duplicate points (their
-  Jobs would share a name), more than :data:`MAX_POINTS` points, names outside
+  reports would share a key), more than :data:`MAX_POINTS` points, names outside
   ``known_parameters`` when the caller knows the flow's parameters, a bad ``maxConcurrent``.
+- ``cluster_points(sweep, base_parameters) -> list[SweepPoint]``: the points in the order of
+  the cluster's Indexed Job (index i runs point i): a grid's parameters taken in sorted name
+  order, so that the operator and every Pod's runner agree whatever order their copy has.
+- ``point_for_index(sweep, base_parameters, index) -> SweepPoint``: the point one Pod of that
+  Job runs (``index`` as ``JOB_COMPLETION_INDEX`` gives it); SweepError in one line when the
+  index is missing or out of range, or the sweep does not expand.
 - ``max_concurrent(sweep) -> int``: how many points may run at once (default 1).
 - ``summarize_points(points, outcomes, *, max_rows=100) -> dict``: a status summary small
   enough for ``status.sweep``: ``{"total", "counts": {phase: n}, "points": [row...],
@@ -46,8 +52,10 @@ __all__ = [
     "MAX_POINTS",
     "SweepError",
     "SweepPoint",
+    "cluster_points",
     "expand_sweep",
     "max_concurrent",
+    "point_for_index",
     "summarize_points",
 ]
 
@@ -109,6 +117,52 @@ def expand_sweep(
     if problems:
         raise SweepError(problems)
     return points
+
+
+def cluster_points(
+    sweep: Mapping[str, Any], base_parameters: Mapping[str, Any]
+) -> list[SweepPoint]:
+    """Every point, in the order of the sweep's Indexed Job: index ``i`` runs point ``i``.
+
+    The API server returns an object's keys sorted and the Job's snapshot is written sorted,
+    but a grid's order decides the points' order: taking its parameters in sorted name order
+    here makes the operator's index and each runner's the same point by construction.
+    """
+    if isinstance(sweep, Mapping) and isinstance(sweep.get("grid"), Mapping):
+        sweep = {**sweep, "grid": dict(sorted(sweep["grid"].items(), key=lambda kv: str(kv[0])))}
+    return expand_sweep(sweep, base_parameters)
+
+
+def point_for_index(
+    sweep: Mapping[str, Any], base_parameters: Mapping[str, Any], index: str | int | None
+) -> SweepPoint:
+    """The point that the Pod with completion index ``index`` runs (``cluster_points``).
+
+    SweepError with a single line when the index is not a number in range or the sweep does
+    not expand: it becomes that Pod's (and so that point's) failure message.
+    """
+    text = str(index).strip() if index is not None else ""
+    if not text.isdigit():
+        raise SweepError(
+            [
+                f"{BASE}: this Pod runs no sweep point: JOB_COMPLETION_INDEX is "
+                f"{text or 'unset'!r} (a sweep runs as an Indexed Job, which sets it)"
+            ]
+        )
+    try:
+        points = cluster_points(sweep, base_parameters)
+    except SweepError as error:
+        raise SweepError(["; ".join(error.problems)]) from None
+    number = int(text)
+    if number >= len(points):
+        raise SweepError(
+            [
+                f"{BASE}: completion index {number} is out of range: the sweep has "
+                f"{len(points)} point{'s' if len(points) != 1 else ''} "
+                f"(indexes 0-{len(points) - 1})"
+            ]
+        )
+    return points[number]
 
 
 def max_concurrent(sweep: Mapping[str, Any]) -> int:

@@ -11,6 +11,8 @@ from typing import Final
 __all__ = [
     "ANNOTATION_SPEC_HASH",
     "API_VERSION",
+    "ARTIFACTS_ENV_PREFIX",
+    "ARTIFACT_STORE_ENV",
     "COMPONENT_RUNNER",
     "DNS_LABEL_MAX",
     "ENTRYPOINT_DIR",
@@ -18,13 +20,14 @@ __all__ = [
     "EXPERIMENT_ENV",
     "GROUP",
     "INIT_CONTAINER",
+    "JOB_COMPLETION_INDEX_ENV",
     "KIND",
+    "LABEL_COMPLETION_INDEX",
     "LABEL_COMPONENT",
     "LABEL_EXPERIMENT",
     "LABEL_GENERATION",
     "LABEL_KUEUE_QUEUE",
     "LABEL_MANAGED_BY",
-    "LABEL_SWEEP_POINT",
     "MAIN_CONTAINER",
     "MANAGED_BY",
     "MESSAGES",
@@ -37,11 +40,13 @@ __all__ = [
     "PREFECT_SIDECAR",
     "PREFECT_SIDECAR_ENV",
     "PREFECT_SIDECAR_TIMEOUT_ENV",
+    "RUNNER_IMAGE_ENV",
     "RUNNER_UID",
     "RUN_ACCOUNT_FIELDS",
     "RUN_STATUS",
     "SWEEP_POINT_ENV",
     "TMP_DIR",
+    "TRACKING_STATUS",
     "VERSION",
     "WARNING_WHEN_FALSE",
     "WARNING_WHEN_TRUE",
@@ -65,8 +70,9 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 COMPONENT_RUNNER: Final = "runner"
 # On the Job: a hash of the spec it runs, minus `suspend` (toggling suspend keeps the Job).
 ANNOTATION_SPEC_HASH: Final = f"{GROUP}/spec-hash"
-# On each point Job of a sweep (and its Pods): the point's key (dioptra_runner.sweep).
-LABEL_SWEEP_POINT: Final = f"{GROUP}/sweep-point"
+# A sweep runs as one Indexed Job: the Job controller labels (and annotates) each Pod with its
+# completion index, the sweep point it runs, and sets JOB_COMPLETION_INDEX in its containers.
+LABEL_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 # Kueue admits suspended Jobs that carry this label; we pass spec.queueName through.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 
@@ -100,8 +106,23 @@ EXPERIMENT_ENV: Final = "DIOPTRA_EXPERIMENT"  # the JSON snapshot of the generat
 NAME_ENV: Final = "DIOPTRA_EXPERIMENT_NAME"
 NAMESPACE_ENV: Final = "DIOPTRA_EXPERIMENT_NAMESPACE"
 ENTRYPOINT_DIR_ENV: Final = "DIOPTRA_ENTRYPOINT_DIR"
-# Tells the runner of a point Job which `status.sweepPoints` entry is its own.
+# The artifact store (the chart's artifacts.store) when spec.artifacts.store is absent.
+ARTIFACT_STORE_ENV: Final = "DIOPTRA_ARTIFACT_STORE"
+# The store's own S3 settings: DIOPTRA_ARTIFACTS_ENDPOINT_URL, _DEFAULT_REGION,
+# _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _SESSION_TOKEN (the credentials from secretKeyRef).
+ARTIFACTS_ENV_PREFIX: Final = "DIOPTRA_ARTIFACTS_"
+# Set by the Job controller in an Indexed Job's Pods: which point of the sweep the runner runs
+# (`dioptra_api.sweep.point_for_index`), and so which `status.sweepPoints` entry is its own.
+JOB_COMPLETION_INDEX_ENV: Final = "JOB_COMPLETION_INDEX"
+# The key of the sweep point a runner in the cluster runs: set by the runner itself once it has
+# taken its point by JOB_COMPLETION_INDEX, for the rest of its process (tags, records).
 SWEEP_POINT_ENV: Final = "DIOPTRA_SWEEP_POINT"
+# With MLflow tracking on (the chart's tracking.mlflowTrackingUri, passed as
+# MLFLOW_TRACKING_URI): the runner's own image, an MLflow tag of each run.
+RUNNER_IMAGE_ENV: Final = "DIOPTRA_RUNNER_IMAGE"
+# The runner's MLflow report (run id, or why tracking failed): `status.tracking`, or a sweep
+# point's `status.sweepPoints.<key>.tracking`.
+TRACKING_STATUS: Final = "tracking"
 
 
 class Phase:
@@ -127,6 +148,8 @@ class ConditionType:
     STALLED: Final = "Stalled"  # the pod cannot start (image, Secret, config) and waits
     COMPLETE: Final = "Complete"  # terminal success
     FAILED: Final = "Failed"  # terminal failure; the reason says why
+    # MLflow tracking failed (unreachable, refused); the run itself goes on and may succeed.
+    TRACKING_FAILED: Final = "TrackingFailed"
 
 
 class Reason:
@@ -156,6 +179,13 @@ class Reason:
     RUNNER_FAILED: Final = "RunnerFailed"
     PREFECT_API_FAILED: Final = "PrefectApiFailed"
     SWEEP_POINTS_FAILED: Final = "SweepPointsFailed"
+    # The runner's `status.tracking.error`: MLflow could not record the run.
+    MLFLOW_UNAVAILABLE: Final = "MlflowUnavailable"
+    TRACKED: Final = "Tracked"
+    # The runner's (status.run.reason): the artifact store could not be read or written.
+    ARTIFACT_STORE_FAILED: Final = "ArtifactStoreFailed"
+    # The runner's: an {artifact: <uri>} parameter names a missing or corrupt artifact.
+    INVALID_ARTIFACT: Final = "InvalidArtifact"
 
 
 # Default human messages for each reason; callers may append specifics (never credentials).
@@ -191,10 +221,18 @@ MESSAGES: Final[dict[str, str]] = {
     Reason.RUNNER_FAILED: "The runner exited with an error",
     Reason.PREFECT_API_FAILED: "The Prefect API sidecar (container prefect-api) stopped",
     Reason.SWEEP_POINTS_FAILED: "{failed} of {total} sweep points failed",
+    Reason.MLFLOW_UNAVAILABLE: (
+        "MLflow tracking failed; the run went on without it (status.tracking.error)"
+    ),
+    Reason.TRACKED: "The run was recorded in MLflow (status.tracking).",
+    Reason.ARTIFACT_STORE_FAILED: "The artifact store could not be read or written",
+    Reason.INVALID_ARTIFACT: "An artifact given as a parameter is missing or corrupt",
 }
 
 # Conditions whose True status is bad news: their Events are Warnings.
-WARNING_WHEN_TRUE: Final = frozenset({ConditionType.FAILED, ConditionType.STALLED})
+WARNING_WHEN_TRUE: Final = frozenset(
+    {ConditionType.FAILED, ConditionType.STALLED, ConditionType.TRACKING_FAILED}
+)
 # Conditions whose False status is bad news.
 WARNING_WHEN_FALSE: Final = frozenset(
     {ConditionType.ACCEPTED, ConditionType.JOB_CREATED, ConditionType.PLUGINS_SYNCED}

@@ -23,6 +23,7 @@ from dioptra_operator.memory import ExperimentMemory, OperatorState
 from dioptra_operator.pod_watch import PodWatch
 from dioptra_operator.prometheus import PHASES_SEEN, RECONCILE_ERRORS
 from dioptra_operator.settings import Settings
+from dioptra_operator.status_mapping import pod_started
 
 RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
 # A refusal lasts until someone changes RBAC or policy: retried after 3, 6, 12... up to 30 s.
@@ -88,7 +89,10 @@ def pods_by_job(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any
     if job is None:
         return {}
     # Keep only what status mapping reads: the index lives as long as the Pod does.
-    meta = {key: body.metadata.get(key) for key in ("name", "creationTimestamp")}
+    meta: dict[str, Any] = {key: body.metadata.get(key) for key in ("name", "creationTimestamp")}
+    index = body.metadata.labels.get(c.LABEL_COMPLETION_INDEX)
+    if index is not None:
+        meta["labels"] = {c.LABEL_COMPLETION_INDEX: index}  # a sweep's Pod: the point it runs
     return {(namespace, job): {"metadata": meta, "status": dict(body.status)}}
 
 
@@ -129,7 +133,7 @@ def experiment_changed(
 ) -> None:
     """Ensure the Job for the Experiment's current generation (create, adopt or toggle it).
 
-    With `spec.sweep`, the point Jobs instead (`sweep_reconcile`): as many as may run now.
+    With `spec.sweep`, the sweep's one Indexed Job instead (`sweep_reconcile`).
     """
     experiment = {
         "apiVersion": body.get("apiVersion", c.API_VERSION),
@@ -150,6 +154,7 @@ def experiment_changed(
                 state.settings,
                 _pods_for(namespace, pods_by_job),
                 logger,
+                spec_changed=True,
             )
             return
         # On create nobody else has written status yet, so the body is fresh; otherwise re-read.
@@ -266,7 +271,7 @@ def job_changed(
     state = _state(memo)
     if type != "DELETED" and not body.status:
         return  # a Job nobody has started yet: ensure_job already recorded what it implies
-    if labels.get(c.LABEL_SWEEP_POINT):
+    if _is_sweep_job(body):
         _sync_sweep(state, namespace or "", labels[c.LABEL_EXPERIMENT], pods_by_job, logger)
         return
     job = None if type == "DELETED" else _job_essence(body)
@@ -290,14 +295,25 @@ def pod_changed(
     job_name = _owner_job(body)
     if job_name is None or jobs_by_name is None or pods_by_job is None:
         return
-    if labels.get(c.LABEL_SWEEP_POINT):
-        return  # a sweep follows its point Jobs' own events (done or not)
+    if c.LABEL_COMPLETION_INDEX in labels:
+        # A sweep point's Pod: its start and end tell which points run and why one failed;
+        # a Pod still waiting to start changes nothing the sweep's status says.
+        if pod_started([body]) or body.status.get("phase") in ("Succeeded", "Failed"):
+            state = _state(memo)
+            experiment = labels[c.LABEL_EXPERIMENT]
+            _sync_sweep(state, namespace or "", experiment, pods_by_job, logger)
+        return
     jobs = list(jobs_by_name.get((namespace, job_name), []))
     if not jobs:
         return  # the Job's own events cover it
     pods = list(pods_by_job.get((namespace, job_name), []))
     memory = _state(memo).memory
     _sync(memory, namespace or "", labels[c.LABEL_EXPERIMENT], job_name, jobs[0], pods, logger)
+
+
+def _is_sweep_job(body: kopf.Body) -> bool:
+    """A sweep's Job: one Indexed Job runs all its points."""
+    return body.spec.get("completionMode") == "Indexed"
 
 
 def _sync(
@@ -331,8 +347,8 @@ def _sync_sweep(
     pods_by_job: kopf.Index[Any, Any] | None,
     logger: kopf.Logger,
 ) -> None:
-    # A point Job changed: start the next points and update the summary.
-    with _logged(logger, f"Advancing the sweep of Experiment {experiment}"):
+    # The sweep's Job or one of its Pods changed: update the points and the summary.
+    with _logged(logger, f"Following the sweep of Experiment {experiment}"):
         sweep_reconcile.reconcile_sweep(
             state.memory,
             namespace,

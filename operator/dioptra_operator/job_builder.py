@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import dioptra_api as c
-from dioptra_api.sweep import SweepError, SweepPoint, expand_sweep
+from dioptra_api.sweep import SweepError, SweepPoint, cluster_points, max_concurrent
 
 from dioptra_operator.settings import Settings
 
@@ -29,11 +29,6 @@ def job_name(experiment_name: str, generation: int) -> str:
     return _with_suffix(experiment_name, f"-g{generation}")
 
 
-def point_job_name(experiment_name: str, generation: int, key: str) -> str:
-    """`<name>-g<generation>-<point key>`, shortened like `job_name` to fit a DNS label."""
-    return _with_suffix(experiment_name, f"-g{generation}-{key}")
-
-
 def _with_suffix(experiment_name: str, suffix: str) -> str:
     """Name plus suffix; past a DNS label the name is cut and a hash keeps it unique."""
     name = f"{experiment_name}{suffix}"
@@ -45,21 +40,17 @@ def _with_suffix(experiment_name: str, suffix: str) -> str:
 
 
 def sweep_points(spec: dict[str, Any]) -> list[SweepPoint] | None:
-    """The points of `spec.sweep` (None without one); InvalidSpecError lists every problem."""
+    """The points of `spec.sweep` in the order of its Indexed Job (None without a sweep).
+
+    InvalidSpecError lists every problem.
+    """
     sweep = spec.get("sweep")
     if not sweep:
         return None
     try:
-        return expand_sweep(sweep, spec.get("parameters") or {})
+        return cluster_points(sweep, spec.get("parameters") or {})
     except SweepError as error:
         raise InvalidSpecError("; ".join(error.problems)) from None
-
-
-def point_experiment(experiment: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
-    """The Experiment one point Job runs: the point's parameters, and no sweep left to expand."""
-    spec = {key: value for key, value in (experiment.get("spec") or {}).items() if key != "sweep"}
-    spec["parameters"] = dict(point.parameters)
-    return {**experiment, "spec": spec}
 
 
 def validate_spec(spec: dict[str, Any]) -> None:
@@ -176,6 +167,74 @@ def _s3_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
+def artifact_env(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """The runner's artifact store: its URI, and its S3 endpoint, region and credentials.
+
+    `spec.artifacts` names its own endpoint/region/Secret or takes the plugins' (then the
+    chart's defaults). They go in `DIOPTRA_ARTIFACTS_*` variables, not `AWS_*`, so that they
+    never change what plugins' own S3 calls see; credentials only by secretKeyRef.
+    """
+    artifacts = spec.get("artifacts") or {}
+    store = artifacts.get("store") or settings.artifacts_store
+    if not store:
+        return []
+    prefix = c.ARTIFACTS_ENV_PREFIX
+    env: list[dict[str, Any]] = [{"name": c.ARTIFACT_STORE_ENV, "value": store}]
+    if not store.startswith("s3://"):
+        return env
+    plugins = spec.get("plugins") or {}
+    endpoint = (
+        artifacts.get("endpointURL") or plugins.get("endpointURL") or settings.default_s3_endpoint
+    )
+    if endpoint:
+        env.append({"name": f"{prefix}ENDPOINT_URL", "value": endpoint})
+    region = artifacts.get("region") or plugins.get("region") or settings.default_s3_region
+    if region:
+        env.append({"name": f"{prefix}DEFAULT_REGION", "value": region})
+    ref = artifacts.get("credentialsSecretRef") or plugins.get("credentialsSecretRef") or {}
+    secret = ref.get("name") or settings.default_credentials_secret
+    if secret:
+        keys = {
+            "ACCESS_KEY_ID": (ref.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID", False),
+            "SECRET_ACCESS_KEY": (ref.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY", False),
+            "SESSION_TOKEN": ("AWS_SESSION_TOKEN", True),
+        }
+        for suffix, (key, optional) in keys.items():
+            selector: dict[str, Any] = {"name": secret, "key": key}
+            if optional:
+                selector["optional"] = True
+            env.append({"name": f"{prefix}{suffix}", "valueFrom": {"secretKeyRef": selector}})
+    return env
+
+
+# The variables MLflow's client reads its credentials from, each a key of the chart's Secret.
+_MLFLOW_CREDENTIALS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+
+
+def tracking_env(settings: Settings, image: str) -> list[dict[str, Any]]:
+    """MLflow tracking for the runner: the chart's tracking URI, credentials by secretKeyRef.
+
+    The runner image is named too (an MLflow tag, `dioptra.runner.image`). Without a tracking
+    URI nothing is added and the runner never imports MLflow.
+    """
+    if not settings.mlflow_tracking_uri:
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": settings.mlflow_tracking_uri},
+        {"name": c.RUNNER_IMAGE_ENV, "value": image},
+    ]
+    secret = settings.mlflow_credentials_secret
+    if secret:
+        for key in _MLFLOW_CREDENTIALS:
+            selector = {"name": secret, "key": key, "optional": True}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": selector}})
+    return env
+
+
 _VOLUMES: list[dict[str, Any]] = [
     {"name": "plugins", "emptyDir": {}},
     {"name": "tmp", "emptyDir": {}},
@@ -273,7 +332,7 @@ def _sync_container(
 
 
 def _runner_env(
-    experiment: dict[str, Any], snapshot: str, point_env: list[dict[str, Any]], settings: Settings
+    experiment: dict[str, Any], snapshot: str, settings: Settings
 ) -> list[dict[str, Any]]:
     meta = experiment["metadata"]
     env = [
@@ -282,7 +341,6 @@ def _runner_env(
         {"name": c.EXPERIMENT_ENV, "value": snapshot},
         {"name": c.NAME_ENV, "value": meta["name"]},
         {"name": c.NAMESPACE_ENV, "value": meta.get("namespace") or "default"},
-        *point_env,
     ]
     if settings.prefect_api_url:
         env.append({"name": "PREFECT_API_URL", "value": settings.prefect_api_url})
@@ -361,48 +419,66 @@ def _entry_point_volume(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
     )
 
 
-def _job_spec(spec: dict[str, Any], labels: dict[str, str], pod: dict[str, Any]) -> dict[str, Any]:
+def _job_spec(
+    spec: dict[str, Any],
+    labels: dict[str, str],
+    pod: dict[str, Any],
+    points: list[SweepPoint] | None,
+) -> dict[str, Any]:
     job_spec: dict[str, Any] = {
-        "backoffLimit": int(spec.get("backoffLimit", 0)),
         "suspend": bool(spec.get("suspend", False)),
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
+    if points is None:
+        job_spec["backoffLimit"] = int(spec.get("backoffLimit", 0))
+    else:
+        job_spec.update(_indexed(spec, points))
     for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         if spec.get(key) is not None:
             job_spec[key] = int(spec[key])
     return job_spec
 
 
+def _indexed(spec: dict[str, Any], points: list[SweepPoint]) -> dict[str, Any]:
+    """A sweep's Job fields: one completion index per point, `maxConcurrent` Pods at once.
+
+    Each index has its own retries (`backoffLimitPerIndex` from `backoffLimit`), and without
+    `maxFailedIndexes` the Job runs every index and ends Failed if any failed: one failing point
+    neither stops nor hides the others. No `backoffLimit`: it counts the failures of all
+    indexes together (its default with a per-index limit is unlimited).
+    """
+    return {
+        "completionMode": "Indexed",
+        "completions": len(points),
+        "parallelism": min(len(points), max_concurrent(spec["sweep"])),
+        "backoffLimitPerIndex": int(spec.get("backoffLimit", 0)),
+    }
+
+
 def build_job(
     experiment: dict[str, Any],
     settings: Settings,
-    point: SweepPoint | None = None,
     *,
     generation: int | None = None,
 ) -> dict[str, Any]:
     """The Job manifest for the Experiment's current generation (without ownerReferences).
 
-    With a sweep `point`, the Job of that one point: its own name, label and env, and a
-    snapshot carrying the point's parameters instead of the sweep. `generation` names the run
-    (default: the Experiment's; a sweep keeps the generation its Jobs were created for when
-    only `suspend` changed since). Raises InvalidSpecError when the spec cannot run. The
+    With `spec.sweep`, one Indexed Job runs every point (`_indexed`); its snapshot carries the
+    sweep, and each Pod's runner takes its point by JOB_COMPLETION_INDEX. `generation` names
+    the run (default: the Experiment's; a sweep keeps the generation its Job was created for
+    when only `suspend` changed since). Raises InvalidSpecError when the spec cannot run. The
     caller adopts the Job (owner reference, namespace) and creates it.
     """
     meta = experiment["metadata"]
     spec = experiment.get("spec") or {}
     validate_spec(spec)
+    points = sweep_points(spec)
     runner = spec.get("runner") or {}
     generation = int(meta.get("generation", 1)) if generation is None else generation
     labels = job_labels(experiment)
+    labels[c.LABEL_GENERATION] = str(generation)
     snapshot = experiment_snapshot(experiment)
     name = job_name(meta["name"], generation)
-    point_env: list[dict[str, Any]] = []
-    if point is not None:
-        labels[c.LABEL_SWEEP_POINT] = point.key
-        labels[c.LABEL_GENERATION] = str(generation)
-        snapshot = experiment_snapshot(point_experiment(experiment, point))
-        name = point_job_name(meta["name"], generation, point.key)
-        point_env.append({"name": c.SWEEP_POINT_ENV, "value": point.key})
     image = runner.get("image") or settings.runner_image
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
     resources = container_resources(runner.get("resources") or {})
@@ -410,7 +486,9 @@ def build_job(
     deps_volumes, deps_mounts, deps_env = _plugin_deps(settings)
     # The user's extra variables come last so that they can override ours deliberately.
     env = [
-        *_runner_env(experiment, snapshot, point_env, settings),
+        *_runner_env(experiment, snapshot, settings),
+        *artifact_env(spec, settings),
+        *tracking_env(settings, image),
         *deps_env,
         *(dict(item) for item in runner.get("env") or []),
         *entry_env,
@@ -455,5 +533,5 @@ def build_job(
             "labels": labels,
             "annotations": {c.ANNOTATION_SPEC_HASH: spec_hash(spec)},
         },
-        "spec": _job_spec(spec, labels, pod),
+        "spec": _job_spec(spec, labels, pod, points),
     }

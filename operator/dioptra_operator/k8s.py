@@ -131,7 +131,7 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def list_jobs(namespace: str, label_selector: str) -> list[dict[str, Any]]:
-    """The Jobs matching the label selector (a sweep's point Jobs), straight from the API."""
+    """The Jobs matching the label selector (an Experiment's, of every run), from the API."""
     api = kubernetes.client.BatchV1Api(_client())
     with _calling("listing Jobs"):
         response = api.list_namespaced_job(

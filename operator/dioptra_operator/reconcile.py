@@ -26,7 +26,6 @@ from dioptra_operator.status_mapping import (
     observe,
     status_patch,
 )
-from dioptra_operator.sweep_plan import job_finished
 
 C = c.ConditionType
 R = c.Reason
@@ -206,8 +205,8 @@ def ensure_job(
         else:
             job, created_reason = _start_job(experiment, desired, current, recorded, log)
             if status.get("sweep"):
-                # The spec dropped its sweep: this Job replaces the sweep's unfinished points.
-                _stop_sweep(namespace, name)
+                # The spec dropped its sweep: this Job replaces the sweep's (recorded in
+                # `jobName`, deleted by `_start_job` if unfinished); its points are history.
                 base.update(sweep=None, sweepPoints=None, progress=None)
             if recorded != desired_name:
                 # A new run: the former run's report no longer describes this generation.
@@ -277,14 +276,6 @@ def _accepted_conditions(
         message = c.MESSAGES[created_reason].format(job=job_name)
         wanted.append(make_condition(C.JOB_CREATED, True, created_reason, message, generation))
     return set_conditions(conditions, wanted, now)
-
-
-def _stop_sweep(namespace: str, name: str) -> None:
-    """Delete the unfinished point Jobs of the Experiment's former sweep."""
-    selector = f"{c.LABEL_EXPERIMENT}={name},{c.LABEL_SWEEP_POINT}"
-    for job in k8s.list_jobs(namespace, selector):
-        if job_finished(job) is None:
-            k8s.delete_job(namespace, job["metadata"]["name"])
 
 
 def _record_missing_job(experiment: dict[str, Any], status: dict[str, Any], job_name: str) -> None:

@@ -23,8 +23,15 @@ class Settings:
     default_s3_endpoint: str | None = None
     default_s3_region: str | None = None
     default_credentials_secret: str | None = None
+    # The artifact store runners keep task outputs in when spec.artifacts.store is absent
+    # ("s3://bucket/prefix"; None: only Experiments that name a store keep outputs).
+    artifacts_store: str | None = None
     # Passed to runners so they use a shared Prefect server instead of an ephemeral one.
     prefect_api_url: str | None = None
+    # Passed to runners as MLFLOW_TRACKING_URI: each run is an MLflow run there (None: off).
+    # Credentials never go in the URI: a Secret with MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN.
+    mlflow_tracking_uri: str | None = None
+    mlflow_credentials_secret: str | None = None
     runner_service_account: str = "dioptra-runner"
     image_pull_policy: str = "IfNotPresent"
     # Port of the Prometheus /metrics endpoint; 0 disables it.
@@ -64,7 +71,10 @@ class Settings:
             default_s3_endpoint=get("DIOPTRA_DEFAULT_S3_ENDPOINT"),
             default_s3_region=get("DIOPTRA_DEFAULT_S3_REGION"),
             default_credentials_secret=get("DIOPTRA_DEFAULT_CREDENTIALS_SECRET"),
+            artifacts_store=get("DIOPTRA_DEFAULT_ARTIFACTS_STORE"),
             prefect_api_url=get("DIOPTRA_PREFECT_API_URL"),
+            mlflow_tracking_uri=get("DIOPTRA_MLFLOW_TRACKING_URI"),
+            mlflow_credentials_secret=get("DIOPTRA_MLFLOW_CREDENTIALS_SECRET"),
             runner_service_account=get("DIOPTRA_RUNNER_SERVICE_ACCOUNT") or "dioptra-runner",
             image_pull_policy=get("DIOPTRA_RUNNER_IMAGE_PULL_POLICY") or "IfNotPresent",
             metrics_port=int(port) if port is not None else 9090,

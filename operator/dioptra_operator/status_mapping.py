@@ -44,7 +44,12 @@ RUN_REPORT_FIELDS = (
     "tasks",
     "tasksTotal",
     "tasksDone",
+    "tasksCached",
     "results",
+    "artifacts",
+    "artifactsKept",
+    "artifactsOmitted",
+    c.TRACKING_STATUS,
 )
 
 
@@ -185,6 +190,15 @@ def _failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str
     if job_failed.get("reason") == "BackoffLimitExceeded":
         return R.BACKOFF_LIMIT_EXCEEDED, job_failed.get("message")
     return R.RUNNER_FAILED, job_failed.get("message") or job_failed.get("reason")
+
+
+def failure_message(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str:
+    """Why a failed run failed, in one message (a sweep point: its index's Pods).
+
+    `job` adds what only the Job knows (its deadline passed); an empty mapping lets the Pods'
+    evidence alone speak, as for one index that failed while the Job goes on.
+    """
+    return _message(*_failure_cause(dict(job), [dict(pod) for pod in pods]))
 
 
 def _exit_detail(term: dict[str, Any]) -> str:
@@ -419,7 +433,33 @@ def decide(observation: Observation, account: Observation | None) -> Observation
 
 
 # Negative conditions worth adding only once their positive twin has been seen.
-_ONLY_AFTER_TRUE = frozenset({C.SUSPENDED, C.STALLED})
+_ONLY_AFTER_TRUE = frozenset({C.SUSPENDED, C.STALLED, C.TRACKING_FAILED})
+
+
+def tracking_conditions(
+    status: Mapping[str, Any], generation: int | None = None
+) -> list[Condition]:
+    """TrackingFailed from the runners' MLflow reports (`tracking`, also a sweep point's).
+
+    True with the first error when any report has one; False (once it has been True) when
+    every report names its run. No report, no condition: tracking is off.
+    """
+    points = status.get("sweepPoints")
+    reports = [status.get(c.TRACKING_STATUS)] + [
+        point.get(c.TRACKING_STATUS)
+        for point in (points.values() if isinstance(points, Mapping) else [])
+        if isinstance(point, Mapping)
+    ]
+    found = [report for report in reports if isinstance(report, Mapping)]
+    if not found:
+        return []
+    errors = [str(report["error"]) for report in found if report.get("error")]
+    if errors:
+        reason = R.MLFLOW_UNAVAILABLE
+        return [
+            make_condition(C.TRACKING_FAILED, True, reason, _message(reason, errors[0]), generation)
+        ]
+    return [make_condition(C.TRACKING_FAILED, False, R.TRACKED, _message(R.TRACKED), generation)]
 
 
 def status_patch(
@@ -433,7 +473,8 @@ def status_patch(
     """
     conditions = list(status.get("conditions") or [])
     changed: list[Condition] = []
-    for new in observation.conditions:
+    generation = next((cond.get("observedGeneration") for cond in observation.conditions), None)
+    for new in [*observation.conditions, *tracking_conditions(status, generation)]:
         if (
             new["type"] in _ONLY_AFTER_TRUE
             and new["status"] == "False"

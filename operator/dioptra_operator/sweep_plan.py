@@ -1,32 +1,60 @@
-"""Decide a sweep's next point Jobs and its status from what exists (pure: no I/O).
+"""A sweep's per-point state and its status, from its one Indexed Job and its Pods (pure: no I/O).
 
-In the cluster each point of `spec.sweep` runs in its own Job, at most `maxConcurrent` of them
-unfinished at once. The operator is level-triggered: on every Experiment, Job or Pod event it
-reads the point Jobs that exist and the per-point reports in `status.sweepPoints`, then asks
-this module which points to start next and what the Experiment's status should say. Because
-the answer depends only on that state, a restart or a replayed event computes the same plan,
-and deterministic Job names turn any repeated create into "already exists".
+In the cluster a sweep of N points runs as one Indexed Job: `completions: N`, `parallelism:
+maxConcurrent`, one completion index per point (`dioptra_api.sweep.cluster_points` gives the
+order), each index retried on its own (`backoffLimitPerIndex`). The Job controller paces the
+points; the operator only reads where each stands:
+
+- the Job's `status.completedIndexes` / `status.failedIndexes` (the compressed "0-3,7" form,
+  `parse_index_set`) say which points are done;
+- the Pods, labelled with their completion index, say which points run (a container started)
+  and explain a failed point (OOMKilled, a failed plugin sync: `status_mapping`'s evidence);
+- a Job that failed as a whole (its deadline passed) fails the points it had not finished.
 
 `status.sweepPoints.<key>` holds two writers' fields side by side: the point's runner writes
-`phase`, `tasks`, `results`, `message`...; the operator writes `job` (the Job's name) and
-`jobPhase` (what the Job says), which outlive the Job when its TTL removes it.
+`phase`, `results`, `message`...; the operator writes `job` (the run's Job), `jobPhase` and,
+for a failed point, `jobMessage`, which outlive the Job when its TTL removes it. Because the
+answer depends only on that state, a restart or a replayed event computes the same status.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dioptra_api as c
 from dioptra_api.sweep import SweepPoint, summarize_points
 
-from dioptra_operator.status_mapping import pod_started
+from dioptra_operator.status_mapping import failure_message, pod_started
 
 P = c.Phase
 R = c.Reason
 
 _DONE = frozenset({P.SUCCEEDED, P.FAILED})
+_POD_ENDED = frozenset({"Succeeded", "Failed"})
+# The operator's fields of a `status.sweepPoints` entry.
+RECORD_FIELDS = ("job", "jobPhase", "jobMessage")
+
+
+def parse_index_set(text: str | None) -> frozenset[int]:
+    """The indexes of a Job's `completedIndexes`/`failedIndexes`: "1,3-5,7" -> {1, 3, 4, 5, 7}.
+
+    Empty or absent means none. ValueError for anything else than comma-separated numbers and
+    ascending `a-b` ranges (the API server writes nothing else).
+    """
+    indexes: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise ValueError(f"not an index set: {text!r}")
+        low, high = int(first), int(last) if sep else int(first)
+        if high < low:
+            raise ValueError(f"not an index set: {text!r} (range {part} descends)")
+        indexes.update(range(low, high + 1))
+    return frozenset(indexes)
 
 
 def job_finished(job: Mapping[str, Any]) -> str | None:
@@ -41,134 +69,139 @@ def job_finished(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def job_phase(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The point's phase: Pending until a container of its Pod runs, then Running.
-
-    The same rule as a plain Experiment's: a Job with an active Pod that has not started
-    (unscheduled, pulling, waiting for a Secret) is not running yet. The Job's `ready` count
-    tells it without the Pod; the Pod tells it earlier (its plugin sync).
-    """
-    finished = job_finished(job)
-    if finished:
-        return finished
-    ready = int((job.get("status") or {}).get("ready") or 0)
-    return P.RUNNING if ready or pod_started(pods) else P.PENDING
+def pod_index(pod: Mapping[str, Any]) -> int | None:
+    """The completion index of an Indexed Job's Pod (its label, else its annotation)."""
+    meta = pod.get("metadata") or {}
+    for where in ("labels", "annotations"):
+        value = str((meta.get(where) or {}).get(c.LABEL_COMPLETION_INDEX) or "")
+        if value.isdigit():
+            return int(value)
+    return None
 
 
-def point_outcome(
+def pods_by_index(pods: Sequence[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    """The Job's Pods grouped by completion index (Pods without one are left out)."""
+    grouped: dict[int, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        index = pod_index(pod)
+        if index is not None:
+            grouped.setdefault(index, []).append(pod)
+    return grouped
+
+
+def _alive(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [pod for pod in pods if (pod.get("status") or {}).get("phase") not in _POD_ENDED]
+
+
+def point_records(
+    points: Sequence[SweepPoint],
     job_name: str,
     job: Mapping[str, Any] | None,
-    report: Mapping[str, Any] | None,
-    failure: str | None = None,
+    reports: Mapping[str, Mapping[str, Any]],
     pods: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
+    *,
+    job_created: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """The operator's fields (`job`, `jobPhase`, `jobMessage`) of each point that has any.
+
+    `job` is the run's Indexed Job (None: not created yet, or gone), `reports` is
+    `status.sweepPoints`, `pods` the Job's Pods, `job_created` whether the run's Job was
+    recorded (`status.jobName`), so that a missing Job means it was deleted. A point that has
+    not started has no record (it is Pending); a finished point's record outlives the Job.
+    """
+    indexes = pods_by_index(pods)
+    if job is not None:
+        status = job.get("status") or {}
+        completed = parse_index_set(status.get("completedIndexes"))
+        failed = parse_index_set(status.get("failedIndexes"))
+        finished = job_finished(job)
+    records: dict[str, dict[str, Any]] = {}
+    for point in points:
+        before = dict(reports.get(point.key) or {})
+        ours = before if before.get("job") == job_name else {}
+        own = indexes.get(point.index, [])
+        record: dict[str, Any] = {"job": job_name}
+        if job is None:
+            if ours.get("jobPhase") in _DONE:
+                record.update(jobPhase=ours["jobPhase"], jobMessage=ours.get("jobMessage"))
+            elif job_created:
+                record.update(
+                    jobPhase=P.FAILED, jobMessage=c.MESSAGES[R.JOB_MISSING].format(job=job_name)
+                )
+            else:
+                continue
+        elif point.index in completed or finished == P.SUCCEEDED:
+            record["jobPhase"] = P.SUCCEEDED
+        elif point.index in failed:
+            record.update(jobPhase=P.FAILED, jobMessage=failure_message({}, own))
+        elif finished == P.FAILED:
+            # The Job failed as a whole before this point finished (its deadline passed).
+            record.update(jobPhase=P.FAILED, jobMessage=failure_message(job, own))
+        elif pod_started(_alive(own)):
+            record["jobPhase"] = P.RUNNING
+        elif ours.get("jobPhase"):
+            record["jobPhase"] = P.PENDING  # it ran, and was stopped (suspended) or is retried
+        else:
+            continue
+        records[point.key] = {key: value for key, value in record.items() if value is not None}
+    return records
+
+
+def changed_records(
+    records: Mapping[str, Mapping[str, Any]], reports: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The merge patch of `status.sweepPoints` for the records that differ from the status.
+
+    A field the record no longer has (a `jobMessage` of a point now Pending) is removed.
+    """
+    patch: dict[str, dict[str, Any]] = {}
+    for key, record in records.items():
+        before = reports.get(key) or {}
+        change: dict[str, Any] = {
+            field: value for field, value in record.items() if before.get(field) != value
+        }
+        change.update(
+            {field: None for field in RECORD_FIELDS if field in before and field not in record}
+        )
+        if change:
+            patch[key] = change
+    return patch
+
+
+def point_outcome(job_name: str, entry: Mapping[str, Any] | None) -> dict[str, Any]:
     """`{"phase", "results", "message"}` of one point, for `summarize_points`.
 
-    The Job decides whether the point is done (the runner cannot report an OOM kill); the
-    runner's report adds the results and the most precise message. A report about another
-    Job (an older generation's run of the same values) is ignored. `failure` is the
-    operator's explanation of a failed Job (from its Pods), used when the runner said nothing.
+    `entry` is the point's `status.sweepPoints` entry, the operator's record merged in. The
+    Job decides whether the point is done (the runner cannot report an OOM kill); the runner's
+    report adds the results and the most precise message. An entry about another Job (an
+    older run of the same values) is ignored.
     """
-    report = dict(report or {})
-    if report.get("job") not in (None, job_name):
-        report = {}
-    runner_phase = report.get("phase")
-    if job is not None:
-        phase = job_phase(job, pods)
-    elif report.get("jobPhase") in _DONE:
-        phase = str(report["jobPhase"])
-    elif report.get("jobPhase"):
-        phase = P.FAILED  # created, then gone before it finished
-        failure = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
-    else:
-        phase = P.PENDING
+    entry = dict(entry or {})
+    if entry.get("job") not in (None, job_name):
+        entry = {}
+    runner_phase = entry.get("phase")
+    phase = str(entry.get("jobPhase") or P.PENDING)
     if phase == P.SUCCEEDED and runner_phase == P.FAILED:
         phase = P.FAILED
     outcome: dict[str, Any] = {"phase": phase}
-    if report.get("results"):
-        outcome["results"] = report["results"]
+    if entry.get("results"):
+        outcome["results"] = entry["results"]
     if phase != P.FAILED:
-        message = report.get("message")
-    elif runner_phase == P.FAILED and report.get("message"):
-        message = report["message"]
+        message = entry.get("message")
+    elif runner_phase == P.FAILED and entry.get("message"):
+        message = entry["message"]
     else:
-        message = failure or report.get("jobMessage")
+        message = entry.get("jobMessage") or entry.get("message")
     if message:
         outcome["message"] = message
     return outcome
 
 
-@dataclass(frozen=True)
-class SweepPlan:
-    """What to do now: the points whose Jobs to create, and how the sweep stands."""
-
-    create: list[SweepPoint]
-    outcomes: dict[str, dict[str, Any]]  # by point key
-    unfinished: int  # point Jobs that exist and have not finished, before `create`
-
-
-def plan_sweep(
-    points: Sequence[SweepPoint],
-    names: Mapping[str, str],
-    jobs: Mapping[str, Mapping[str, Any]],
-    reports: Mapping[str, Mapping[str, Any]],
-    limit: int,
-    failures: Mapping[str, str] | None = None,
-    pods: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-) -> SweepPlan:
-    """The next points to start, in sweep order, keeping at most `limit` Jobs unfinished.
-
-    `names` maps a point's key to its Job's name, `jobs` holds the point Jobs that exist (by
-    name), `reports` is `status.sweepPoints`, `pods` the point Jobs' Pods (by Job name). A
-    point has started when its Job exists or the
-    operator recorded one for it (`jobPhase`): it never gets a second Job, even after its Job
-    was removed.
-    """
-    outcomes = point_outcomes(points, names, jobs, reports, failures, pods)
-    waiting = [point for point in points if not _started(point, names, jobs, reports)]
-    unfinished = sum(
-        1
-        for point in points
-        if (job := jobs.get(names[point.key])) is not None and job_finished(job) is None
-    )
-    room = max(0, limit - unfinished)
-    return SweepPlan(create=waiting[:room], outcomes=outcomes, unfinished=unfinished)
-
-
-def _started(
-    point: SweepPoint,
-    names: Mapping[str, str],
-    jobs: Mapping[str, Mapping[str, Any]],
-    reports: Mapping[str, Mapping[str, Any]],
-) -> bool:
-    name = names[point.key]
-    report = reports.get(point.key) or {}
-    return name in jobs or (report.get("job") == name and bool(report.get("jobPhase")))
-
-
 def point_outcomes(
-    points: Sequence[SweepPoint],
-    names: Mapping[str, str],
-    jobs: Mapping[str, Mapping[str, Any]],
-    reports: Mapping[str, Mapping[str, Any]],
-    failures: Mapping[str, str] | None = None,
-    pods: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    points: Sequence[SweepPoint], job_name: str, entries: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Where each point stands (`point_outcome`), Pending for a point not started yet."""
-    failures = failures or {}
-    pods = pods or {}
-    return {
-        point.key: point_outcome(
-            names[point.key],
-            jobs.get(names[point.key]),
-            reports.get(point.key) or {},
-            failures.get(names[point.key]),
-            pods.get(names[point.key], ()),
-        )
-        if _started(point, names, jobs, reports)
-        else {"phase": P.PENDING}
-        for point in points
-    }
+    """Where each point stands (`point_outcome`), by key."""
+    return {point.key: point_outcome(job_name, entries.get(point.key)) for point in points}
 
 
 def sweep_phase(counts: Mapping[str, int], total: int, *, suspended: bool = False) -> str:

@@ -1,15 +1,17 @@
-"""Run a sweep in the cluster: one Job per point, at most `maxConcurrent` unfinished at once.
+"""Run a sweep in the cluster: one Indexed Job per run, one completion index per point.
 
 Called by the handlers for an Experiment with `spec.sweep` on every Experiment change and every
-event of one of its point Jobs. Each call looks at what exists (the point Jobs, listed from the
-API, and `status.sweepPoints`), lets the pure `sweep_plan` decide which points to start and
-what the status says, creates those Jobs (a 409 means one exists: nothing is ever created
-twice) and writes one merge patch. It holds the same per-Experiment lock as `reconcile`, since
-the Job events of several points arrive on different worker threads.
+event of its Job or of a Pod of it that started or ended. Each call looks at what exists (the
+run's Job, read from the API, its Pods from the operator's index, and `status.sweepPoints`),
+creates the Job if the run has none yet (a 409 means it exists: nothing is ever created twice),
+lets the pure `sweep_plan` say where each point stands and what the status says, and writes one
+merge patch. The Job controller paces the points (`parallelism: maxConcurrent`); the operator
+creates one object per run, whatever the number of points. It holds the same per-Experiment
+lock as `reconcile`, since Job and Pod events arrive on different worker threads.
 
 The run's identity lives in `status.sweep` (`generation`, `specHash`): a generation that only
-toggles `suspend` keeps the run (and its Job names) going; any other change starts a new run,
-whose Jobs replace the old run's unfinished ones.
+toggles `suspend` keeps the run (and its Job) going, suspending or resuming the Job in place;
+any other change starts a new run, whose Job replaces the old run's unfinished one.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from dioptra_api.conditions import (
     make_condition,
     set_conditions,
 )
-from dioptra_api.sweep import SweepPoint, max_concurrent
 
 from dioptra_operator import k8s
 from dioptra_operator.job_builder import (
     build_job,
-    point_job_name,
+    job_name,
     spec_hash,
     sweep_points,
     validate_spec,
@@ -42,12 +43,13 @@ from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import post_condition_events
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import RUN_REPORT_FIELDS, observe
+from dioptra_operator.status_mapping import RUN_REPORT_FIELDS
 from dioptra_operator.sweep_plan import (
+    RECORD_FIELDS,
+    changed_records,
     job_finished,
-    job_phase,
-    plan_sweep,
     point_outcomes,
+    point_records,
     sweep_status,
 )
 
@@ -59,30 +61,29 @@ PodsFor = Callable[[str], list[dict[str, Any]]]
 
 # Conditions that describe one run; a new run starts without them.
 _PER_RUN = frozenset({C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
-# Top-level fields of a run that a new run clears (a former run without sweep wrote some).
+# Top-level fields of a run that a new run clears (a former run, plain or sweep, wrote some).
 _RUN_FIELDS = ("jobName", *RUN_REPORT_FIELDS, "sweepPoints")
 
 
 @dataclass(frozen=True)
 class _SweepRun:
-    """Which run of the sweep this pass serves, and the Job name of each of its points."""
+    """Which run of the sweep this pass serves, and the name of its Job."""
 
     generation: int  # the spec generation observed now
-    run: int  # the generation that started the run (names its Jobs)
+    run: int  # the generation that started the run (names its Job)
     same_run: bool  # the recorded run goes on (only `suspend` changed since)
     spec_hash: str
-    names: dict[str, str]
+    job_name: str
 
     @classmethod
-    def of(cls, experiment: Mapping[str, Any], points: list[SweepPoint]) -> _SweepRun:
+    def of(cls, experiment: Mapping[str, Any]) -> _SweepRun:
         meta = experiment["metadata"]
         generation = int(meta.get("generation", 1))
         desired_hash = spec_hash(experiment.get("spec") or {})
         recorded = (experiment.get("status") or {}).get("sweep") or {}
         same_run = bool(recorded.get("specHash") == desired_hash and recorded.get("generation"))
         run = int(recorded["generation"]) if same_run else generation
-        names = {point.key: point_job_name(meta["name"], run, point.key) for point in points}
-        return cls(generation, run, same_run, desired_hash, names)
+        return cls(generation, run, same_run, desired_hash, job_name(meta["name"], run))
 
 
 def reconcile_sweep(
@@ -92,10 +93,15 @@ def reconcile_sweep(
     settings: Settings,
     pods_for: PodsFor,
     log: kopf.Logger,
+    *,
+    spec_changed: bool = False,
 ) -> None:
-    """Start the sweep's next point Jobs and write its status; see the module docstring.
+    """Make the run's Indexed Job exist and write the sweep's status; see the module docstring.
 
-    Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
+    `spec_changed` says the Experiment's spec is why we run (not a Job or Pod event): only then
+    does its `suspend` go to the Job, so that a queue (Kueue) admitting or preempting the Job
+    by its `suspend` is not undone on the Job's next event. Raises InvalidSpecError for a spec
+    that cannot run and k8s.ApiUnavailable for API trouble.
     """
     with memory.lock(namespace, name):
         experiment = k8s.read_experiment(namespace, name)
@@ -106,53 +112,85 @@ def reconcile_sweep(
         points = sweep_points(spec)
         if points is None:
             return  # the sweep was removed; the new generation is a plain run (ensure_job)
-        run = _SweepRun.of(experiment, points)
-        jobs = _point_jobs(namespace, name, set(run.names.values()))
+        run = _SweepRun.of(experiment)
         status = dict(experiment.get("status") or {})
         conditions_before = list(status.get("conditions") or [])
         if not run.same_run:
+            _stop_former_runs(namespace, name, run.job_name)
             status = _clear_former_run(namespace, name, status)
-        reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
-        pods = {job_name: pods_for(job_name) for job_name in jobs}
-        failures = {
-            job_name: observe(job, pods[job_name]).message or ""
-            for job_name, job in jobs.items()
-            if job_finished(job) == P.FAILED
-        }
-        limit = max_concurrent(spec["sweep"])
-        plan = plan_sweep(points, run.names, jobs, reports, limit, failures, pods)
         suspend = bool(spec.get("suspend"))
-        _suspend_unfinished(namespace, jobs, suspend)
-        created = _start_points(experiment, settings, plan.create, run.run, jobs, log)
-
-        records = _job_records(run.names, jobs, reports, failures, pods)
-        for key, record in records.items():
-            reports[key] = {**(reports.get(key) or {}), **record}
-        outcomes = point_outcomes(points, run.names, jobs, reports, failures, pods)
+        job = k8s.read_job(namespace, run.job_name)
+        recorded = status.get("jobName") == run.job_name
+        created: list[str] = []
+        if job is None and not recorded:
+            job, was_created = _start_run(experiment, settings, run.run, log)
+            created = [run.job_name] if was_created else []
+        elif job is not None and job_finished(job) is None and spec_changed:
+            job = _set_suspend(namespace, job, suspend)
+        if job is not None and job_finished(job) is None:
+            suspend = bool((job.get("spec") or {}).get("suspend"))  # what holds the points
+        reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
+        pods = pods_for(run.job_name) if job is not None else []
+        records = point_records(
+            points, run.job_name, job, reports, pods, job_created=recorded or bool(created)
+        )
+        changed_points = changed_records(records, reports)
+        entries = {key: _merged(reports.get(key), records.get(key)) for key in {*reports, *records}}
+        outcomes = point_outcomes(points, run.job_name, entries)
         summary = sweep_status(points, outcomes, suspended=suspend)
         summary["sweep"].update(generation=run.run, specHash=run.spec_hash)
         now = clock.now()
         kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
         conditions, changed = _conditions(kept, summary, created, suspend, run.generation, now)
-        patch = _sweep_patch(status, summary, conditions, run.generation, bool(jobs), now)
-        if records:
-            patch["sweepPoints"] = records
+        summary["jobName"] = run.job_name
+        patch = _sweep_patch(status, summary, conditions, run.generation, job is not None, now)
+        if changed_points:
+            patch["sweepPoints"] = changed_points
         if patch:
             k8s.patch_experiment_status(namespace, name, patch)
         PHASES_SEEN.observe(namespace, name, summary["phase"])
     post_condition_events(experiment, changed, before=conditions_before)
 
 
-def _point_jobs(namespace: str, name: str, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """This run's point Jobs, by name; an older run's unfinished ones are deleted."""
-    jobs: dict[str, dict[str, Any]] = {}
+def _stop_former_runs(namespace: str, name: str, wanted: str) -> None:
+    """Delete the Experiment's unfinished Jobs of former runs (plain or sweep) but `wanted`."""
     for job in k8s.list_jobs(namespace, f"{c.LABEL_EXPERIMENT}={name}"):
-        job_name = (job.get("metadata") or {}).get("name") or ""
-        if job_name in wanted:
-            jobs[job_name] = job
-        elif job_finished(job) is None:
-            k8s.delete_job(namespace, job_name)  # an older run's, superseded by this one
-    return jobs
+        found = (job.get("metadata") or {}).get("name") or ""
+        if found != wanted and job_finished(job) is None:
+            k8s.delete_job(namespace, found)
+
+
+def _start_run(
+    experiment: dict[str, Any], settings: Settings, run: int, log: kopf.Logger
+) -> tuple[dict[str, Any], bool]:
+    """Create (or adopt, after a restart) the run's Indexed Job; whether it was created now."""
+    desired = build_job(experiment, settings, generation=run)
+    kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+    job, created = k8s.create_job(experiment["metadata"]["namespace"], desired)
+    if created:
+        JOBS_CREATED.inc()
+        log.info(
+            "Created Job %s for a sweep of %s points",
+            desired["metadata"]["name"],
+            desired["spec"]["completions"],
+        )
+    return job, created
+
+
+def _set_suspend(namespace: str, job: dict[str, Any], suspend: bool) -> dict[str, Any]:
+    """The run's Job with the Experiment's `suspend` (patched only when it differs)."""
+    if bool((job.get("spec") or {}).get("suspend")) == suspend:
+        return job
+    k8s.set_job_suspend(namespace, job["metadata"]["name"], suspend)
+    return {**job, "spec": {**(job.get("spec") or {}), "suspend": suspend}}
+
+
+def _merged(report: Mapping[str, Any] | None, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A point's entry as the patch leaves it: the runner's fields and the operator's record."""
+    if record is None:
+        return dict(report or {})
+    kept = {key: value for key, value in (report or {}).items() if key not in RECORD_FIELDS}
+    return {**kept, **record}
 
 
 def _clear_former_run(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
@@ -165,38 +203,6 @@ def _clear_former_run(namespace: str, name: str, status: dict[str, Any]) -> dict
 
 def _without_run_conditions(conditions: list[Condition]) -> list[Condition]:
     return [cond for cond in conditions if cond.get("type") not in _PER_RUN]
-
-
-def _suspend_unfinished(
-    namespace: str, jobs: Mapping[str, Mapping[str, Any]], suspend: bool
-) -> None:
-    """Give every unfinished point Job the Experiment's `suspend`."""
-    for job_name, job in jobs.items():
-        if job_finished(job) is None and bool((job.get("spec") or {}).get("suspend")) != suspend:
-            k8s.set_job_suspend(namespace, job_name, suspend)
-
-
-def _start_points(
-    experiment: dict[str, Any],
-    settings: Settings,
-    points: list[SweepPoint],
-    run: int,
-    jobs: dict[str, dict[str, Any]],
-    log: kopf.Logger,
-) -> list[str]:
-    """Create the points' Jobs (adding them to `jobs`); the names of those created now."""
-    created: list[str] = []
-    for point in points:
-        desired = build_job(experiment, settings, point, generation=run)
-        kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
-        job_name = desired["metadata"]["name"]
-        job, was_created = k8s.create_job(experiment["metadata"]["namespace"], desired)
-        jobs[job_name] = job
-        if was_created:
-            JOBS_CREATED.inc()
-            created.append(job_name)
-            log.info("Created Job %s for sweep point %s", job_name, point.label)
-    return created
 
 
 def _sweep_patch(
@@ -217,37 +223,6 @@ def _sweep_patch(
         if start:
             patch["duration"] = duration_between(start, now)
     return {key: value for key, value in patch.items() if status.get(key) != value}
-
-
-def _job_records(
-    names: Mapping[str, str],
-    jobs: Mapping[str, Mapping[str, Any]],
-    reports: Mapping[str, Any],
-    failures: Mapping[str, str],
-    pods: Mapping[str, list[dict[str, Any]]],
-) -> dict[str, dict[str, Any]]:
-    """The operator's changed fields of `status.sweepPoints`: each point Job's name and phase.
-
-    They outlive the Job (a TTL may remove it once finished), so a finished point is never run
-    again, and a Job deleted before it finished is recorded as a failed point.
-    """
-    records: dict[str, dict[str, Any]] = {}
-    for key, job_name in names.items():
-        report = reports.get(key) or {}
-        job = jobs.get(job_name)
-        if job is not None:
-            phase = job_phase(job, pods.get(job_name, []))
-            record: dict[str, Any] = {"job": job_name, "jobPhase": phase}
-            if job_name in failures:
-                record["jobMessage"] = failures[job_name]
-        elif report.get("job") == job_name and report.get("jobPhase") not in (None, *P.TERMINAL):
-            message = c.MESSAGES[R.JOB_MISSING].format(job=job_name)
-            record = {"job": job_name, "jobPhase": P.FAILED, "jobMessage": message}
-        else:
-            continue
-        if any(report.get(field) != value for field, value in record.items()):
-            records[key] = record
-    return records
 
 
 def _conditions(

@@ -32,10 +32,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, PrefectWrappedFuture
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dioptra.graph import (
+    CACHED,
     CANCELLED,
     CANCELLED_BEFORE_START,
     COMPLETED,
@@ -47,6 +48,7 @@ from dioptra.graph import (
     FlowGraph,
     FlowRunResult,
     ItemRef,
+    OutputStore,
     Parameter,
     TaskListener,
     TaskNode,
@@ -66,6 +68,10 @@ _TIMEOUT_ERRORS = (TimeoutError, asyncio.CancelledError, concurrent.futures.Canc
 _TASK_RUN_RECORD_WAIT = 3.0
 _NOT_STARTED = CANCELLED_BEFORE_START
 _LOG = logging.getLogger("dioptra.flow")
+# A parameter value larger than this as JSON (or not JSON at all, e.g. an artifact loaded as
+# an object) is shown to Prefect by its type only: Prefect stores a flow run's parameters and
+# caps them (512 KiB by default); the runner checks the values it was given against that cap.
+_SHOWN_PARAMETER_LIMIT = 65536
 
 
 class _TaskFailures(RuntimeError):
@@ -84,6 +90,7 @@ class _Run:
     outcomes: dict[str, TaskOutcome]
     notify: Callable[[TaskOutcome], None]
     cancellation: Cancellation | None
+    store: OutputStore | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancelled(self) -> bool:
@@ -132,17 +139,19 @@ def run_on_prefect(
     max_workers: int | None,
     cancellation: Cancellation | None = None,
     heartbeats: bool = True,
+    store: OutputStore | None = None,
 ) -> FlowRunResult:
     outcomes = {node.name: TaskOutcome(name=node.name, task=node.task) for node in flow.tasks}
     notify = listener.task_changed if listener is not None else (lambda outcome: None)
-    run_ = _Run(outcomes, notify, cancellation)
+    run_ = _Run(outcomes, notify, cancellation, store)
     flow_run_id: dict[str, str] = {}
     if run_.cancelled():
         # Cancelled before it started (a later sweep point): no flow run is created at all.
         _cancel_outcomes(run_, {})
         return FlowRunResult(flow.name, CANCELLED, outcomes, _cancel_message(run_))
 
-    def entry_point(parameters: dict[str, Any]) -> State[Any] | None:
+    def entry_point(shown: dict[str, Any]) -> State[Any] | None:
+        # Prefect records `shown`; the tasks get the values themselves (see _shown_parameters).
         from prefect.context import FlowRunContext
 
         context = FlowRunContext.get()
@@ -170,7 +179,7 @@ def run_on_prefect(
         persist_result=False,
     )
     with _heartbeat_setting(heartbeats):
-        state = run(parameters, return_state=True)
+        state = run(_shown_parameters(parameters), return_state=True)
     if state.is_cancelled():
         return FlowRunResult(
             flow.name, CANCELLED, outcomes, _cancel_message(run_), flow_run_id.get("id")
@@ -186,6 +195,23 @@ def run_on_prefect(
     else:
         message = f"flow run ended {state.name}: {state.message or ''}".strip()
     return FlowRunResult(flow.name, FAILED, outcomes, message, flow_run_id.get("id"))
+
+
+def _shown_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as Prefect records them: JSON values as they are, others by type."""
+    import json
+
+    shown: dict[str, Any] = {}
+    for name, value in parameters.items():
+        try:
+            size = len(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            size = -1
+        if 0 <= size <= _SHOWN_PARAMETER_LIMIT:
+            shown[name] = value
+        else:
+            shown[name] = f"<{type(value).__name__}>"
+    return shown
 
 
 @contextlib.contextmanager
@@ -331,7 +357,12 @@ def _invoker(node: TaskNode, outcome: TaskOutcome, run_: _Run) -> Callable[..., 
         if not started:
             return Cancelled(message=_NOT_STARTED)
         try:
+            lookup = run_.store.lookup(node, args, kwargs) if run_.store is not None else None
+            if lookup is not None and lookup.hit:
+                return _reuse(outcome, lookup, run_)
             result = func(*args, **kwargs)
+            if run_.store is not None and lookup is not None:
+                run_.store.keep(node, lookup, result)
         except BaseException as error:
             with run_.lock:
                 if outcome.state == CANCELLED:
@@ -358,6 +389,18 @@ def _invoker(node: TaskNode, outcome: TaskOutcome, run_: _Run) -> Callable[..., 
         return result
 
     return invoke
+
+
+def _reuse(outcome: TaskOutcome, lookup: Any, run_: _Run) -> Any:
+    """End a task with the stored output a cache hit found: Completed, shown as Cached."""
+    with run_.lock:
+        if outcome.state == CANCELLED:
+            return Cancelled(message=outcome.message)
+        outcome.state, outcome.result, outcome.end_time = COMPLETED, lookup.value, _now()
+        outcome.cached, outcome.error, outcome.message = True, None, ""
+    run_.notify(outcome)
+    # Prefect's own Cached state (a Completed type): the UI shows the task as Cached.
+    return Completed(name=CACHED, data=lookup.value, message="reused a stored output")
 
 
 def _settle(

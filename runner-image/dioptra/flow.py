@@ -22,7 +22,7 @@ from typing import Any
 from dioptra import graph
 from dioptra._prefect_engine import run_on_prefect
 from dioptra.graph import *  # noqa: F403  (the graph's names are the flow module's too)
-from dioptra.graph import Cancellation, FlowGraph, FlowRunResult, TaskListener
+from dioptra.graph import Cancellation, FlowGraph, FlowRunResult, OutputStore, TaskListener
 
 __all__ = ["Flow", *graph.__all__]
 
@@ -40,6 +40,7 @@ class Flow(FlowGraph):
         max_parallel_tasks: int | None = None,
         cancellation: Cancellation | None = None,
         heartbeats: bool = True,
+        store: OutputStore | None = None,
     ) -> FlowRunResult:
         """Run the graph as one Prefect 3 flow run and return every node's outcome.
 
@@ -50,6 +51,8 @@ class Flow(FlowGraph):
         ``heartbeats=False`` turns off Prefect's flow-run heartbeats, which let a long-lived
         server notice a crashed run: a temporary server that ends with the process has no use
         for them, and the flow run's teardown waits up to a second for the heartbeat thread.
+        ``store`` keeps each task's output and serves cached tasks (the runner's artifact
+        store); without one nothing is stored and nothing is cached.
         """
         values = self.check(parameters)
         return run_on_prefect(
@@ -59,6 +62,7 @@ class Flow(FlowGraph):
             max_workers=max_parallel_tasks or self.max_parallel_tasks,
             cancellation=cancellation,
             heartbeats=heartbeats,
+            store=store,
         )
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "CACHED",
     "CANCELLED",
     "COMPLETED",
     "FAILED",
@@ -25,12 +26,14 @@ __all__ = [
     "NOT_RUN",
     "PENDING",
     "RUNNING",
+    "CacheLookup",
     "Cancellation",
     "FlowDefinitionError",
     "FlowGraph",
     "FlowRunResult",
     "FlowValidationError",
     "ItemRef",
+    "OutputStore",
     "Parameter",
     "TaskListener",
     "TaskNode",
@@ -56,6 +59,9 @@ PENDING, RUNNING, COMPLETED, FAILED, NOT_RUN = "Pending", "Running", "Completed"
 CANCELLED = "Cancelled"
 # The states a task does not leave any more within its run.
 FINAL_STATES = frozenset({COMPLETED, FAILED, NOT_RUN, CANCELLED})
+# How a Completed task that reused a stored output (a cache hit) is shown: Prefect's own name
+# for that state (``Completed(name="Cached")``). Its ``state`` stays Completed.
+CACHED = "Cached"
 
 
 class FlowDefinitionError(TypeError):
@@ -180,6 +186,38 @@ class TaskOptions:
     retries: int = 0
     retry_delay_seconds: float = 0
     timeout_seconds: float | None = None
+    # Reuse a stored output when the function's source and every input are the same.
+    cache: bool = False
+
+
+@dataclass
+class CacheLookup:
+    """What an :class:`OutputStore` found for one call: a stored output (``hit``) or not.
+
+    ``key`` is None when the call has no cache key (caching is off for it, or an input could
+    not be digested); ``value`` is the stored output on a hit. ``state`` is the store's own.
+    """
+
+    key: str | None = None
+    hit: bool = False
+    value: Any = None
+    state: Any = None
+
+
+class OutputStore(Protocol):
+    """Keeps task outputs and reuses them for cached tasks (the runner's artifact store).
+
+    Injected into a run (``Flow.run(store=...)``) so that the SDK needs no storage client.
+    Both methods are called in the task's thread; an exception fails the task.
+    """
+
+    def lookup(self, node: TaskNode, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheLookup:
+        """Whether a stored output can stand in for calling ``node`` with these inputs."""
+        ...
+
+    def keep(self, node: TaskNode, lookup: CacheLookup, result: Any) -> None:
+        """Store ``result``, the output of a call that ran (and record it under its key)."""
+        ...
 
 
 class TaskListener(Protocol):
@@ -201,6 +239,13 @@ class TaskOutcome:
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None
     traceback: str = ""
+    # Completed by reusing a stored output instead of calling the plugin.
+    cached: bool = False
+
+    @property
+    def shown_state(self) -> str:
+        """The state as users see it: Cached for a Completed task that reused its output."""
+        return CACHED if self.cached and self.state == COMPLETED else self.state
 
     @property
     def duration(self) -> float | None:

@@ -271,10 +271,16 @@ def get_task(package: str, plugin: str, func: str | None = None) -> Callable[...
 
 
 def call_task(package: str, plugin: str, func: str | None = None, *args: Any, **kwargs: Any) -> Any:
-    """Add a task node calling this plugin to the flow being defined (see :func:`get_task`)."""
+    """Add a task node calling this plugin to the flow being defined (see :func:`get_task`).
+
+    ``cache=True`` (an option of ours, never passed to the plugin) lets the run reuse a
+    stored output when the plugin function's source and every input are the same as before.
+    """
+    cache = bool(kwargs.pop("cache", False))
     flow = current_flow()
     if flow is not None:
-        return add_plugin_task(flow, package, plugin, func, args, kwargs)
+        options = TaskOptions(cache=True) if cache else None
+        return add_plugin_task(flow, package, plugin, func, args, kwargs, options)
     return _as_task(info(package, plugin, func))(*args, **kwargs)
 
 

@@ -48,6 +48,11 @@ class PointRun:
     result: Any = None  # dioptra.flow.FlowRunResult once run
     metrics: dict[str, float | int] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    # Every log_metric call in order (dioptra.metrics.LoggedValue), for MLflow tracking.
+    metric_history: list[Any] = field(default_factory=list)
+    # The outputs kept in the artifact store (task_cache.ArtifactRecord), and its warnings.
+    artifacts: list[Any] = field(default_factory=list)
+    artifact_warnings: list[str] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -94,9 +99,12 @@ def run_flow(
             with _plugin_dir_env(plugin_dir), plugin_dirs([]), _plugin_deps_path(plugin_dir):
                 searched = [p for p in sys.path[1:] if plugin_dir and p.startswith(str(plugin_dir))]
                 flow = _load_flow(experiment)
-                runs = _plan_runs(flow, experiment.spec.get("sweep"), parameters, searched)
+                artifacts = _artifact_setup(experiment, flow, args)
+                runs = _plan_runs(
+                    flow, experiment.spec.get("sweep"), parameters, searched, artifacts
+                )
                 max_parallel = experiment.spec.get("maxParallelTasks")
-                _execute(flow, runs, max_parallel, reporter, args, out, stop)
+                _execute(flow, runs, max_parallel, reporter, args, out, stop, artifacts)
             upstream = {dep.name for node in flow.tasks for dep in node.dependencies}
             final_tasks = [node.name for node in flow.tasks if node.name not in upstream]
     except StopRequested as stopped:
@@ -229,8 +237,31 @@ def _load_flow(experiment: Any) -> Any:
         raise RunAborted(str(error), EXIT_INVALID, "InvalidEntryPoint") from None
 
 
+def _artifact_setup(experiment: Any, flow: Any, args: argparse.Namespace) -> Any:
+    """The run's artifact store (dioptra_runner.artifact_setup), opened before any task runs."""
+    from dioptra_runner.artifact_setup import ArtifactSetup
+    from dioptra_runner.artifacts import StoreError
+
+    cache = getattr(args, "cache_dir", None)
+    if cache is None:
+        from dioptra_runner.local_server import cache_dir
+
+        cache = Path(args.plugin_cache) if args.plugin_cache else cache_dir(os.environ)
+    setup = ArtifactSetup(experiment.spec, Path(cache))
+    cached = bool(experiment.spec.get("cache")) or any(n.options.cache for n in flow.tasks)
+    try:
+        setup.open(cached_tasks=cached)
+    except StoreError as error:
+        raise RunAborted(str(error), EXIT_INVALID, "ArtifactStoreFailed") from None
+    return setup
+
+
 def _plan_runs(
-    flow: Any, sweep: dict[str, Any] | None, parameters: dict[str, Any], searched: list[str]
+    flow: Any,
+    sweep: dict[str, Any] | None,
+    parameters: dict[str, Any],
+    searched: list[str],
+    artifacts: Any = None,
 ) -> list[PointRun]:
     """One run, or one per sweep point; every problem of every run reported before any runs."""
     from dioptra.flow import FlowValidationError
@@ -256,13 +287,29 @@ def _plan_runs(
         except FlowValidationError as error:
             problems.extend(f"{where}{p}" for p in error.problems)
             continue
+        # Artifact inputs are fetched and checked now; the run keeps {artifact: <uri>} (what
+        # the summary shows) and gets the objects when it starts.
+        loaded = values if artifacts is None else _load_artifact_inputs(artifacts, values, where)
         runs.append(PointRun(point, values))
-        problems.extend(f"{where}{p}" for p in type_problems(flow.tasks, values))
+        problems.extend(f"{where}{p}" for p in type_problems(flow.tasks, loaded))
     if problems:
         folders = f" (plugin folders searched: {', '.join(searched) or 'none'})"
         listing = "\n".join(f"  - {p}" for p in dict.fromkeys(problems))
         raise RunAborted(f"the flow cannot start{folders}:\n{listing}", EXIT_INVALID, "InvalidFlow")
     return runs
+
+
+def _load_artifact_inputs(artifacts: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Parameters given as ``{artifact: <uri>}``, fetched and checked (before any task runs)."""
+    from dioptra_runner.artifacts import ArtifactInputError, StoreError
+
+    try:
+        loaded: dict[str, Any] = artifacts.load_inputs(values)
+    except ArtifactInputError as error:
+        raise RunAborted(f"{where}{error}", EXIT_INVALID, "InvalidArtifact") from None
+    except StoreError as error:
+        raise RunAborted(f"{where}{error}", EXIT_FAILED, "ArtifactStoreFailed") from None
+    return loaded
 
 
 def _execute(
@@ -273,6 +320,7 @@ def _execute(
     args: argparse.Namespace,
     out: IO[str],
     stop: SignalStop,
+    artifacts: Any = None,
 ) -> None:
     """Run each PointRun on Prefect, feeding the progress view and the status reporter.
 
@@ -314,17 +362,22 @@ def _execute(
             reporter.update(**fields)
 
     def execute(run_: PointRun) -> None:
-        with metrics.collecting() as logged:
+        keeper = artifacts.keeper(run_.prefix) if artifacts is not None else None
+        with metrics.collecting() as logged, metrics.recording() as history:
             run_.result = flow.run(
-                run_.values,
+                artifacts.load_inputs(run_.values) if artifacts is not None else run_.values,
                 listener=Monitor(run_.prefix),
                 max_parallel_tasks=max_parallel_tasks,
                 cancellation=stop.cancellation,
                 # Heartbeats let a long-lived server notice a crashed run; the temporary
                 # server ends with this process, and its teardown would wait ~1 s for them.
                 heartbeats=bool(getattr(args, "external_prefect", True)),
+                store=keeper,
             )
+        if keeper is not None:
+            run_.artifacts, run_.artifact_warnings = list(keeper.records), list(keeper.warnings)
         run_.metrics = dict(logged)
+        run_.metric_history = list(history)
         run_.results = collect_results(run_.result.tasks, run_.metrics)
         for outcome in run_.result.failed_tasks:
             if outcome.traceback:

@@ -6,11 +6,12 @@ import threading
 import time
 from typing import IO, Any
 
-from dioptra.flow import CANCELLED, COMPLETED, FAILED, NOT_RUN, RUNNING, TaskOutcome
+from dioptra.flow import CACHED, CANCELLED, COMPLETED, FAILED, NOT_RUN, RUNNING, TaskOutcome
 from dioptra_api.clock import format_duration
 
 _STYLES = {
     COMPLETED: "green",
+    CACHED: "green",
     FAILED: "bold red",
     NOT_RUN: "yellow",
     RUNNING: "cyan",
@@ -64,7 +65,8 @@ class ProgressBoard:
             detail = f" ({duration})" if duration else ""
             if outcome.message and outcome.state != COMPLETED:
                 detail += f": {outcome.message}"
-            self._stream.write(f"[{elapsed:6.1f}s] {outcome.state:<9} {outcome.name}{detail}\n")
+            shown = outcome.shown_state
+            self._stream.write(f"[{elapsed:6.1f}s] {shown:<9} {outcome.name}{detail}\n")
             self._stream.flush()
 
     def _render(self) -> Any:
@@ -82,6 +84,7 @@ class ProgressBoard:
                 import datetime as dt
 
                 duration = (dt.datetime.now(dt.UTC) - outcome.start_time).total_seconds()
-            style = _STYLES.get(outcome.state, "dim")
-            table.add_row(outcome.name, f"[{style}]{outcome.state}[/]", format_duration(duration))
+            shown = outcome.shown_state
+            style = _STYLES.get(shown, "dim")
+            table.add_row(outcome.name, f"[{style}]{shown}[/]", format_duration(duration))
         return table

@@ -136,8 +136,9 @@ class RunStatusReporter:
 class PointStatusReporter:
     """Reports one sweep point's run under ``status.sweepPoints.<key>``, never at the top level.
 
-    Why: in the cluster each point of a sweep runs in its own Job, so several runners report
-    to the same Experiment at once; their ``tasks``/``results`` would overwrite each other.
+    Why: in the cluster each point of a sweep runs in its own Pod of the sweep's Indexed Job
+    (the key comes from its completion index), so several runners report to the same
+    Experiment at once; their ``tasks``/``results`` would overwrite each other.
     Each runner instead writes its own entry of the ``sweepPoints`` map (a JSON merge patch of
     ``{"sweepPoints": {key: {...}}}`` leaves the other points alone), and the operator
     summarizes the entries into ``status.sweep``.
@@ -149,7 +150,8 @@ class PointStatusReporter:
     level once, each point keeping only its digest (``pluginsSha256``) to show a difference.
     """
 
-    _LEFT_OUT = frozenset({"tasks", "plugins"})
+    # The kept outputs' list too (its counts, artifactsKept and tasksCached, stay).
+    _LEFT_OUT = frozenset({"tasks", "plugins", "artifacts", "artifactsOmitted"})
 
     def __init__(self, inner: StatusReporter, key: str) -> None:
         self.inner = inner

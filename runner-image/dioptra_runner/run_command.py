@@ -33,6 +33,7 @@ from dioptra_runner.execution import (
 from dioptra_runner.interrupts import RunInterrupted, StopRequested, stop_on_signals
 from dioptra_runner.summary import (
     CANCELLED,
+    failure_reason,
     interruption_message,
     print_error,
     print_interrupted,
@@ -123,10 +124,12 @@ def run(args: argparse.Namespace) -> int:
             experiment = _load_experiment(args)
             _check_local_prefect(args)
             cache = _cache_dir(args, experiment.name)
+            args.cache_dir = cache
             _configure_logging(args, cache, experiment.name, started)
             if args.prefect_note:
                 _LOG.info("Prefect API: %s", args.prefect_note)
             if args.in_cluster:
+                experiment = _sweep_point(experiment)
                 reporter = _cluster_reporter()
             reporter.update(
                 phase=Phase.RUNNING, startTime=_iso(started), message="running the entry point"
@@ -136,13 +139,15 @@ def run(args: argparse.Namespace) -> int:
             _check_prefect_api(args)
             plugin_dir = _plugin_folder(args, experiment, cache, out)
             manifest = _manifest(plugin_dir)
+            plugins = None
             if manifest is not None:
                 from dioptra_sync import status_entries  # a bundle as its digest, not its files
 
-                reporter.update(plugins=status_entries(manifest))
+                plugins = status_entries(manifest)
+                reporter.update(plugins=plugins)
             runs, final_tasks = run_flow(experiment, plugin_dir, parameters, reporter, args, out)
             return _report_outcome(
-                args, experiment, runs, final_tasks, reporter, started, clock, out
+                args, experiment, runs, final_tasks, reporter, started, clock, out, plugins
             )
         except RunAborted as aborted:
             _LOG.error("%s", aborted)
@@ -171,6 +176,7 @@ def _report_outcome(
     started: dt.datetime,
     clock: float,
     out: IO[str],
+    plugins: Any = None,
 ) -> int:
     """The final status, the summary and the exit code of a run that went to its end."""
     elapsed = time.monotonic() - clock
@@ -186,12 +192,39 @@ def _report_outcome(
         ok = sum(1 for r in runs if r.result.is_successful())
         message = f"{ok}/{len(runs)} sweep points succeeded"
         outcome = {"sweep": sweep_summary(runs)}
-    reason = "Succeeded" if succeeded else "TaskFailed"
+    reason = "Succeeded" if succeeded else failure_reason(runs)
+    # Prefect artifacts, a sweep's plot and MLflow tracking (reports: they never fail the run).
+    from dioptra_runner.run_records import record_run
+
+    records = record_run(
+        args,
+        experiment,
+        runs,
+        final_tasks,
+        phase=phase_name(succeeded),
+        message=message,
+        sweep=outcome.get("sweep"),
+        plugins=plugins,
+    )
+    if records.plot is not None and "sweep" in outcome:
+        outcome["sweep"]["plot"] = str(records.plot)
+    if records.tracking is not None:
+        outcome["tracking"] = records.tracking
+    from dioptra_runner.status import artifact_fields
+
+    kept = artifact_fields(record for run_ in runs for record in run_.artifacts)
+    if kept:
+        reporter.update(**kept)
     _finish(reporter, phase_name(succeeded), message, started, elapsed, reason=reason, **outcome)
     if single:
-        print_summary(args, experiment.name, runs[0], final_tasks, elapsed, code, out)
+        print_summary(
+            args, experiment.name, runs[0], final_tasks, elapsed, code, out, records=records
+        )
     else:
-        print_sweep(args, experiment.name, runs, outcome["sweep"], message, elapsed, code, out)
+        sweep = outcome["sweep"]
+        print_sweep(
+            args, experiment.name, runs, sweep, message, elapsed, code, out, records=records
+        )
     return code
 
 
@@ -384,6 +417,7 @@ def _finish(
     results: dict[str, Any] | None = None,
     sweep: dict[str, Any] | None = None,
     reason: str | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> None:
     from dioptra_api.clock import format_duration
 
@@ -397,6 +431,8 @@ def _finish(
         fields["results"] = results
     if sweep is not None:
         fields["sweep"] = sweep
+    if tracking is not None:
+        fields["tracking"] = tracking
     if reason is not None:
         fields["reason"] = reason
         _LOG.info("run ended %s (%s)", phase, reason)
@@ -463,6 +499,33 @@ def _configure_logging(
     args.log_path = path
 
 
+def _sweep_point(experiment: Any) -> Any:
+    """In the cluster, the Experiment of this Pod's point when the snapshot holds a sweep.
+
+    A sweep runs as one Indexed Job: each Pod takes the point of its JOB_COMPLETION_INDEX (the
+    operator's order, `cluster_points`), runs it as a plain run with the point's parameters,
+    and tells the rest of the process its key (DIOPTRA_SWEEP_POINT: the reporter writes under
+    `status.sweepPoints.<key>`). A bad index or sweep fails this point in one line.
+    """
+    import dataclasses
+
+    from dioptra_api import JOB_COMPLETION_INDEX_ENV, SWEEP_POINT_ENV
+    from dioptra_api.sweep import SweepError, point_for_index
+
+    spec = experiment.spec
+    if not spec.get("sweep"):
+        return experiment
+    index = os.environ.get(JOB_COMPLETION_INDEX_ENV)
+    try:
+        point = point_for_index(spec["sweep"], spec.get("parameters") or {}, index)
+    except SweepError as error:
+        raise RunAborted(str(error), EXIT_INVALID, "InvalidSpec") from None
+    os.environ[SWEEP_POINT_ENV] = point.key
+    _LOG.info("sweep point %s (index %s): %s", point.key, index, point.label)
+    plain = {key: value for key, value in spec.items() if key != "sweep"}
+    return dataclasses.replace(experiment, spec={**plain, "parameters": dict(point.parameters)})
+
+
 def _cluster_reporter() -> Any:
     from dioptra_api import SWEEP_POINT_ENV
 
@@ -474,7 +537,7 @@ def _cluster_reporter() -> Any:
 
     try:
         inner = KubernetesStatusReporter.from_environment()
-        point = os.environ.get(SWEEP_POINT_ENV, "").strip()  # one point Job of a sweep
+        point = os.environ.get(SWEEP_POINT_ENV, "").strip()  # one point of a sweep
         return PointStatusReporter(inner, point) if point else RunStatusReporter(inner)
     except Exception as error:  # the run must go on without status reporting
         _LOG.error("status reporting disabled: %s", error)

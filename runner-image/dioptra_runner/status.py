@@ -15,10 +15,17 @@ FINISHED_STATES = FINAL_STATES  # Completed, Failed, NotRun, Cancelled
 # A task output larger than this (as JSON) stays out of the status: etcd objects are
 # limited to ~1.5 MiB and `kubectl get -o yaml` must stay readable.
 MAX_OUTPUT_BYTES = 2048
+# At most this many entries in status.artifacts (a big graph or a sweep stays small: about
+# 250 bytes each); the count of those left out is in artifactsOmitted.
+MAX_ARTIFACT_ENTRIES = 100
 
 
 def task_entry(outcome: TaskOutcome) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": outcome.name, "task": outcome.task, "state": outcome.state}
+    entry: dict[str, Any] = {
+        "name": outcome.name,
+        "task": outcome.task,
+        "state": outcome.shown_state,
+    }
     if outcome.start_time:
         entry["startTime"] = rfc3339(outcome.start_time)
     if outcome.end_time:
@@ -30,14 +37,31 @@ def task_entry(outcome: TaskOutcome) -> dict[str, Any]:
 
 def progress_fields(outcomes: Iterable[TaskOutcome]) -> dict[str, Any]:
     """``tasks``, ``tasksTotal``, ``tasksDone`` and the ``progress`` printer column."""
+    outcomes = list(outcomes)
     entries = [task_entry(o) for o in outcomes]
-    done = sum(1 for e in entries if e["state"] in FINISHED_STATES)
+    done = sum(1 for o in outcomes if o.state in FINISHED_STATES)
     return {
         "tasks": entries,
         "tasksTotal": len(entries),
         "tasksDone": done,
+        "tasksCached": sum(1 for o in outcomes if o.cached and o.state == COMPLETED),
         "progress": f"{done}/{len(entries)}",
     }
+
+
+def artifact_fields(records: Iterable[Any]) -> dict[str, Any]:
+    """``artifacts`` (the first MAX_ARTIFACT_ENTRIES kept outputs), ``artifactsKept`` and,
+    when the list is cut, ``artifactsOmitted``; nothing when no output was kept."""
+    entries = [record.entry() for record in records]
+    if not entries:
+        return {}
+    fields: dict[str, Any] = {
+        "artifacts": entries[:MAX_ARTIFACT_ENTRIES],
+        "artifactsKept": len(entries),
+    }
+    if len(entries) > MAX_ARTIFACT_ENTRIES:
+        fields["artifactsOmitted"] = len(entries) - MAX_ARTIFACT_ENTRIES
+    return fields
 
 
 def small_json(value: Any, limit: int = MAX_OUTPUT_BYTES) -> Any | None:

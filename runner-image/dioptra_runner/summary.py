@@ -58,6 +58,7 @@ def print_summary(
     elapsed: float,
     code: int,
     out: IO[str],
+    records: Any = None,
 ) -> None:
     from dioptra_api.clock import format_duration
 
@@ -66,18 +67,24 @@ def print_summary(
     result = run_.result
     if args.output == "json":
         error = (
-            {} if result.is_successful() else {"reason": "TaskFailed", "message": result.message}
+            {}
+            if result.is_successful()
+            else {"reason": failure_reason([run_]), "message": result.message}
         )
         fields: dict[str, Any] = {
             "tasks": [task_entry(t) for t in result.tasks.values()],
             "results": run_.results,
+            **_artifact_document(run_),
         }
+        if getattr(records, "tracking", None) is not None:
+            fields["tracking"] = records.tracking
         if error:
             fields["error"] = error
         phase = phase_name(result.is_successful())
         _write_json(_document(args, name, phase, code, result.message, elapsed, **fields))
         if error:
             _print_failure_line(args, f"{name}: {result.message}")
+        _print_tracking_warning(records)
         return
     console = _console(out)
     rows = result_rows(run_.results, final_tasks)
@@ -91,6 +98,8 @@ def print_summary(
         console.print(f"[green]Succeeded[/] {name}: {len(result.tasks)} tasks in {took}")
     else:
         console.print(f"[bold red]Failed[/] {name} after {took}: {result.message}")
+    _print_artifacts(console, [run_])
+    _print_records(console, records)
     _print_log_hint(console, args, failed=not result.is_successful())
 
 
@@ -103,6 +112,7 @@ def print_sweep(
     elapsed: float,
     code: int,
     out: IO[str],
+    records: Any = None,
 ) -> None:
     from dioptra_api.clock import format_duration
 
@@ -116,14 +126,19 @@ def print_sweep(
                     "phase": phase_name(r.result.is_successful()),
                     "message": r.result.message,
                     "results": r.results,
+                    **_artifact_document(r),
                 }
                 for r in runs
             ],
+            "sweep": summary,
         }
+        if getattr(records, "tracking", None) is not None:
+            fields["tracking"] = records.tracking
         if not succeeded:
-            fields["error"] = {"reason": "TaskFailed", "message": message}
+            fields["error"] = {"reason": failure_reason(runs), "message": message}
             _print_failure_line(args, f"{name}: {message}")
         _write_json(_document(args, name, phase_name(succeeded), code, message, elapsed, **fields))
+        _print_tracking_warning(records)
         return
     headline_names = list(
         dict.fromkeys(key for row in summary["points"] for key in row.get("results", {}))
@@ -140,6 +155,8 @@ def print_sweep(
     for run_ in runs:
         if not run_.result.is_successful():
             console.print(f"  {run_.point.label}: {run_.result.message}")
+    _print_artifacts(console, runs)
+    _print_records(console, records)
     _print_log_hint(console, args, failed=not succeeded)
 
 
@@ -163,6 +180,103 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# Kept outputs listed one per line at the end of a run (the JSON output lists them all).
+_ARTIFACT_LINES = 40
+
+
+def failure_reason(runs: list[PointRun]) -> str:
+    """Why runs that went to their end failed: the artifact store, or a task."""
+    from dioptra_api import Reason
+
+    from dioptra_runner.artifacts import StoreError
+
+    for run_ in runs:
+        for outcome in run_.result.failed_tasks:
+            if isinstance(outcome.error, StoreError):
+                return Reason.ARTIFACT_STORE_FAILED
+    return "TaskFailed"
+
+
+def _artifact_document(run_: PointRun) -> dict[str, Any]:
+    """The JSON output's ``artifacts`` (every kept output: no size limit here), the number of
+    cached tasks and the store's warnings."""
+    fields: dict[str, Any] = {}
+    if run_.artifacts:
+        fields["artifacts"] = [record.entry() for record in run_.artifacts]
+    cached = sum(1 for t in run_.result.tasks.values() if t.cached and t.state == COMPLETED)
+    if run_.artifacts or cached:
+        fields["tasksCached"] = cached
+    if run_.artifact_warnings:
+        fields["warnings"] = list(run_.artifact_warnings)
+    return fields
+
+
+def _print_artifacts(console: Any, runs: list[PointRun]) -> None:
+    """The kept outputs (task, object name, size, format), the cached count and the store's
+    warnings; one line each, so that a URI is never cut."""
+    from rich.markup import escape
+
+    records = [record for run_ in runs for record in run_.artifacts]
+    for warning in (w for run_ in runs for w in run_.artifact_warnings):
+        console.print(f"[yellow]warning[/] {escape(warning)}")
+    if not records:
+        return
+    store = records[0].uri.rpartition("/")[0]
+    console.print(f"artifacts in {store}/:", markup=False)
+    width = max(len(record.task) for record in records)
+    for record in records[:_ARTIFACT_LINES]:
+        name = record.uri.rpartition("/")[2] if record.uri.startswith(store) else record.uri
+        note = "  (cached)" if record.cached else ""
+        line = f"  {record.task:<{width}}  {name}  {_size(record.size):>9}  {record.format}{note}"
+        console.print(line, markup=False)
+    cached = sum(
+        1 for run_ in runs for t in run_.result.tasks.values() if t.cached and t.state == COMPLETED
+    )
+    if len(records) > _ARTIFACT_LINES:
+        left = len(records) - _ARTIFACT_LINES
+        console.print(f"  ... and {left} more (--output json lists them all)", markup=False)
+    total = sum(len(run_.result.tasks) for run_ in runs)
+    console.print(f"{cached} of {total} tasks cached; {len(records)} outputs kept")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
+
+
+def _print_records(console: Any, records: Any) -> None:
+    """Where the run was recorded: the sweep's plot, the MLflow run (or why tracking failed)."""
+    if records is None:
+        return
+    if records.plot is not None:
+        console.print(f"plot: {records.plot}", markup=False)
+    tracking = records.tracking
+    if not tracking:
+        return
+    if tracking.get("error"):
+        console.print(
+            f"warning: MLflow tracking failed: {tracking['error']}", markup=False, style="yellow"
+        )
+    if tracking.get("mlflowRunId"):
+        children = tracking.get("mlflowChildRunIds") or {}
+        more = f" (+{len(children)} point runs)" if children else ""
+        console.print(
+            f"mlflow: run {tracking['mlflowRunId']}{more} in experiment "
+            f"{tracking.get('mlflowExperimentId')} at {tracking['mlflowTrackingUri']}",
+            markup=False,
+        )
+
+
+def _print_tracking_warning(records: Any) -> None:
+    """JSON mode: the tracking failure also as a line for the person watching stderr."""
+    tracking = getattr(records, "tracking", None) or {}
+    if tracking.get("error"):
+        sys.stderr.write(f"dioptra run: warning: MLflow tracking failed: {tracking['error']}\n")
 
 
 def _print_log_hint(console: Any, args: argparse.Namespace, *, failed: bool) -> None:

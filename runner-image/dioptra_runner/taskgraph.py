@@ -13,6 +13,7 @@ The task graph is the no-Python entry point (DESIGN.md section 4)::
         retries: 2
         retryDelaySeconds: 1
         timeoutSeconds: 600
+        cache: true                            # reuse a stored output (README, "Cached tasks")
 
 Each step becomes one node of the same Flow a Python entry point records, so the runner,
 the progress view, retries, timeouts and ``maxParallelTasks`` work the same way. A
@@ -160,6 +161,7 @@ def _build(steps: list[Step], name: str, max_parallel_tasks: int | None) -> Flow
                 retries=step.retries,
                 retry_delay_seconds=step.retry_delay_seconds,
                 timeout_seconds=step.timeout_seconds,
+                cache=step.cache,
             ),
             name=step.name,
         )

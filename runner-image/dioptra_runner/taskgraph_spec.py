@@ -26,6 +26,7 @@ _STEP_FIELDS = (
     "retries",
     "retryDelaySeconds",
     "timeoutSeconds",
+    "cache",
 )
 _STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _TASK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){2,}")
@@ -47,6 +48,7 @@ class Step:
     retries: int = 0
     retry_delay_seconds: float = 0
     timeout_seconds: float | None = None
+    cache: bool = False
 
     @property
     def path(self) -> str:
@@ -163,6 +165,10 @@ def _parse_step(index: int, raw: Any, problems: list[str]) -> Step | None:
     step.retries = int(_number(raw, "retries", path, problems, integer=True, minimum=0) or 0)
     step.retry_delay_seconds = _number(raw, "retryDelaySeconds", path, problems, minimum=0) or 0
     step.timeout_seconds = _number(raw, "timeoutSeconds", path, problems, minimum=0, strict=True)
+    cache = raw.get("cache", False)
+    if not isinstance(cache, bool):
+        problems.append(f"{path}.cache: must be true or false, got {_kind(cache)}")
+    step.cache = cache is True
     return step if valid_name else None
 
 

@@ -91,12 +91,16 @@ TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # A stand-in for `dioptra run --in-cluster`, for tests about the operator's own behaviour
 # (restart, suspend, kill, delete) that must not depend on the runner: it sleeps for
-# $STAND_IN_SECONDS (default 30) and exits with $STAND_IN_EXIT (default 0).
+# $STAND_IN_SECONDS (default 30) and exits with $STAND_IN_EXIT (default 0); with
+# $STAND_IN_EXIT_INDEXES (comma-separated), only the Pods of those completion indexes of an
+# Indexed Job (a sweep's points) exit with it, the others with 0.
 STAND_IN_RUNNER: tuple[str, ...] = (
     sys.executable,
     "-c",
     "import os, sys, time; time.sleep(float(os.environ.get('STAND_IN_SECONDS', '30'))); "
-    "sys.exit(int(os.environ.get('STAND_IN_EXIT', '0')))",
+    "only = os.environ.get('STAND_IN_EXIT_INDEXES'); "
+    "mine = only is None or os.environ.get('JOB_COMPLETION_INDEX') in only.split(','); "
+    "sys.exit(int(os.environ.get('STAND_IN_EXIT', '0')) if mine else 0)",
 )
 
 _SERVICE_NAME = re.compile(
