@@ -245,6 +245,29 @@ def test_status_patch_keeps_the_runners_final_message_and_times() -> None:
     assert again == {}
 
 
+def test_the_failed_condition_takes_the_runners_reason_over_an_exit_code() -> None:
+    status = runner_said(P.FAILED, message="task b failed: ValueError", reason="TaskFailed")
+    observation = observe(
+        job(condition=("Failed", "BackoffLimitExceeded")),
+        [pod(init=state("terminated"), main=state("terminated", exitCode=1, reason="Error"))],
+    )
+    patch, _ = status_patch(status, observation, NOW)
+    failed = find_condition(patch["conditions"], C.FAILED)
+    assert failed is not None
+    assert (failed["reason"], failed["message"]) == ("TaskFailed", "task b failed: ValueError")
+
+
+def test_the_failed_condition_keeps_what_the_pod_shows_beyond_an_exit_code() -> None:
+    status = runner_said(P.FAILED, message="task b failed: MemoryError", reason="TaskFailed")
+    observation = observe(
+        job(condition=("Failed", "BackoffLimitExceeded")),
+        [pod(init=state("terminated"), main=state("terminated", exitCode=137, reason="OOMKilled"))],
+    )
+    patch, _ = status_patch(status, observation, NOW)
+    failed = find_condition(patch["conditions"], C.FAILED)
+    assert failed is not None and failed["reason"] == R.OOM_KILLED
+
+
 def test_the_runners_success_is_the_phase_before_the_job_completes() -> None:
     status = runner_said(P.SUCCEEDED, message="3 tasks completed", duration="42s")
     observation = observe(job(active=1), [pod(init=state("terminated"), main=state("running"))])

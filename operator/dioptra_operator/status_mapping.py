@@ -63,6 +63,12 @@ class Observation:
     start_time: str | None = None
     completion_time: str | None = None
     duration: str | None = None
+    reason: str | None = None  # the runner's own word for a failure (its account only)
+
+
+# What the Job alone can tell about a failed runner: its exit code. The runner's own reason
+# (TaskFailed, ArtifactStoreFailed, InvalidArtifact, ...) says more and replaces these.
+_GENERIC_FAILURES = frozenset({R.RUNNER_FAILED, R.BACKOFF_LIMIT_EXCEEDED})
 
 
 def _message(reason: str, detail: str | None = None) -> str:
@@ -396,6 +402,7 @@ def runner_account(status: Mapping[str, Any]) -> Observation | None:
         start_time=run.get("startTime"),
         completion_time=run.get("completionTime"),
         duration=run.get("duration"),
+        reason=run.get("reason"),
     )
 
 
@@ -416,7 +423,7 @@ def decide(observation: Observation, account: Observation | None) -> Observation
     if runner_leads:
         return Observation(
             phase=account.phase,
-            conditions=observation.conditions,
+            conditions=_with_runner_reason(observation.conditions, account),
             message=account.message,
             start_time=account.start_time or observation.start_time,
             completion_time=account.completion_time,
@@ -430,6 +437,19 @@ def decide(observation: Observation, account: Observation | None) -> Observation
         start_time=account.start_time or observation.start_time,
         completion_time=observation.completion_time,
     )
+
+
+def _with_runner_reason(conditions: list[Condition], account: Observation) -> list[Condition]:
+    """The Failed condition in the runner's words when the Job only knows an exit code."""
+    reason = account.reason
+    if account.phase != P.FAILED or not reason or not reason[:1].isupper() or not reason.isalnum():
+        return conditions
+    return [
+        {**cond, "reason": reason, "message": account.message or cond.get("message", "")}
+        if cond.get("type") == C.FAILED and cond.get("reason") in _GENERIC_FAILURES
+        else cond
+        for cond in conditions
+    ]
 
 
 # Negative conditions worth adding only once their positive twin has been seen.
@@ -471,10 +491,11 @@ def status_patch(
     progress are never named, so a merge patch keeps them); the runner's account in
     `status.run` is folded in by `decide`.
     """
+    decided = decide(observation, runner_account(status))
     conditions = list(status.get("conditions") or [])
     changed: list[Condition] = []
     generation = next((cond.get("observedGeneration") for cond in observation.conditions), None)
-    for new in [*observation.conditions, *tracking_conditions(status, generation)]:
+    for new in [*decided.conditions, *tracking_conditions(status, generation)]:
         if (
             new["type"] in _ONLY_AFTER_TRUE
             and new["status"] == "False"
@@ -487,7 +508,6 @@ def status_patch(
     patch: dict[str, Any] = {}
     if changed:
         patch["conditions"] = conditions
-    decided = decide(observation, runner_account(status))
     current = status.get("phase")
     phase = merge_phase(current, decided.phase)
     if phase != current:
