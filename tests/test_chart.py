@@ -411,7 +411,7 @@ def test_single_namespace_mode_grants_jobs_only_through_namespaced_roles(helm: H
         ("everything-set", ["lab-a", "lab-b"]),
     ],
 )
-def test_runners_may_only_patch_experiment_status(
+def test_runners_may_only_read_and_patch_experiment_status(
     helm: Helm, mode: str, namespaces: list[str]
 ) -> None:
     docs = render(helm, mode)
@@ -422,7 +422,7 @@ def test_runners_may_only_patch_experiment_status(
             {
                 "apiGroups": ["dioptra.dev"],
                 "resources": ["experiments/status"],
-                "verbs": ["patch"],
+                "verbs": ["get", "patch"],
             },
         ]
     runner_accounts = [

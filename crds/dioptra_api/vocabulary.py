@@ -182,6 +182,8 @@ class Reason:
     # The runner's `status.tracking.error`: MLflow could not record the run.
     MLFLOW_UNAVAILABLE: Final = "MlflowUnavailable"
     TRACKED: Final = "Tracked"
+    # A sweep's summary Job (its plot, its MLflow parent run) failed; the points' phase stands.
+    SWEEP_SUMMARY_FAILED: Final = "SweepSummaryFailed"
     # The runner's (status.run.reason): the artifact store could not be read or written.
     ARTIFACT_STORE_FAILED: Final = "ArtifactStoreFailed"
     # The runner's: an {artifact: <uri>} parameter names a missing or corrupt artifact.
@@ -225,6 +227,7 @@ MESSAGES: Final[dict[str, str]] = {
         "MLflow tracking failed; the run went on without it (status.tracking.error)"
     ),
     Reason.TRACKED: "The run was recorded in MLflow (status.tracking).",
+    Reason.SWEEP_SUMMARY_FAILED: "The sweep's summary Job {job} failed; the points' results stand",
     Reason.ARTIFACT_STORE_FAILED: "The artifact store could not be read or written",
     Reason.INVALID_ARTIFACT: "An artifact given as a parameter is missing or corrupt",
 }

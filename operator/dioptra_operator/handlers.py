@@ -24,6 +24,7 @@ from dioptra_operator.pod_watch import PodWatch
 from dioptra_operator.prometheus import PHASES_SEEN, RECONCILE_ERRORS
 from dioptra_operator.settings import Settings
 from dioptra_operator.status_mapping import pod_started
+from dioptra_operator.sweep_summary import is_summary
 
 RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
 # A refusal lasts until someone changes RBAC or policy: retried after 3, 6, 12... up to 30 s.
@@ -271,7 +272,7 @@ def job_changed(
     state = _state(memo)
     if type != "DELETED" and not body.status:
         return  # a Job nobody has started yet: ensure_job already recorded what it implies
-    if _is_sweep_job(body):
+    if _is_sweep_job(body) or is_summary(labels):
         _sync_sweep(state, namespace or "", labels[c.LABEL_EXPERIMENT], pods_by_job, logger)
         return
     job = None if type == "DELETED" else _job_essence(body)
@@ -295,9 +296,10 @@ def pod_changed(
     job_name = _owner_job(body)
     if job_name is None or jobs_by_name is None or pods_by_job is None:
         return
-    if c.LABEL_COMPLETION_INDEX in labels:
-        # A sweep point's Pod: its start and end tell which points run and why one failed;
-        # a Pod still waiting to start changes nothing the sweep's status says.
+    if c.LABEL_COMPLETION_INDEX in labels or is_summary(labels):
+        # A sweep point's Pod (or the sweep's summary Pod): its start and end tell which points
+        # run and why one failed; a Pod still waiting to start changes nothing the sweep's
+        # status says.
         if pod_started([body]) or body.status.get("phase") in ("Succeeded", "Failed"):
             state = _state(memo)
             experiment = labels[c.LABEL_EXPERIMENT]

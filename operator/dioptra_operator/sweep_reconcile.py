@@ -43,7 +43,7 @@ from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import post_condition_events
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import RUN_REPORT_FIELDS
+from dioptra_operator.status_mapping import RUN_REPORT_FIELDS, tracking_conditions
 from dioptra_operator.sweep_plan import (
     RECORD_FIELDS,
     changed_records,
@@ -51,6 +51,15 @@ from dioptra_operator.sweep_plan import (
     point_outcomes,
     point_records,
     sweep_status,
+)
+from dioptra_operator.sweep_summary import (
+    PLOT_FIELD,
+    SUMMARY_FIELD,
+    build_summary_job,
+    summary_failed_condition,
+    summary_job_name,
+    summary_record,
+    wants_summary_job,
 )
 
 C = c.ConditionType
@@ -60,9 +69,11 @@ P = c.Phase
 PodsFor = Callable[[str], list[dict[str, Any]]]
 
 # Conditions that describe one run; a new run starts without them.
-_PER_RUN = frozenset({C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED})
+_PER_RUN = frozenset(
+    {C.JOB_CREATED, C.STALLED, C.COMPLETE, C.FAILED, C.SUSPENDED, C.TRACKING_FAILED}
+)
 # Top-level fields of a run that a new run clears (a former run, plain or sweep, wrote some).
-_RUN_FIELDS = ("jobName", *RUN_REPORT_FIELDS, "sweepPoints")
+_RUN_FIELDS = ("jobName", *RUN_REPORT_FIELDS, "sweepPoints", "sweep")
 
 
 @dataclass(frozen=True)
@@ -139,9 +150,20 @@ def reconcile_sweep(
         outcomes = point_outcomes(points, run.job_name, entries)
         summary = sweep_status(points, outcomes, suspended=suspend)
         summary["sweep"].update(generation=run.run, specHash=run.spec_hash)
+        before = dict(status.get("sweep") or {}) if run.same_run else {}
+        record = _follow_summary(
+            experiment, settings, run, summary["phase"], before.get(SUMMARY_FIELD), pods_for, log
+        )
+        if record is not None:
+            summary["sweep"][SUMMARY_FIELD] = record
+        if before.get(PLOT_FIELD):
+            summary["sweep"][PLOT_FIELD] = before[PLOT_FIELD]  # the summary Pod's
         now = clock.now()
         kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
-        conditions, changed = _conditions(kept, summary, created, suspend, run.generation, now)
+        tracking = _tracking_condition(status, record, kept, run.generation)
+        conditions, changed = _conditions(
+            kept, summary, created, suspend, run.generation, now, tracking
+        )
         summary["jobName"] = run.job_name
         patch = _sweep_patch(status, summary, conditions, run.generation, job is not None, now)
         if changed_points:
@@ -175,6 +197,57 @@ def _start_run(
             desired["spec"]["completions"],
         )
     return job, created
+
+
+def _follow_summary(
+    experiment: dict[str, Any],
+    settings: Settings,
+    run: _SweepRun,
+    phase: str,
+    recorded: Mapping[str, Any] | None,
+    pods_for: PodsFor,
+    log: kopf.Logger,
+) -> dict[str, Any] | None:
+    """The run's `status.sweep.summary`, creating its summary Job when it is due (None: none).
+
+    `sweep_summary.wants_summary_job` decides; a 409 adopts the Job an earlier pass (or an
+    operator that restarted since) created. A recorded summary that finished is not read again.
+    """
+    meta = experiment["metadata"]
+    name = summary_job_name(meta["name"], run.run)
+    if wants_summary_job(phase, experiment.get("spec") or {}, settings, recorded, name):
+        desired = build_summary_job(experiment, settings, run.run)
+        kopf.adopt(desired, owner=kopf.Body(cast(kopf.RawBody, experiment)))
+        job, created = k8s.create_job(meta["namespace"], desired)
+        if created:
+            JOBS_CREATED.inc()
+            log.info("Created Job %s to summarize the sweep", name)
+        return summary_record(name, job, [], None)
+    if not recorded or recorded.get("job") != name:
+        return None
+    if recorded.get("phase") in P.TERMINAL:
+        return dict(recorded)
+    found = k8s.read_job(meta["namespace"], name)
+    return summary_record(name, found, pods_for(name), recorded)
+
+
+def _tracking_condition(
+    status: Mapping[str, Any],
+    record: Mapping[str, Any] | None,
+    conditions: list[Condition],
+    generation: int,
+) -> Condition | None:
+    """TrackingFailed: the summary Job's failure, else the runners' MLflow reports (the
+    summary's `status.tracking` and the points'); a False one only after a True one."""
+    failed = summary_failed_condition(record, generation)
+    if failed is not None:
+        return failed
+    found = tracking_conditions(status, generation)
+    if not found:
+        return None
+    if found[0]["status"] == "True" or find_condition(conditions, C.TRACKING_FAILED):
+        return found[0]
+    return None
 
 
 def _set_suspend(namespace: str, job: dict[str, Any], suspend: bool) -> dict[str, Any]:
@@ -232,6 +305,7 @@ def _conditions(
     suspend: bool,
     generation: int,
     now: str,
+    tracking: Condition | None = None,
 ) -> tuple[list[Condition], list[Condition]]:
     """The sweep's conditions after this pass, and those that changed (for Events)."""
 
@@ -252,4 +326,6 @@ def _conditions(
         wanted.append(cond(C.SUSPENDED, True, R.SUSPENDED, c.MESSAGES[R.SUSPENDED]))
     elif find_condition(conditions, C.SUSPENDED):
         wanted.append(cond(C.SUSPENDED, False, R.RESUMED, c.MESSAGES[R.RESUMED]))
+    if tracking is not None:
+        wanted.append(tracking)
     return set_conditions(conditions, wanted, now)

@@ -50,7 +50,25 @@ def _build_parser(arguments: Sequence[str]) -> argparse.ArgumentParser:
 
         add_run_arguments(run)
     _add_server_commands(commands)
+    _add_sweep_commands(commands, arguments)
     return parser
+
+
+def _add_sweep_commands(
+    commands: argparse._SubParsersAction[_Parser], arguments: Sequence[str]
+) -> None:
+    """``dioptra sweep summarize``: a sweep's plot and MLflow parent run, in its summary Job."""
+    sweep = commands.add_parser("sweep", help="a sweep run in the cluster: its summary")
+    sweep_commands = sweep.add_subparsers(dest="sweep_command", metavar="COMMAND")
+    sweep_commands.required = True
+    summarize = sweep_commands.add_parser(
+        "summarize",
+        help="draw the plot, keep it in the artifact store, open the MLflow parent run",
+    )
+    if arguments[:1] == ["sweep"]:
+        from dioptra_runner.sweep_summary import add_summarize_arguments
+
+        add_summarize_arguments(summarize)
 
 
 def _add_server_commands(commands: argparse._SubParsersAction[_Parser]) -> None:

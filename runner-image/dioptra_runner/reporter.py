@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from dioptra_api import (
     GROUP,
@@ -52,6 +52,7 @@ __all__ = [
     "StatusReporter",
     "StatusReporterError",
     "changed_fields",
+    "read_experiment",
     "to_json_value",
 ]
 
@@ -463,3 +464,40 @@ def _client_from_environment() -> kubernetes.client.ApiClient:
             config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
         )
     return kubernetes.client.ApiClient(configuration)
+
+
+def read_experiment(name: str, namespace: str, *, attempts: int = 3) -> dict[str, Any]:
+    """The Experiment as the API server has it now, status included (``dioptra sweep
+    summarize`` reads its points' reports from it).
+
+    Read through the status subresource, the one the runner's Role names (``get`` and
+    ``patch`` on ``experiments/status``). A server or network failure is retried a few times;
+    then, or for a refusal, StatusReporterError in one line, without credentials.
+    """
+    import kubernetes.client
+
+    try:
+        client = _client_from_environment()
+    except Exception as e:
+        raise StatusReporterError(f"no Kubernetes configuration ({_describe(e)})") from None
+    try:
+        api = kubernetes.client.CustomObjectsApi(client)
+        for attempt in range(max(1, attempts)):
+            try:
+                found = api.get_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=_CALL_TIMEOUT
+                )
+                return cast(dict[str, Any], found)
+            except Exception as e:
+                status = getattr(e, "status", None)
+                final = attempt + 1 >= max(1, attempts)
+                refused = isinstance(status, int) and 400 <= status < 500 and status != 429
+                if final or refused:
+                    raise StatusReporterError(
+                        f"cannot read Experiment {namespace}/{name}: {_describe(e)}"
+                    ) from None
+                time.sleep(min(_MAX_BACKOFF, _FIRST_BACKOFF * 2**attempt))
+        raise AssertionError("unreachable")
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()

@@ -45,6 +45,7 @@ __all__ = [
     "TrackedRun",
     "public_uri",
     "track_runs",
+    "track_sweep_parent",
     "tracking_uri",
 ]
 
@@ -463,3 +464,129 @@ def _describe(error: BaseException, uri: str) -> str:
     name = type(error).__name__
     line = f"{name}: {text}" if text else name
     return f"{line[:300]} (tracking URI {public_uri(uri)})"
+
+
+# -- a sweep run in the cluster: the parent run, opened by `dioptra sweep summarize` ------------
+
+
+def track_sweep_parent(
+    snapshot: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    children: Mapping[str, str],
+    *,
+    phase: str,
+    message: str,
+    sweep_points: int,
+    plot: tuple[str, bytes] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """The parent run of a sweep whose points ran in their own Pods; ``status.tracking``.
+
+    ``snapshot`` is the Pod's ``DIOPTRA_EXPERIMENT``; ``children`` the points' MLflow runs by
+    point key (``status.sweepPoints.<key>.tracking.mlflowRunId``), which become the parent's
+    children (tag ``mlflow.parentRunId``); ``plot`` is ``(file name, PNG bytes)``, logged as
+    ``plots/<file name>``. None when tracking is off; never raises (``error`` says why).
+    """
+    env = environ if environ is not None else os.environ
+    uri = tracking_uri(env)
+    if uri is None:
+        return None
+
+    def work() -> dict[str, Any]:
+        return _log_parent(
+            uri, snapshot, parameters, children, phase, message, sweep_points, plot, env
+        )
+
+    return _bounded(uri, env, work)
+
+
+def _bounded(uri: str, env: Mapping[str, str], work: Any) -> dict[str, Any]:
+    """``status.tracking`` from ``work()`` run in a thread for at most the tracking timeout."""
+    status: dict[str, Any] = {"mlflowTrackingUri": public_uri(uri)}
+    try:
+        timeout = float(env.get(TIMEOUT_ENV) or 60)
+    except ValueError:
+        timeout = 60.0
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome.update(work())
+        except BaseException as error:  # reported below, never raised
+            outcome["error"] = _describe(error, uri)
+            outcome.update(getattr(error, "dioptra_partial", {}))
+
+    worker = threading.Thread(target=run, name="dioptra-mlflow", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        outcome = {"error": f"MLflow did not answer within {timeout:g} s"}
+    status.update(outcome)
+    if "error" in status:
+        _LOG.warning("MLflow tracking failed: %s", status["error"])
+    return status
+
+
+def _log_parent(
+    uri: str,
+    snapshot: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    children: Mapping[str, str],
+    phase: str,
+    message: str,
+    sweep_points: int,
+    plot: tuple[str, bytes] | None,
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    for name, value in _MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    import tempfile
+    import types
+    import warnings
+
+    meta = snapshot.get("metadata") or {}
+    experiment = types.SimpleNamespace(
+        name=str(meta.get("name") or ""),
+        namespace=meta.get("namespace"),
+        generation=meta.get("generation"),
+        spec=dict(snapshot.get("spec") or {}),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, _experiment_name(experiment))
+        status: dict[str, Any] = {"mlflowExperimentId": experiment_id}
+        swept = [name.removeprefix("sweep.") for name in parameters if name.startswith("sweep.")]
+        tags = {
+            **_base_tags(experiment, None, env),
+            "dioptra.sweep.parameters": ",".join(swept),
+            "dioptra.sweep.points": str(sweep_points),
+        }
+        with tempfile.TemporaryDirectory(prefix="dioptra-plot-") as folder:
+            artifacts: dict[str, Path] = {}
+            if plot is not None:
+                local = Path(folder) / plot[0]
+                local.write_bytes(plot[1])
+                artifacts[f"plots/{plot[0]}"] = local
+            parent = TrackedRun(
+                name=experiment.name,
+                parameters=dict(parameters),
+                results={"sweep": {"points": sweep_points, "children": dict(children)}},
+                phase=phase,
+                message=message,
+                tags=tags,
+                artifacts=artifacts,
+            )
+            parent_id = _start_run(client, experiment_id, parent, parent=None)
+            status["mlflowRunId"] = parent_id
+            try:
+                for run_id in children.values():
+                    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+                status["mlflowChildRunIds"] = dict(children)
+                _finish_run(client, parent_id, parent, _experiment_yaml(experiment))
+            except Exception as error:
+                error.dioptra_partial = status  # type: ignore[attr-defined]
+                raise
+        return status
