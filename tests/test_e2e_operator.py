@@ -503,3 +503,32 @@ def test_a_refused_job_shows_on_the_experiment_with_the_servers_reason(
         assert jobs_of(cluster, "refused") == []
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    "name, sweep",
+    [("cached", None), ("cached-sweep", {"grid": {"epsilon": [0.1, 0.2]}, "maxConcurrent": 2})],
+)
+def test_caching_without_an_artifact_store_runs_with_a_warning_that_names_the_fix(
+    cluster: Cluster,
+    operator_process: OperatorProcess,
+    quick_stand_in: StandInKubelet,
+    name: str,
+    sweep: dict[str, Any] | None,
+) -> None:
+    spec: dict[str, Any] = {"cache": True, **({"sweep": sweep} if sweep else {})}
+    cluster.create(experiment(name, **spec))
+    accepted = wait_until(
+        lambda: (
+            (cond := maybe_condition(cluster, name, c.ConditionType.ACCEPTED))
+            and cond["reason"] == c.Reason.CACHE_NOT_KEPT
+            and cond
+        ),
+        what="the cache warning on the Experiment",
+    )
+    assert accepted["status"] == "True"
+    assert "spec.artifacts.store" in accepted["message"]
+    (warning, *_) = wait_until(lambda: events_for(cluster, name, c.Reason.CACHE_NOT_KEPT))
+    assert (warning["type"], warning["message"]) == ("Warning", accepted["message"])
+    wait_phase(cluster, name, c.Phase.SUCCEEDED)  # the run itself goes on
+    assert len(events_for(cluster, name, c.Reason.CACHE_NOT_KEPT)) == 1

@@ -179,3 +179,35 @@ def test_an_unreachable_store_fails_the_run_naming_the_store_not_the_credentials
     log = Path(document["log"]).read_text()
     for text in (done.stdout, done.stderr, log):
         assert "hidden-secret" not in text and "AKIDHIDDEN" not in text
+
+
+def _setup_for(spec: dict[str, Any], cached_step: bool, tmp_path: Path) -> Any:
+    from types import SimpleNamespace
+
+    from dioptra_runner.execution import _artifact_setup
+
+    flow = SimpleNamespace(tasks=[SimpleNamespace(options=SimpleNamespace(cache=cached_step))])
+    args = SimpleNamespace(in_cluster=True, cache_dir=tmp_path / "cache", plugin_cache=None)
+    return _artifact_setup(SimpleNamespace(spec=spec), flow, args)  # type: ignore[arg-type]
+
+
+def test_a_pod_caching_a_task_without_a_store_warns_that_its_outputs_stay_in_the_pod(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin's call_task(cache=True) is invisible to the operator: the runner says it.
+    monkeypatch.delenv("DIOPTRA_ARTIFACT_STORE", raising=False)
+    with caplog.at_level("WARNING", logger="dioptra.run"):
+        setup = _setup_for({}, cached_step=True, tmp_path=tmp_path)
+    assert setup.store is not None  # the run still caches, in the pod's own folder
+    [warning] = [r.getMessage() for r in caplog.records if "artifact store" in r.getMessage()]
+    assert "stay in this pod" in warning and "spec.artifacts.store" in warning
+
+
+def test_a_pod_caching_into_a_named_store_does_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DIOPTRA_ARTIFACT_STORE", raising=False)
+    spec = {"cache": True, "artifacts": {"store": str(tmp_path / "store")}}
+    with caplog.at_level("WARNING", logger="dioptra.run"):
+        _setup_for(spec, cached_step=False, tmp_path=tmp_path)
+    assert not [r for r in caplog.records if "stay in this pod" in r.getMessage()]

@@ -48,6 +48,7 @@ __all__ = [
     "TMP_DIR",
     "TRACKING_STATUS",
     "VERSION",
+    "WARNING_REASONS",
     "WARNING_WHEN_FALSE",
     "WARNING_WHEN_TRUE",
     "ConditionType",
@@ -156,6 +157,8 @@ class Reason:
     """CamelCase reasons; each is used as the condition reason and the Event reason."""
 
     SPEC_ACCEPTED: Final = "SpecAccepted"
+    # Accepted, but cached task outputs would stay in the pod: no artifact store is named.
+    CACHE_NOT_KEPT: Final = "CacheNotKept"
     INVALID_SPEC: Final = "InvalidSpec"
     JOB_CREATED: Final = "JobCreated"
     JOB_ADOPTED: Final = "JobAdopted"
@@ -193,6 +196,11 @@ class Reason:
 # Default human messages for each reason; callers may append specifics (never credentials).
 MESSAGES: Final[dict[str, str]] = {
     Reason.SPEC_ACCEPTED: "The spec is valid.",
+    Reason.CACHE_NOT_KEPT: (
+        "The spec is valid, but its tasks are cached with no artifact store "
+        "(spec.artifacts.store, or the chart's artifacts.store): cached outputs stay in the "
+        "pod and no later run or other sweep point reuses them"
+    ),
     Reason.INVALID_SPEC: "The spec is invalid",
     Reason.JOB_CREATED: "Created Job {job}.",
     Reason.JOB_ADOPTED: "Job {job} already existed and was adopted.",
@@ -236,6 +244,8 @@ MESSAGES: Final[dict[str, str]] = {
 WARNING_WHEN_TRUE: Final = frozenset(
     {ConditionType.FAILED, ConditionType.STALLED, ConditionType.TRACKING_FAILED}
 )
+# Reasons that are bad news whatever their condition's status (a True Accepted that warns).
+WARNING_REASONS: Final = frozenset({Reason.CACHE_NOT_KEPT})
 # Conditions whose False status is bad news.
 WARNING_WHEN_FALSE: Final = frozenset(
     {ConditionType.ACCEPTED, ConditionType.JOB_CREATED, ConditionType.PLUGINS_SYNCED}

@@ -16,6 +16,7 @@ from dioptra_api import clock
 from dioptra_api.conditions import Condition, make_condition, set_condition, set_conditions
 
 from dioptra_operator import k8s
+from dioptra_operator.acceptance import accepted_condition
 from dioptra_operator.job_builder import InvalidSpecError, build_job
 from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
@@ -78,20 +79,23 @@ def post_condition_events(
     """One Event per condition that changed, reusing its reason and message.
 
     A spec becoming accepted is the normal case and says nothing `JobCreated` does not, so
-    it gets no Event of its own (one less API call per Experiment in a burst). Two conditions
+    it gets no Event of its own (one less API call per Experiment in a burst), unless it was
+    accepted with a warning (CacheNotKept). Two conditions
     telling the same news (PluginsSynced=False, then Failed, both PluginSyncFailed with the
     same message) make one Event: news already told, here or before `changed`, is skipped.
     """
     told = {(cond.get("reason"), cond.get("message")) for cond in before}
     for cond in changed:
-        if cond["type"] == C.ACCEPTED and cond["status"] == "True":
+        if cond["type"] == C.ACCEPTED and cond.get("reason") == R.SPEC_ACCEPTED:
             continue
         news = (cond.get("reason"), cond.get("message"))
         if news in told:
             continue
         told.add(news)
-        bad = (cond["status"] == "True" and cond["type"] in c.WARNING_WHEN_TRUE) or (
-            cond["status"] == "False" and cond["type"] in c.WARNING_WHEN_FALSE
+        bad = (
+            (cond["status"] == "True" and cond["type"] in c.WARNING_WHEN_TRUE)
+            or (cond["status"] == "False" and cond["type"] in c.WARNING_WHEN_FALSE)
+            or cond.get("reason") in c.WARNING_REASONS
         )
         k8s.post_event(
             experiment, "Warning" if bad else "Normal", cond["reason"], cond.get("message", "")
@@ -215,8 +219,9 @@ def ensure_job(
                     cond for cond in conditions if cond.get("type") not in _PER_RUN_CONDITIONS
                 ]
         now = clock.now()
+        accepted = accepted_condition(experiment.get("spec") or {}, settings, generation)
         conditions, changed = _accepted_conditions(
-            conditions, generation, created_reason, desired_name, now
+            conditions, generation, accepted, created_reason, desired_name, now
         )
         base["conditions"] = conditions
         status = _apply(status, base)
@@ -264,14 +269,13 @@ def _start_job(
 def _accepted_conditions(
     conditions: list[Condition],
     generation: int,
+    accepted: Condition,
     created_reason: str | None,
     job_name: str,
     now: str,
 ) -> tuple[list[Condition], list[Condition]]:
     """Accepted (and JobCreated when a Job was just created or adopted) merged in."""
-    wanted = [
-        make_condition(C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED], generation)
-    ]
+    wanted = [accepted]
     if created_reason:
         message = c.MESSAGES[created_reason].format(job=job_name)
         wanted.append(make_condition(C.JOB_CREATED, True, created_reason, message, generation))

@@ -32,6 +32,7 @@ from dioptra_api.conditions import (
 )
 
 from dioptra_operator import k8s
+from dioptra_operator.acceptance import accepted_condition
 from dioptra_operator.job_builder import (
     build_job,
     job_name,
@@ -161,8 +162,9 @@ def reconcile_sweep(
         now = clock.now()
         kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
         tracking = _tracking_condition(status, record, kept, run.generation)
+        accepted = accepted_condition(experiment.get("spec") or {}, settings, run.generation)
         conditions, changed = _conditions(
-            kept, summary, created, suspend, run.generation, now, tracking
+            kept, summary, created, suspend, run.generation, now, accepted, tracking
         )
         summary["jobName"] = run.job_name
         patch = _sweep_patch(status, summary, conditions, run.generation, job is not None, now)
@@ -305,6 +307,7 @@ def _conditions(
     suspend: bool,
     generation: int,
     now: str,
+    accepted: Condition,
     tracking: Condition | None = None,
 ) -> tuple[list[Condition], list[Condition]]:
     """The sweep's conditions after this pass, and those that changed (for Events)."""
@@ -313,7 +316,7 @@ def _conditions(
         return make_condition(type_, ok, reason, message, generation)
 
     phase = summary["phase"]
-    wanted = [cond(C.ACCEPTED, True, R.SPEC_ACCEPTED, c.MESSAGES[R.SPEC_ACCEPTED])]
+    wanted = [accepted]
     wanted.extend(
         cond(C.JOB_CREATED, True, R.JOB_CREATED, c.MESSAGES[R.JOB_CREATED].format(job=job))
         for job in created

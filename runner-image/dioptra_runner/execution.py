@@ -253,6 +253,13 @@ def _artifact_setup(experiment: Any, flow: Any, args: argparse.Namespace) -> Any
         setup.open(cached_tasks=cached)
     except StoreError as error:
         raise RunAborted(str(error), EXIT_INVALID, "ArtifactStoreFailed") from None
+    if cached and setup.configured is None and getattr(args, "in_cluster", False):
+        # The operator warns of spec.cache (CacheNotKept); a plugin's call_task(cache=True)
+        # is only visible here.
+        _LOG.warning(
+            "cached tasks with no artifact store (spec.artifacts.store, or the chart's "
+            "artifacts.store): their outputs stay in this pod and no later run reuses them"
+        )
     return setup
 
 
