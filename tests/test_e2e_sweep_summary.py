@@ -16,6 +16,7 @@ import dioptra_api as c
 import pytest
 from dioptra_api.conditions import find_condition
 from support.cluster import ChartRbac, Cluster, operator_running
+from support.controlplane import free_port
 from support.kubelet import StandInKubelet
 from support.mlflow import MlflowServer
 from support.s3 import S3Server
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 __all__ = ["builtins_bucket"]  # the fixture, imported for its use below
 
 P = c.Phase
+TRACKING_FAILED = c.ConditionType.TRACKING_FAILED
 NAME = "random-integer"
 
 
@@ -93,3 +95,45 @@ def test_a_finished_sweep_gets_one_summary_with_its_plot_and_an_mlflow_parent_ru
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
     assert artifacts == [f"plots/{NAME}.png"]
     assert plot["mlflowArtifactUri"] == f"runs:/{parent.info.run_id}/plots/{NAME}.png"
+
+
+def test_an_unreachable_mlflow_fails_only_the_summary_and_the_sweep_still_succeeds(
+    cluster: Cluster,
+    chart_rbac: ChartRbac,
+    prefect_api_url: str,
+    kubelet: StandInKubelet,
+    s3_server: S3Server,
+    builtins_bucket: str,
+    tmp_path: Path,
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {"DIOPTRA_PREFECT_API_URL": prefect_api_url, "DIOPTRA_MLFLOW_TRACKING_URI": nobody}
+    manifest = example(NAME, builtins_bucket, s3_server.endpoint_url)
+    manifest["spec"]["sweep"] = {"grid": {"high": [10, 20]}, "maxConcurrent": 2}
+    with operator_running(chart_rbac, env, tmp_path):
+        cluster.create(manifest)
+        found = cluster.wait_for(
+            "experiments", NAME, summary_done, timeout=200, what="the sweep's summary"
+        )
+        # The summary's failure reaches the condition in the operator's next pass.
+        final = cluster.wait_for(
+            "experiments",
+            NAME,
+            lambda e: (
+                (cond := find_condition((e or {})["status"].get("conditions"), TRACKING_FAILED))
+                is not None
+                and cond["reason"] == c.Reason.SWEEP_SUMMARY_FAILED
+            ),
+            timeout=30,
+            what="TrackingFailed from the summary",
+        )["status"]
+    logs = kubelet.logs_in(cluster.namespace)
+
+    assert found["status"]["sweep"]["summary"]["phase"] == P.FAILED, logs
+    assert final["phase"] == P.SUCCEEDED, (final.get("message"), logs)
+    assert final["progress"] == "2/2"
+    condition = find_condition(final["conditions"], TRACKING_FAILED)
+    assert condition is not None and condition["status"] == "True"
+    assert f"{NAME}-g1-summary" in condition["message"]
+    assert "MLflow" in condition["message"] and "Traceback" not in condition["message"]
+    assert "plot" not in final["sweep"]  # no store and no MLflow: the picture had nowhere to go

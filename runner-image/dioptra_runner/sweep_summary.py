@@ -228,10 +228,17 @@ class Summary:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def kept_plot(self) -> PlotRecord | None:
+        """The plot, if it was kept somewhere (a picture with no home goes unreported)."""
+        if self.plot is None or not (self.plot.uri or self.plot.mlflow_artifact_uri):
+            return None
+        return self.plot
+
     def status(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}
-        if self.plot is not None:
-            fields["sweep"] = {"plot": self.plot.status()}
+        if self.kept_plot is not None:
+            fields["sweep"] = {"plot": self.kept_plot.status()}
         if self.tracking is not None:
             fields[TRACKING_STATUS] = self.tracking
         return fields
@@ -371,8 +378,9 @@ def summarize_command(args: argparse.Namespace) -> int:
         sender.update(**fields)
         sender.close(timeout=15)
     out = sys.stdout
-    if summary.plot is not None:
-        out.write(f"plot: {summary.plot.status().get('uri')} (sha256 {summary.plot.sha256})\n")
+    if summary.kept_plot is not None:
+        plot = summary.kept_plot
+        out.write(f"plot: {plot.status().get('uri')} (sha256 {plot.sha256})\n")
     if summary.tracking and summary.tracking.get("mlflowRunId"):
         children = len(summary.tracking.get("mlflowChildRunIds") or {})
         out.write(
