@@ -11,7 +11,7 @@ import pytest
 from dioptra.graph import COMPLETED, FAILED, FlowRunResult
 from dioptra_api.sweep import expand_sweep
 from dioptra_runner.execution import PointRun
-from dioptra_runner.sweep_plot import render_sweep_plot, sweep_plot_points
+from dioptra_runner.sweep_plot import plot_title, render_sweep_plot, sweep_plot_points
 from support.records import DIOPTRA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,3 +114,11 @@ def test_string_values_are_evenly_spaced_labels() -> None:
 
     assert png is not None
     assert png_size(png)[0] > 0
+
+
+def test_a_long_title_is_wrapped_to_the_figures_width_and_a_short_one_is_not() -> None:
+    what = "clean_accuracy, adversarial_accuracy, defended_accuracy"
+    wrapped = plot_title("epsilon-sweep", what, "epsilon", 8)
+    assert wrapped.replace("\n", " ") == f"epsilon-sweep: {what} against epsilon"
+    assert max(len(line) for line in wrapped.splitlines()) <= 72 < len(wrapped)
+    assert plot_title("grid", "accuracy", "epsilon", 8) == "grid: accuracy against epsilon"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,17 @@ def render_sweep_plot(
     for axes in axes_list[len(panels) :]:
         axes.set_visible(False)
     what = ", ".join(metrics) if len(metrics) <= 3 else f"{len(metrics)} metrics"
-    figure.suptitle(f"{experiment_name}: {what} against {x_name}", fontsize=13)
+    title = plot_title(experiment_name, what, x_name, figure.get_figwidth())
+    figure.suptitle(title, fontsize=13)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def plot_title(experiment_name: str, what: str, x_name: str, inches: float) -> str:
+    """The figure's title, wrapped to its width (about 9 characters of 13 pt per inch): a long
+    one would otherwise run off both edges of the picture."""
+    return textwrap.fill(f"{experiment_name}: {what} against {x_name}", width=int(9 * inches))
 
 
 def _line(
