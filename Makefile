@@ -72,7 +72,7 @@ demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python examples/demo.py
 
 # Benchmarks print tables side by side with competing tools; see bench/README.md.
-BENCHES := bench_flow_overhead bench_cold_start bench_pod_start bench_sync bench_operator bench_taskgraph bench_sweep_scale bench_cache
+BENCHES := bench_flow_overhead bench_cold_start bench_pod_start bench_sync bench_operator bench_taskgraph bench_sweep_scale bench_cache bench_demo
 bench: venv tools image-tier
 	for b in $(BENCHES); do PATH="$(TEST_PATH)" $(BIN)/python bench/$$b.py || exit 1; done
 
