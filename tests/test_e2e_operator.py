@@ -532,3 +532,74 @@ def test_caching_without_an_artifact_store_runs_with_a_warning_that_names_the_fi
     assert (warning["type"], warning["message"]) == ("Warning", accepted["message"])
     wait_phase(cluster, name, c.Phase.SUCCEEDED)  # the run itself goes on
     assert len(events_for(cluster, name, c.Reason.CACHE_NOT_KEPT)) == 1
+
+
+SWEEP = {"grid": {"epsilon": [0.1, 0.2]}, "maxConcurrent": 2}
+
+
+def test_a_sweep_without_its_service_account_is_stalled_until_the_account_exists(
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
+) -> None:
+    cluster.create(experiment("sweep-nobody", serviceAccountName="late-runner", sweep=SWEEP))
+    stalled = wait_until(
+        lambda: maybe_condition(cluster, "sweep-nobody", c.ConditionType.STALLED),
+        timeout=60,
+        what="a Stalled condition on the sweep",
+    )
+    assert (stalled["status"], stalled["reason"]) == ("True", c.Reason.SERVICE_ACCOUNT_NOT_FOUND)
+    assert "kubectl create serviceaccount late-runner" in stalled["message"]
+    current = status(cluster, "sweep-nobody")
+    assert (current["phase"], current["message"]) == (c.Phase.PENDING, stalled["message"])
+    (warning, *_) = wait_until(
+        lambda: events_for(cluster, "sweep-nobody", c.Reason.SERVICE_ACCOUNT_NOT_FOUND)
+    )
+    assert warning["type"] == "Warning"
+
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "late-runner"}}
+    cluster.create(account)
+    final = wait_phase(cluster, "sweep-nobody", c.Phase.SUCCEEDED, timeout=60)
+    cleared = condition(cluster, "sweep-nobody", c.ConditionType.STALLED)
+    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
+    assert final["message"] == "All 2 sweep points succeeded."
+
+
+def test_a_sweep_whose_points_need_a_missing_secret_is_stalled_naming_the_point(
+    cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
+) -> None:
+    needs_secret = {
+        "env": [
+            {
+                "name": "TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "lab-token", "key": "token"}},
+            }
+        ]
+    }
+    cluster.create(experiment("sweep-secret", runner=needs_secret, sweep=SWEEP))
+    stalled = wait_until(
+        lambda: (
+            (cond := maybe_condition(cluster, "sweep-secret", c.ConditionType.STALLED))
+            and cond["status"] == "True"
+            and cond
+        ),
+        timeout=60,
+        what="the sweep Stalled on its Secret",
+    )
+    assert stalled["reason"] == c.Reason.SECRET_NOT_FOUND
+    assert "point 0: " in stalled["message"] and "lab-token" in stalled["message"]
+    assert status(cluster, "sweep-secret")["phase"] == c.Phase.PENDING
+    (warning, *_) = wait_until(
+        lambda: events_for(cluster, "sweep-secret", c.Reason.SECRET_NOT_FOUND)
+    )
+    assert warning["type"] == "Warning"
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "lab-token"},
+        "stringData": {"token": "not-a-real-token"},
+    }
+    cluster.create(secret)
+    final = wait_phase(cluster, "sweep-secret", c.Phase.SUCCEEDED, timeout=60)
+    cleared = condition(cluster, "sweep-secret", c.ConditionType.STALLED)
+    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
+    assert final["message"] == "All 2 sweep points succeeded."

@@ -25,6 +25,7 @@ from dioptra_operator.sweep_plan import (
     parse_index_set,
     point_outcome,
     point_records,
+    stalled_condition,
     sweep_phase,
     sweep_status,
 )
@@ -369,3 +370,37 @@ def test_a_failed_sweeps_message_counts_the_failed_points_and_quotes_the_first()
 
 def test_a_running_sweep_writes_no_message() -> None:
     assert "message" not in sweep_status(points(), outcomes(P.RUNNING, P.PENDING, P.PENDING))
+
+
+# -- why a sweep waits: its Stalled condition ------------------------------------------------------
+
+PULL = {"waiting": {"reason": "ImagePullBackOff", "message": "no such image lab/runner:9"}}
+
+
+def test_a_point_waiting_on_its_image_stalls_the_sweep_naming_the_first_such_point() -> None:
+    pods = [pod(2, "Pending", **PULL), pod(1, "Pending", **PULL), pod(0)]
+    stalled = stalled_condition(pods, [], 2)
+    assert stalled is not None
+    assert (stalled["status"], stalled["reason"]) == ("True", c.Reason.IMAGE_PULL_FAILED)
+    assert "point 1: runner: no such image lab/runner:9" in stalled["message"]
+    assert stalled["message"].endswith("(and 1 more points)")
+    assert stalled["observedGeneration"] == 2
+
+
+def test_pods_without_a_problem_say_nothing_until_a_stall_was_reported() -> None:
+    creating = {"waiting": {"reason": "ContainerCreating"}}
+    assert stalled_condition([pod(0, "Pending", **creating)], [], 2) is None
+    assert stalled_condition([], [], 2) is None
+
+
+def test_a_reported_stall_clears_once_pods_exist_without_a_problem() -> None:
+    before = [{"type": c.ConditionType.STALLED, "status": "True", "reason": "X", "message": "m"}]
+    assert stalled_condition([], before, 2) is None  # still no Pod: the reason stands
+    cleared = stalled_condition([pod(0)], before, 2)
+    assert cleared is not None
+    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
+
+
+def test_an_ended_pod_never_stalls_the_sweep() -> None:
+    ended = pod(0, "Failed", **PULL)
+    assert stalled_condition([ended], [], 2) is None

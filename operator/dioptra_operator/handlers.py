@@ -23,7 +23,7 @@ from dioptra_operator.memory import ExperimentMemory, OperatorState
 from dioptra_operator.pod_watch import PodWatch
 from dioptra_operator.prometheus import PHASES_SEEN, RECONCILE_ERRORS
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import pod_started
+from dioptra_operator.status_mapping import pod_started, waiting_problem
 from dioptra_operator.sweep_summary import is_summary
 
 RETRY_DELAY = 3  # seconds; a flaky API server or network is usually back by then
@@ -212,13 +212,9 @@ def _logged(logger: kopf.Logger, what: str) -> Iterator[None]:
         logger.warning("%s failed: %s", what, exc)
 
 
-def _waiting_for_its_pod(status: kopf.Status, spec: kopf.Spec) -> bool:
-    """A plain Experiment whose Job exists but which nothing has seen start yet."""
-    return (
-        not spec.get("sweep")
-        and status.get("phase") == c.Phase.PENDING
-        and bool(status.get("jobName"))
-    )
+def _waiting_for_its_pod(status: kopf.Status) -> bool:
+    """An Experiment (a plain run or a sweep) whose Job exists but nothing has seen start."""
+    return status.get("phase") == c.Phase.PENDING and bool(status.get("jobName"))
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
@@ -245,7 +241,7 @@ def experiment_seen(
     PHASES_SEEN.observe(namespace, name, status.get("phase"))
     if watch is None:
         return
-    if _waiting_for_its_pod(status, spec):
+    if _waiting_for_its_pod(status):
         watch.start_once()
         job = str(status["jobName"])
         watch.waiting(
@@ -298,9 +294,13 @@ def pod_changed(
         return
     if c.LABEL_COMPLETION_INDEX in labels or is_summary(labels):
         # A sweep point's Pod (or the sweep's summary Pod): its start and end tell which points
-        # run and why one failed; a Pod still waiting to start changes nothing the sweep's
-        # status says.
-        if pod_started([body]) or body.status.get("phase") in ("Succeeded", "Failed"):
+        # run and why one failed, and a Pod that waits on a problem (an image pull, a missing
+        # Secret) why the sweep is Stalled; a Pod simply not started yet changes nothing.
+        if (
+            pod_started([body])
+            or body.status.get("phase") in ("Succeeded", "Failed")
+            or waiting_problem(dict(body)) is not None
+        ):
             state = _state(memo)
             experiment = labels[c.LABEL_EXPERIMENT]
             _sync_sweep(state, namespace or "", experiment, pods_by_job, logger)

@@ -99,7 +99,7 @@ def _statuses(pod: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return list((pod.get("status") or {}).get(key) or [])
 
 
-def _waiting_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+def waiting_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, detail) when a container waits on something that will not fix itself soon."""
     for status in _statuses(pod, "initContainerStatuses") + _statuses(pod, "containerStatuses"):
         waiting = (status.get("state") or {}).get("waiting") or {}
@@ -185,7 +185,7 @@ def _failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str
         stopped = _sidecar_stop(pod)
         if stopped:
             return R.PREFECT_API_FAILED, _exit_detail(stopped)
-        problem = _waiting_problem(pod)
+        problem = waiting_problem(pod)
         if problem:
             return problem
     for pod in pods:
@@ -295,7 +295,7 @@ def _in_progress(
     resumed = [] if suspended else [cond(C.SUSPENDED, False, R.RESUMED)]
     if pod is None:
         return Observation(phase=P.PENDING, conditions=resumed)
-    problem = _waiting_problem(pod)
+    problem = waiting_problem(pod)
     if problem:
         reason, detail = problem
         return Observation(

@@ -8,7 +8,8 @@ points; the operator only reads where each stands:
 - the Job's `status.completedIndexes` / `status.failedIndexes` (the compressed "0-3,7" form,
   `parse_index_set`) say which points are done;
 - the Pods, labelled with their completion index, say which points run (a container started)
-  and explain a failed point (OOMKilled, a failed plugin sync: `status_mapping`'s evidence);
+  and explain a failed point (OOMKilled, a failed plugin sync: `status_mapping`'s evidence)
+  or a sweep that cannot start (`stalled_condition`: an image pull, a missing Secret);
 - a Job that failed as a whole (its deadline passed) fails the points it had not finished.
 
 `status.sweepPoints.<key>` holds two writers' fields side by side: the point's runner writes
@@ -23,12 +24,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dioptra_api as c
+from dioptra_api.conditions import Condition, find_condition, make_condition
 from dioptra_api.sweep import SweepPoint, summarize_points
 
-from dioptra_operator.status_mapping import failure_message, pod_started
+from dioptra_operator.status_mapping import failure_message, pod_started, waiting_problem
 
 P = c.Phase
 R = c.Reason
+C = c.ConditionType
 
 _DONE = frozenset({P.SUCCEEDED, P.FAILED})
 _POD_ENDED = frozenset({"Succeeded", "Failed"})
@@ -240,3 +243,46 @@ def sweep_status(
         if first:
             status["message"] += f"; first: {str(first).splitlines()[0][:200]}"
     return status
+
+
+def _index(pod: Mapping[str, Any]) -> int:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(labels.get(c.LABEL_COMPLETION_INDEX, -1))
+    except ValueError:
+        return -1
+
+
+def stalled_condition(
+    pods: Sequence[Mapping[str, Any]],
+    conditions: Sequence[Condition],
+    generation: int | None,
+) -> Condition | None:
+    """The sweep's Stalled condition from its Pods: never a silent Pending for a sweep either.
+
+    True while a point's Pod waits on something that will not fix itself (an image that cannot
+    be pulled, a missing Secret, a bad container config: `status_mapping.waiting_problem`),
+    naming the first such point; points share their Pod template, so one usually stands for
+    all. False (ContainersStarted) once Pods exist and none waits on a problem, only after a
+    True one (which may also come from the Job controller's FailedCreate Events, recorded by
+    `reconcile.explain_missing_pod`). None: nothing to say.
+    """
+    stuck = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in _POD_ENDED:
+            continue
+        problem = waiting_problem(dict(pod))
+        if problem is not None:
+            stuck.append((_index(pod), problem))
+    if stuck:
+        stuck.sort(key=lambda item: item[0])
+        index, (reason, detail) = stuck[0]
+        more = f" (and {len(stuck) - 1} more points)" if len(stuck) > 1 else ""
+        message = f"{c.MESSAGES[reason]}: point {index}: {detail}{more}"
+        return make_condition(C.STALLED, True, reason, message, generation)
+    before = find_condition(list(conditions), C.STALLED)
+    if pods and before is not None and before.get("status") == "True":
+        return make_condition(
+            C.STALLED, False, R.CONTAINERS_STARTED, c.MESSAGES[R.CONTAINERS_STARTED], generation
+        )
+    return None

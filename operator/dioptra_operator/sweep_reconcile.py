@@ -51,6 +51,7 @@ from dioptra_operator.sweep_plan import (
     job_finished,
     point_outcomes,
     point_records,
+    stalled_condition,
     sweep_status,
 )
 from dioptra_operator.sweep_summary import (
@@ -163,8 +164,10 @@ def reconcile_sweep(
         kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
         tracking = _tracking_condition(status, record, kept, run.generation)
         accepted = accepted_condition(experiment.get("spec") or {}, settings, run.generation)
+        stalled = stalled_condition(pods, kept, run.generation)
+        _explain_stall(summary, stalled, find_condition(kept, C.STALLED), status)
         conditions, changed = _conditions(
-            kept, summary, created, suspend, run.generation, now, accepted, tracking
+            kept, summary, created, suspend, run.generation, now, accepted, tracking, stalled
         )
         summary["jobName"] = run.job_name
         patch = _sweep_patch(status, summary, conditions, run.generation, job is not None, now)
@@ -252,6 +255,21 @@ def _tracking_condition(
     return None
 
 
+def _explain_stall(
+    summary: dict[str, Any],
+    stalled: Condition | None,
+    before: Condition | None,
+    status: Mapping[str, Any],
+) -> None:
+    """The sweep's `message` says why it waits while Stalled, and drops that once it is not."""
+    if summary["phase"] in P.TERMINAL or stalled is None:
+        return
+    if stalled["status"] == "True":
+        summary["message"] = stalled["message"]
+    elif before is not None and status.get("message") == before.get("message"):
+        summary["message"] = None
+
+
 def _set_suspend(namespace: str, job: dict[str, Any], suspend: bool) -> dict[str, Any]:
     """The run's Job with the Experiment's `suspend` (patched only when it differs)."""
     if bool((job.get("spec") or {}).get("suspend")) == suspend:
@@ -309,6 +327,7 @@ def _conditions(
     now: str,
     accepted: Condition,
     tracking: Condition | None = None,
+    stalled: Condition | None = None,
 ) -> tuple[list[Condition], list[Condition]]:
     """The sweep's conditions after this pass, and those that changed (for Events)."""
 
@@ -329,6 +348,7 @@ def _conditions(
         wanted.append(cond(C.SUSPENDED, True, R.SUSPENDED, c.MESSAGES[R.SUSPENDED]))
     elif find_condition(conditions, C.SUSPENDED):
         wanted.append(cond(C.SUSPENDED, False, R.RESUMED, c.MESSAGES[R.RESUMED]))
-    if tracking is not None:
-        wanted.append(tracking)
+    for extra in (tracking, stalled):
+        if extra is not None:
+            wanted.append(extra)
     return set_conditions(conditions, wanted, now)
