@@ -603,3 +603,17 @@ def test_a_sweep_whose_points_need_a_missing_secret_is_stalled_naming_the_point(
     cleared = condition(cluster, "sweep-secret", c.ConditionType.STALLED)
     assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
     assert final["message"] == "All 2 sweep points succeeded."
+
+
+def test_a_script_too_large_for_the_runners_environment_fails_with_invalid_spec(
+    cluster: Cluster, operator_process: OperatorProcess
+) -> None:
+    # The API server takes it (the CRD allows a 256 KiB script); no container could start.
+    script = {"script": "from dioptra.flow import Flow\n" + "#" * (200 * 1024), "flow": "flow"}
+    cluster.create(experiment("huge-script", entryPoint=script))
+    final = wait_phase(cluster, "huge-script", c.Phase.FAILED)
+    accepted = condition(cluster, "huge-script", c.ConditionType.ACCEPTED)
+    assert (accepted["status"], accepted["reason"]) == ("False", c.Reason.INVALID_SPEC)
+    assert "largest: spec.entryPoint 200 KiB" in final["message"]
+    assert "spec.entryPoint.configMapRef" in final["message"]
+    assert jobs_of(cluster, "huge-script") == []

@@ -418,3 +418,33 @@ def test_the_sidecar_settings_come_from_the_environment() -> None:
     )
     assert not Settings.from_env({"DIOPTRA_PREFECT_SIDECAR": "false"}).prefect_sidecar
     assert not Settings.from_env({}).prefect_sidecar
+
+
+def _script_of(size: int) -> dict[str, Any]:
+    return {"script": "x = 1\n" + "#" * size, "flow": "flow"}
+
+
+def test_a_spec_the_runner_could_not_receive_in_its_environment_is_refused_naming_the_field() -> (
+    None
+):
+    # A 200 KiB script is within the CRD's limit but past the kernel's per-variable limit.
+    with pytest.raises(InvalidSpecError) as refused:
+        build_job(experiment(entryPoint=_script_of(200 * 1024)), SETTINGS)
+    message = str(refused.value)
+    assert "more than the 128 KiB" in message
+    assert "largest: spec.entryPoint 200 KiB" in message
+    assert "spec.entryPoint.configMapRef" in message
+
+
+def test_a_sweep_listing_too_many_points_for_the_environment_is_refused() -> None:
+    # 1,000 points (the most a sweep may have), each with a 200-character label.
+    points = [{"epsilon": i / 1000, "label": f"{i:05d}" + "-" * 195} for i in range(1000)]
+    with pytest.raises(InvalidSpecError, match=r"largest: spec\.sweep \d+ KiB"):
+        build_job(experiment(sweep={"points": points}), SETTINGS)
+
+
+def test_a_large_spec_within_the_limit_is_built() -> None:
+    job = build_job(experiment(entryPoint=_script_of(100 * 1024)), SETTINGS)
+    (main,) = job["spec"]["template"]["spec"]["containers"]
+    snapshot = next(e["value"] for e in main["env"] if e["name"] == c.EXPERIMENT_ENV)
+    assert len(snapshot) > 100 * 1024

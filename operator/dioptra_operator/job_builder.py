@@ -90,6 +90,40 @@ def experiment_snapshot(experiment: dict[str, Any]) -> str:
     return json.dumps(snapshot, sort_keys=True, separators=(",", ":"))
 
 
+# Linux refuses to start a process with one environment string ("NAME=value" and its NUL)
+# longer than MAX_ARG_STRLEN, 32 pages: the container would fail to start with E2BIG.
+ENV_STRING_LIMIT = 32 * 4096
+
+
+def check_snapshot_size(snapshot: str, spec: dict[str, Any]) -> None:
+    """InvalidSpecError when the runner could not receive the Experiment in its environment.
+
+    The CRD lets a spec be far larger (a 256 KiB script, 10,000 sweep points): refusing it
+    here, naming the largest fields, beats a Pod whose container cannot start.
+    """
+    size = len(c.EXPERIMENT_ENV) + 1 + len(snapshot.encode()) + 1
+    if size <= ENV_STRING_LIMIT:
+        return
+    fields = sorted(
+        (
+            (len(json.dumps(value, separators=(",", ":")).encode()), key)
+            for key, value in spec.items()
+        ),
+        reverse=True,
+    )
+    largest = ", ".join(f"spec.{key} {_kib(bytes_)}" for bytes_, key in fields[:2])
+    raise InvalidSpecError(
+        f"the Experiment is {_kib(size)} as the runner receives it, more than the "
+        f"{_kib(ENV_STRING_LIMIT)} a container's environment variable can hold (largest: "
+        f"{largest}); put a long script in a ConfigMap (spec.entryPoint.configMapRef), large "
+        "values in an artifact ({artifact: <uri>}), or sweep a grid instead of listing points"
+    )
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.0f} KiB"
+
+
 def spec_hash(spec: dict[str, Any]) -> str:
     """Identifies what a Job runs: every spec field except `suspend`, which only gates it."""
     relevant = {key: value for key, value in spec.items() if key != "suspend"}
@@ -478,6 +512,7 @@ def build_job(
     labels = job_labels(experiment)
     labels[c.LABEL_GENERATION] = str(generation)
     snapshot = experiment_snapshot(experiment)
+    check_snapshot_size(snapshot, spec)
     name = job_name(meta["name"], generation)
     image = runner.get("image") or settings.runner_image
     pull_policy = runner.get("imagePullPolicy") or settings.image_pull_policy
