@@ -383,6 +383,32 @@ def test_changing_a_running_sweeps_spec_replaces_its_job(
     assert all(entry.get("job") == "changed-g2" for entry in found.get("sweepPoints", {}).values())
 
 
+def test_raising_a_running_sweeps_max_concurrent_paces_the_same_job_faster(
+    cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
+) -> None:
+    # maxConcurrent is the Job's `parallelism`, which Kubernetes lets change in place: the run
+    # goes on, the points already running keep running.
+    with Watcher(cluster, "pods", "paced") as pods:
+        cluster.create(sweep_experiment("paced", {"grid": GRID, "maxConcurrent": 1}))
+        wait_phase(cluster, "paced", P.RUNNING)
+        (before,) = jobs_of(cluster, "paced")
+        cluster.patch("experiments", "paced", {"spec": {"sweep": {"maxConcurrent": 3}}})
+        wait_until(
+            lambda: pods.most_unfinished == 3, timeout=30, what="three points running at once"
+        )
+    (after,) = jobs_of(cluster, "paced")
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert (before["spec"]["parallelism"], after["spec"]["parallelism"]) == (1, 3)
+    assert len(pods.uids) == 3  # one Pod per point: the first one was never replaced
+    found = cluster.wait_for(
+        "experiments",
+        "paced",
+        lambda e: ((e or {}).get("status") or {}).get("observedGeneration") == 2,
+        what="generation 2 observed",
+    )["status"]
+    assert (found["jobName"], found["sweep"]["generation"]) == ("paced-g1", 1)
+
+
 def test_dropping_the_sweep_replaces_its_job_with_one_plain_job(
     cluster: Cluster, operator_process: OperatorProcess, slow_stand_in: StandInKubelet
 ) -> None:

@@ -448,3 +448,10 @@ def test_a_large_spec_within_the_limit_is_built() -> None:
     (main,) = job["spec"]["template"]["spec"]["containers"]
     snapshot = next(e["value"] for e in main["env"] if e["name"] == c.EXPERIMENT_ENV)
     assert len(snapshot) > 100 * 1024
+
+
+def test_a_sweeps_pace_is_not_part_of_what_its_job_runs() -> None:
+    sweep = {"grid": {"epsilon": [0.1, 0.2]}, "maxConcurrent": 1}
+    faster = {**sweep, "maxConcurrent": 2}
+    assert spec_hash({"sweep": sweep}) == spec_hash({"sweep": faster})
+    assert spec_hash({"sweep": sweep}) != spec_hash({"sweep": {**sweep, "grid": {"epsilon": [1]}}})

@@ -95,6 +95,11 @@ def experiment_snapshot(experiment: dict[str, Any]) -> str:
 ENV_STRING_LIMIT = 32 * 4096
 
 
+def sweep_parallelism(spec: dict[str, Any], points: list[SweepPoint]) -> int:
+    """How many of the sweep's points run at once: `maxConcurrent`, at most one per point."""
+    return min(len(points), max_concurrent(spec["sweep"]))
+
+
 def check_snapshot_size(snapshot: str, spec: dict[str, Any]) -> None:
     """InvalidSpecError when the runner could not receive the Experiment in its environment.
 
@@ -125,8 +130,12 @@ def _kib(size: int) -> str:
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
-    """Identifies what a Job runs: every spec field except `suspend`, which only gates it."""
+    """Identifies what a Job runs: every spec field except those that only gate or pace it
+    (`suspend`, a sweep's `maxConcurrent`), which the operator changes on the Job in place."""
     relevant = {key: value for key, value in spec.items() if key != "suspend"}
+    sweep = relevant.get("sweep")
+    if isinstance(sweep, dict) and "maxConcurrent" in sweep:
+        relevant["sweep"] = {key: value for key, value in sweep.items() if key != "maxConcurrent"}
     encoded = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]
 
@@ -484,7 +493,7 @@ def _indexed(spec: dict[str, Any], points: list[SweepPoint]) -> dict[str, Any]:
     return {
         "completionMode": "Indexed",
         "completions": len(points),
-        "parallelism": min(len(points), max_concurrent(spec["sweep"])),
+        "parallelism": sweep_parallelism(spec, points),
         "backoffLimitPerIndex": int(spec.get("backoffLimit", 0)),
     }
 

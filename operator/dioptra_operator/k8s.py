@@ -140,15 +140,16 @@ def list_jobs(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     return list(_json(response).get("items") or [])
 
 
-def set_job_suspend(namespace: str, name: str, suspend: bool) -> None:
-    """Suspend or resume the Job (Kueue uses the same field to admit work)."""
+def patch_job_spec(namespace: str, name: str, changes: dict[str, Any]) -> None:
+    """Change the Job's mutable fields in place: `suspend` (suspend or resume it; Kueue uses
+    the same field to admit work) or `parallelism` (a sweep's pace)."""
     api = kubernetes.client.BatchV1Api(_client())
     with _calling(f"patching Job {name}"):
         _json(
             api.patch_namespaced_job(
                 name,
                 namespace,
-                {"spec": {"suspend": suspend}},
+                {"spec": dict(changes)},
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )

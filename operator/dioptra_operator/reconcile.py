@@ -237,7 +237,7 @@ def _with_suspend(namespace: str, job: dict[str, Any], wanted: bool) -> dict[str
     """The Job with `spec.suspend` set to `wanted` (patched only when it differs)."""
     if bool((job.get("spec") or {}).get("suspend")) == wanted:
         return job
-    k8s.set_job_suspend(namespace, job["metadata"]["name"], wanted)
+    k8s.patch_job_spec(namespace, job["metadata"]["name"], {"suspend": wanted})
     return {**job, "spec": {**(job.get("spec") or {}), "suspend": wanted}}
 
 

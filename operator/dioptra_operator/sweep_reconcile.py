@@ -37,6 +37,7 @@ from dioptra_operator.job_builder import (
     build_job,
     job_name,
     spec_hash,
+    sweep_parallelism,
     sweep_points,
     validate_spec,
 )
@@ -139,7 +140,7 @@ def reconcile_sweep(
             job, was_created = _start_run(experiment, settings, run.run, log)
             created = [run.job_name] if was_created else []
         elif job is not None and job_finished(job) is None and spec_changed:
-            job = _set_suspend(namespace, job, suspend)
+            job = _follow_spec(namespace, job, suspend, sweep_parallelism(spec, points))
         if job is not None and job_finished(job) is None:
             suspend = bool((job.get("spec") or {}).get("suspend"))  # what holds the points
         reports: dict[str, Any] = dict(status.get("sweepPoints") or {})
@@ -270,12 +271,21 @@ def _explain_stall(
         summary["message"] = None
 
 
-def _set_suspend(namespace: str, job: dict[str, Any], suspend: bool) -> dict[str, Any]:
-    """The run's Job with the Experiment's `suspend` (patched only when it differs)."""
-    if bool((job.get("spec") or {}).get("suspend")) == suspend:
+def _follow_spec(
+    namespace: str, job: dict[str, Any], suspend: bool, parallelism: int
+) -> dict[str, Any]:
+    """The run's Job with the Experiment's `suspend` and pace (`sweep.maxConcurrent`), patched
+    in place when they differ: neither changes what the points run, so the run goes on."""
+    spec = job.get("spec") or {}
+    changes: dict[str, Any] = {}
+    if bool(spec.get("suspend")) != suspend:
+        changes["suspend"] = suspend
+    if spec.get("parallelism") != parallelism:
+        changes["parallelism"] = parallelism
+    if not changes:
         return job
-    k8s.set_job_suspend(namespace, job["metadata"]["name"], suspend)
-    return {**job, "spec": {**(job.get("spec") or {}), "suspend": suspend}}
+    k8s.patch_job_spec(namespace, job["metadata"]["name"], changes)
+    return {**job, "spec": {**spec, **changes}}
 
 
 def _merged(report: Mapping[str, Any] | None, record: Mapping[str, Any] | None) -> dict[str, Any]:
