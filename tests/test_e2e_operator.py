@@ -617,3 +617,29 @@ def test_a_script_too_large_for_the_runners_environment_fails_with_invalid_spec(
     assert "largest: spec.entryPoint 200 KiB" in final["message"]
     assert "spec.entryPoint.configMapRef" in final["message"]
     assert jobs_of(cluster, "huge-script") == []
+
+
+@pytest.mark.parametrize("sweep", [None, SWEEP], ids=["plain", "sweep"])
+def test_restarting_the_operator_leaves_a_job_a_queue_admitted_running(
+    cluster: Cluster,
+    operator_process: OperatorProcess,
+    stand_in: StandInKubelet,
+    sweep: dict[str, Any] | None,
+) -> None:
+    # Kueue admits a Job created suspended by setting its `suspend` to false. The spec still
+    # says `suspend: true` (the user's "queue it"): the operator's resume after a restart must
+    # not suspend the admitted Job again, which would stop its Pods.
+    spec: dict[str, Any] = {"suspend": True, "queueName": "team-a"}
+    if sweep:
+        spec["sweep"] = sweep
+    cluster.create(experiment("admitted", **spec))
+    wait_phase(cluster, "admitted", c.Phase.SUSPENDED)
+    cluster.patch("jobs", "admitted-g1", {"spec": {"suspend": False}})  # what Kueue does
+    wait_phase(cluster, "admitted", c.Phase.RUNNING)
+    operator_process.restart()
+    wait_until(
+        lambda: "Handler 'experiment_changed' succeeded" in operator_process.log_since_start,
+        what="the resume handler",
+    )
+    assert cluster.get("jobs", "admitted-g1")["spec"]["suspend"] is False
+    assert status(cluster, "admitted")["phase"] == c.Phase.RUNNING

@@ -146,6 +146,7 @@ def experiment_changed(
     job = (experiment["status"] or {}).get("jobName")
     pods = list(pods_by_job.get((namespace, job), [])) if job and pods_by_job else []
     state = _state(memo)
+    push_suspend = _suspend_changed(diff)
     with _retry_policy(state.memory, experiment, retry):
         if experiment["spec"].get("sweep"):
             sweep_reconcile.reconcile_sweep(
@@ -156,6 +157,7 @@ def experiment_changed(
                 _pods_for(namespace, pods_by_job),
                 logger,
                 spec_changed=True,
+                push_suspend=push_suspend,
             )
             return
         # On create nobody else has written status yet, so the body is fresh; otherwise re-read.
@@ -166,8 +168,24 @@ def experiment_changed(
             pods,
             logger,
             reread=reason != "create",
-            suspend_only=bool(diff) and all(d.field == ("suspend",) for d in diff),
+            suspend_only=bool(diff) and all(_is_suspend(d.field) for d in diff),
+            push_suspend=push_suspend,
         )
+
+
+def _is_suspend(field: tuple[str, ...]) -> bool:
+    # Relative to `spec` for the update handler, to the whole body for resume.
+    return tuple(field) in (("suspend",), ("spec", "suspend"))
+
+
+def _suspend_changed(diff: kopf.Diff) -> bool:
+    """Whether the user changed `spec.suspend` now, the only time it goes to an existing Job.
+
+    Once a Job exists, a queue (Kueue) admits or preempts it through the Job's `suspend`:
+    a resume after an operator restart, or an unrelated change, must not undo that by
+    carrying the spec's `suspend: true` ("queue it") over the queue's decision again.
+    """
+    return any(_is_suspend(d.field) for d in diff or [])
 
 
 @contextlib.contextmanager

@@ -173,12 +173,14 @@ def ensure_job(
     *,
     reread: bool = True,
     suspend_only: bool = False,
+    push_suspend: bool = True,
 ) -> None:
     """Make the Job for this generation exist (created or adopted) and record it in status.
 
     `suspend_only` says the update changed nothing but `spec.suspend`, which never calls for a
-    new Job. Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API
-    trouble.
+    new Job. `push_suspend` says the user changed `spec.suspend` now: only then does it go to
+    the Job that exists, whose `suspend` a queue (Kueue) owns otherwise. Raises
+    InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API trouble.
     """
     meta = experiment["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -204,7 +206,11 @@ def ensure_job(
         annotations = ((current or {}).get("metadata") or {}).get("annotations") or {}
         if current is not None and annotations.get(c.ANNOTATION_SPEC_HASH) == desired_hash:
             # Same work, maybe a different `suspend`: keep the Job, toggle it in place.
-            job = _with_suspend(namespace, current, bool(desired["spec"]["suspend"]))
+            job = (
+                _with_suspend(namespace, current, bool(desired["spec"]["suspend"]))
+                if push_suspend
+                else current
+            )
             created_reason = None
         else:
             job, created_reason = _start_job(experiment, desired, current, recorded, log)

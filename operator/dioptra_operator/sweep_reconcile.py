@@ -109,13 +109,16 @@ def reconcile_sweep(
     log: kopf.Logger,
     *,
     spec_changed: bool = False,
+    push_suspend: bool = False,
 ) -> None:
     """Make the run's Indexed Job exist and write the sweep's status; see the module docstring.
 
     `spec_changed` says the Experiment's spec is why we run (not a Job or Pod event): only then
-    does its `suspend` go to the Job, so that a queue (Kueue) admitting or preempting the Job
-    by its `suspend` is not undone on the Job's next event. Raises InvalidSpecError for a spec
-    that cannot run and k8s.ApiUnavailable for API trouble.
+    does its pace (`maxConcurrent`) go to the Job; and its `suspend` only with `push_suspend`
+    (the user changed it now), so that a queue (Kueue) admitting or preempting the Job by its
+    `suspend` is undone neither on the Job's next event nor by a resume after an operator
+    restart. Raises InvalidSpecError for a spec that cannot run and k8s.ApiUnavailable for API
+    trouble.
     """
     with memory.lock(namespace, name):
         experiment = k8s.read_experiment(namespace, name)
@@ -140,7 +143,8 @@ def reconcile_sweep(
             job, was_created = _start_run(experiment, settings, run.run, log)
             created = [run.job_name] if was_created else []
         elif job is not None and job_finished(job) is None and spec_changed:
-            job = _follow_spec(namespace, job, suspend, sweep_parallelism(spec, points))
+            held = suspend if push_suspend else bool((job.get("spec") or {}).get("suspend"))
+            job = _follow_spec(namespace, job, held, sweep_parallelism(spec, points))
         if job is not None and job_finished(job) is None:
             suspend = bool((job.get("spec") or {}).get("suspend"))  # what holds the points
         reports: dict[str, Any] = dict(status.get("sweepPoints") or {})

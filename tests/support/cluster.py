@@ -526,9 +526,13 @@ class OperatorProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_start = 0
         self._lock = threading.Lock()
 
     def start(self) -> OperatorProcess:
+        # Where this process's log begins: the former one's lines (before a restart) never
+        # count for the new one, even before the new one has written anything.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(VENV_BIN / "dioptra-operator"), *self.args],
@@ -563,7 +567,9 @@ class OperatorProcess:
     @property
     def log_since_start(self) -> str:
         """The log of the current process only (after the last `restart()`)."""
-        return self.log.split("dioptra-operator started")[-1]
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
 
 
 @contextlib.contextmanager
