@@ -35,7 +35,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,31 +123,11 @@ def track_runs(
     uri = tracking_uri(env)
     if uri is None:
         return None
-    status: dict[str, Any] = {"mlflowTrackingUri": public_uri(uri)}
-    try:
-        timeout = float(env.get(TIMEOUT_ENV) or 60)
-    except ValueError:
-        timeout = 60.0
-    outcome: dict[str, Any] = {}
 
-    def work() -> None:
-        try:
-            outcome.update(
-                _log(uri, experiment, runs, final_tasks, phase, message, plugins, sweep, plot, env)
-            )
-        except BaseException as error:  # reported below, never raised into the run
-            outcome["error"] = _describe(error, uri)
-            outcome.update(getattr(error, "dioptra_partial", {}))
+    def work() -> dict[str, Any]:
+        return _log(uri, experiment, runs, final_tasks, phase, message, plugins, sweep, plot, env)
 
-    worker = threading.Thread(target=work, name="dioptra-mlflow", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        outcome = {"error": f"MLflow did not answer within {timeout:g} s"}
-    status.update(outcome)
-    if "error" in status:
-        _LOG.warning("MLflow tracking failed: %s", status["error"])
-    return status
+    return _bounded(uri, env, work)
 
 
 # -- the MLflow side (imported only from here on) ------------------------------------------------
@@ -500,8 +480,11 @@ def track_sweep_parent(
     return _bounded(uri, env, work)
 
 
-def _bounded(uri: str, env: Mapping[str, str], work: Any) -> dict[str, Any]:
-    """``status.tracking`` from ``work()`` run in a thread for at most the tracking timeout."""
+def _bounded(
+    uri: str, env: Mapping[str, str], work: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``status.tracking`` from ``work()``, run in a thread for at most the tracking timeout
+    (``DIOPTRA_TRACKING_TIMEOUT``, 60 s): MLflow never holds up or fails the run."""
     status: dict[str, Any] = {"mlflowTrackingUri": public_uri(uri)}
     try:
         timeout = float(env.get(TIMEOUT_ENV) or 60)
