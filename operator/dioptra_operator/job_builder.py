@@ -498,6 +498,32 @@ def _indexed(spec: dict[str, Any], points: list[SweepPoint]) -> dict[str, Any]:
     }
 
 
+def runner_pod_spec(
+    spec: dict[str, Any],
+    settings: Settings,
+    main: dict[str, Any],
+    volumes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The Pod spec around a runner container: never restarted, the runner's ServiceAccount,
+    the restricted security context and the Experiment's scheduling (`nodeSelector`,
+    `tolerations`, `affinity`, top-level or under `runner`)."""
+    runner = spec.get("runner") or {}
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.get("serviceAccountName")
+        or runner.get("serviceAccountName")
+        or settings.runner_service_account,
+        "securityContext": _pod_security_context(),
+        "containers": [main],
+        "volumes": [dict(volume) for volume in volumes],
+    }
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        value = spec.get(key) or runner.get(key)
+        if value:
+            pod[key] = value
+    return pod
+
+
 def build_job(
     experiment: dict[str, Any],
     settings: Settings,
@@ -546,15 +572,7 @@ def build_job(
         env=env,
         volumeMounts=[*_MOUNTS, *deps_mounts, *mounts],
     )
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": spec.get("serviceAccountName")
-        or runner.get("serviceAccountName")
-        or settings.runner_service_account,
-        "securityContext": _pod_security_context(),
-        "containers": [main],
-        "volumes": [*_VOLUMES, *deps_volumes, *volumes],
-    }
+    pod = runner_pod_spec(spec, settings, main, [*_VOLUMES, *deps_volumes, *volumes])
     sync = _sync_container(spec, settings, image, pull_policy, resources)
     sidecar = _prefect_sidecar(settings, image, pull_policy)
     # The sidecar first: the kubelet starts init containers in order, and the sync does not
@@ -564,10 +582,6 @@ def build_job(
         pod["initContainers"] = inits
     if sidecar is not None:
         pod["volumes"].append({"name": _SIDECAR_VOLUME, "emptyDir": {}})
-    for key in ("nodeSelector", "tolerations", "affinity"):
-        value = spec.get(key) or runner.get(key)
-        if value:
-            pod[key] = value
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -34,10 +34,10 @@ from dioptra_operator.job_builder import (
     _COMMON_ENV,
     _MOUNTS,
     _container,
-    _pod_security_context,
     _with_suffix,
     artifact_env,
     experiment_snapshot,
+    runner_pod_spec,
     tracking_env,
 )
 from dioptra_operator.settings import Settings
@@ -148,19 +148,7 @@ def build_summary_job(
         env=env,
         volumeMounts=[dict(mount) for mount in _TMP_MOUNTS],
     )
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": spec.get("serviceAccountName")
-        or runner.get("serviceAccountName")
-        or settings.runner_service_account,
-        "securityContext": _pod_security_context(),
-        "containers": [main],
-        "volumes": [dict(volume) for volume in _VOLUMES],
-    }
-    for key in ("nodeSelector", "tolerations", "affinity"):
-        value = spec.get(key) or runner.get(key)
-        if value:
-            pod[key] = value
+    pod = runner_pod_spec(spec, settings, main, _VOLUMES)
     job_spec: dict[str, Any] = {
         "backoffLimit": _BACKOFF_LIMIT,
         "activeDeadlineSeconds": _DEADLINE_SECONDS,
