@@ -30,6 +30,7 @@ from dioptra import pyplugs
 from dioptra.flow import CANCELLED, Cancellation, Flow
 from dioptra_runner.interrupts import stop_on_signals
 from dioptra_runner.prefect_warmup import DATABASE_NAME, build_template
+from support.mlflow import MlflowServer
 from support.plugin_tree import PluginTree
 
 pytestmark = pytest.mark.timeout(240)
@@ -141,7 +142,9 @@ def write_experiment(folder: Path, module: str) -> Path:
 class Run:
     """A `dioptra run` in its own session, with its output collected as it comes."""
 
-    def __init__(self, folder: Path, module: str, template: Path) -> None:
+    def __init__(
+        self, folder: Path, module: str, template: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.folder = folder
         self.home = folder / "prefect-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -150,6 +153,7 @@ class Run:
             DIOPTRA_CACHE_DIR=str(folder / "cache"),
             DIOPTRA_PREFECT_TEMPLATE=str(template),
             MARKS=str(folder / "marks"),
+            **(extra_env or {}),
         )
         self.process = subprocess.Popen(
             [DIOPTRA, "run", str(write_experiment(folder, module))],
@@ -276,6 +280,24 @@ def stopped_while_loading(folder: Path, template: Path, signum: int, *, group: b
 
 
 # -- a signal during a task -----------------------------------------------------------------------
+
+
+def test_a_tracked_run_stopped_by_sigterm_is_a_killed_mlflow_run(
+    tmp_path: Path, template: Path, mlflow_server: MlflowServer
+) -> None:
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
+    run = Run(make_workspace(tmp_path), "stoppkg.flows:flow", template, extra_env=env)
+    run.wait_for_line("BLOCKER STARTED")
+    run.process.send_signal(signal.SIGTERM)  # what Kubernetes does
+    assert run.finish() == 128 + signal.SIGTERM, run.output
+
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name("blocking")
+    assert experiment is not None, run.output
+    (tracked,) = client.search_runs([experiment.experiment_id])
+    assert tracked.info.status == "KILLED"
+    assert tracked.data.tags["dioptra.phase"] == "Cancelled"
+    assert "Traceback" not in run.output
 
 
 def test_ctrl_c_during_a_task_exits_130_without_a_traceback(ctrl_c_during_a_task: Outcome) -> None:

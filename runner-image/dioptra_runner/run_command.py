@@ -162,9 +162,42 @@ def run(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - clock
             message = interruption_message(stop)
             _LOG.warning("%s", message)
-            _finish(reporter, CANCELLED, message, started, elapsed, reason="Interrupted")
+            tracking = _track_interrupted(experiment, stop.runs, message)
+            _finish(
+                reporter,
+                CANCELLED,
+                message,
+                started,
+                elapsed,
+                reason="Interrupted",
+                tracking=tracking,
+            )
             print_interrupted(args, experiment, stop, message, elapsed)
             return stop.code
+
+
+# What is left for MLflow once a signal stopped the run: a pod's grace period is 30 s by
+# default, and the Prefect flow runs and the status report need some of it too.
+INTERRUPTED_TRACKING_SECONDS = 10.0
+
+
+def _track_interrupted(experiment: Any, runs: list[Any], message: str) -> dict[str, Any] | None:
+    """The MLflow record of a run stopped by a signal (KILLED), if tracking is on and the
+    flow got as far as a run; None otherwise. A second signal still exits at once."""
+    if experiment is None or not runs:
+        return None
+    from dioptra_runner.tracking import track_runs, tracking_uri
+
+    if tracking_uri() is None:
+        return None
+    return track_runs(
+        experiment,
+        runs,
+        [],
+        phase=CANCELLED,
+        message=message,
+        time_limit=INTERRUPTED_TRACKING_SECONDS,
+    )
 
 
 def _report_outcome(

@@ -64,6 +64,8 @@ _MLFLOW_DEFAULTS = {
     "MLFLOW_CONFIGURE_LOGGING": "false",
 }
 _MAX_PARAM_CHARS = 6000
+# A run's phase as MLflow's run status (anything else: FAILED).
+_MLFLOW_STATUS = {"Succeeded": "FINISHED", "Cancelled": "KILLED"}
 _BATCH = {"metrics": 1000, "params": 100}  # MLflow's log_batch limits
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 
@@ -113,11 +115,14 @@ def track_runs(
     sweep: dict[str, Any] | None = None,
     plot: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any] | None:
     """Log the runs to MLflow; ``status.tracking``, or None when tracking is off.
 
     ``runs`` are the execution's PointRuns: one without a point (a plain run, or one point
-    of an in-cluster sweep), or a sweep's points (a parent run and a child per point).
+    of an in-cluster sweep), or a sweep's points (a parent run and a child per point); a run
+    stopped by a signal is KILLED. ``time_limit`` caps the tracking timeout (a stopped pod
+    has only its grace period left).
     """
     env = environ if environ is not None else os.environ
     uri = tracking_uri(env)
@@ -127,7 +132,7 @@ def track_runs(
     def work() -> dict[str, Any]:
         return _log(uri, experiment, runs, final_tasks, phase, message, plugins, sweep, plot, env)
 
-    return _bounded(uri, env, work)
+    return _bounded(uri, env, work, time_limit)
 
 
 # -- the MLflow side (imported only from here on) ------------------------------------------------
@@ -311,6 +316,8 @@ def _point_run(
     if getattr(result, "flow_run_id", None):
         tags["dioptra.prefect.flowRunId"] = str(result.flow_run_id)
     phase = "Succeeded" if result.is_successful() else "Failed"
+    if getattr(result, "is_cancelled", lambda: False)():
+        phase = "Cancelled"  # stopped by a signal: KILLED in MLflow
     return TrackedRun(
         name=name,
         parameters=dict(run_.values),
@@ -425,8 +432,7 @@ def _finish_run(client: Any, run_id: str, run: TrackedRun, document: str) -> Non
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(Path(local).read_bytes())
         client.log_artifacts(run_id, folder)
-    status = "FINISHED" if run.phase == "Succeeded" else "FAILED"
-    client.set_terminated(run_id, status=status)
+    client.set_terminated(run_id, status=_MLFLOW_STATUS.get(run.phase, "FAILED"))
 
 
 def _param_value(value: Any) -> str:
@@ -481,15 +487,21 @@ def track_sweep_parent(
 
 
 def _bounded(
-    uri: str, env: Mapping[str, str], work: Callable[[], dict[str, Any]]
+    uri: str,
+    env: Mapping[str, str],
+    work: Callable[[], dict[str, Any]],
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """``status.tracking`` from ``work()``, run in a thread for at most the tracking timeout
-    (``DIOPTRA_TRACKING_TIMEOUT``, 60 s): MLflow never holds up or fails the run."""
+    (``DIOPTRA_TRACKING_TIMEOUT``, 60 s, or ``time_limit`` if less): MLflow never holds up
+    or fails the run."""
     status: dict[str, Any] = {"mlflowTrackingUri": public_uri(uri)}
     try:
         timeout = float(env.get(TIMEOUT_ENV) or 60)
     except ValueError:
         timeout = 60.0
+    if time_limit is not None:
+        timeout = min(timeout, time_limit)
     outcome: dict[str, Any] = {}
 
     def run() -> None:
