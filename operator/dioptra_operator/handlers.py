@@ -242,7 +242,6 @@ def experiment_seen(
     namespace: str | None,
     name: str,
     status: kopf.Status,
-    spec: kopf.Spec,
     memo: kopf.Memo,
     pods_by_job: kopf.Index[Any, Any] | None = None,
     **_: Any,
