@@ -482,6 +482,30 @@ def tracking_conditions(
     return [make_condition(C.TRACKING_FAILED, False, R.TRACKED, _message(R.TRACKED), generation)]
 
 
+def merge_conditions(
+    conditions: list[Condition] | None, wanted: list[Condition], now: str
+) -> tuple[list[Condition], list[Condition]]:
+    """`conditions` with each wanted one merged in, and those that changed (for Events).
+
+    A False Suspended, Stalled or TrackingFailed is added only once its True twin has been
+    seen: a run never held, stuck or untracked says nothing of being resumed, started or
+    tracked again. Plain runs (`status_patch`) and sweeps (`sweep_reconcile`) both merge here.
+    """
+    result = list(conditions or [])
+    changed: list[Condition] = []
+    for new in wanted:
+        if (
+            new["type"] in _ONLY_AFTER_TRUE
+            and new["status"] == "False"
+            and find_condition(result, new["type"]) is None
+        ):
+            continue
+        result, did_change = set_condition(result, new, now)
+        if did_change:
+            changed.append(find_condition(result, new["type"]) or new)
+    return result, changed
+
+
 def status_patch(
     status: dict[str, Any], observation: Observation, now: str
 ) -> tuple[dict[str, Any], list[Condition]]:
@@ -492,19 +516,12 @@ def status_patch(
     `status.run` is folded in by `decide`.
     """
     decided = decide(observation, runner_account(status))
-    conditions = list(status.get("conditions") or [])
-    changed: list[Condition] = []
     generation = next((cond.get("observedGeneration") for cond in observation.conditions), None)
-    for new in [*decided.conditions, *tracking_conditions(status, generation)]:
-        if (
-            new["type"] in _ONLY_AFTER_TRUE
-            and new["status"] == "False"
-            and find_condition(conditions, new["type"]) is None
-        ):
-            continue
-        conditions, did_change = set_condition(conditions, new, now)
-        if did_change:
-            changed.append(find_condition(conditions, new["type"]) or new)
+    conditions, changed = merge_conditions(
+        status.get("conditions"),
+        [*decided.conditions, *tracking_conditions(status, generation)],
+        now,
+    )
     patch: dict[str, Any] = {}
     if changed:
         patch["conditions"] = conditions

@@ -28,7 +28,6 @@ from dioptra_api.conditions import (
     Condition,
     find_condition,
     make_condition,
-    set_conditions,
 )
 
 from dioptra_operator import k8s
@@ -45,7 +44,11 @@ from dioptra_operator.memory import ExperimentMemory
 from dioptra_operator.prometheus import JOBS_CREATED, PHASES_SEEN
 from dioptra_operator.reconcile import post_condition_events
 from dioptra_operator.settings import Settings
-from dioptra_operator.status_mapping import RUN_REPORT_FIELDS, tracking_conditions
+from dioptra_operator.status_mapping import (
+    RUN_REPORT_FIELDS,
+    merge_conditions,
+    tracking_conditions,
+)
 from dioptra_operator.sweep_plan import (
     RECORD_FIELDS,
     changed_records,
@@ -167,8 +170,8 @@ def reconcile_sweep(
             summary["sweep"][PLOT_FIELD] = before[PLOT_FIELD]  # the summary Pod's
         now = clock.now()
         kept = conditions_before if run.same_run else _without_run_conditions(conditions_before)
-        tracking = _tracking_condition(status, record, kept, run.generation)
-        accepted = accepted_condition(experiment.get("spec") or {}, settings, run.generation)
+        tracking = _tracking_condition(status, record, run.generation)
+        accepted = accepted_condition(spec, settings, run.generation)
         stalled = stalled_condition(pods, kept, run.generation)
         _explain_stall(summary, stalled, find_condition(kept, C.STALLED), status)
         conditions, changed = _conditions(
@@ -242,22 +245,14 @@ def _follow_summary(
 
 
 def _tracking_condition(
-    status: Mapping[str, Any],
-    record: Mapping[str, Any] | None,
-    conditions: list[Condition],
-    generation: int,
+    status: Mapping[str, Any], record: Mapping[str, Any] | None, generation: int
 ) -> Condition | None:
     """TrackingFailed: the summary Job's failure, else the runners' MLflow reports (the
-    summary's `status.tracking` and the points'); a False one only after a True one."""
+    summary's `status.tracking` and the points')."""
     failed = summary_failed_condition(record, generation)
     if failed is not None:
         return failed
-    found = tracking_conditions(status, generation)
-    if not found:
-        return None
-    if found[0]["status"] == "True" or find_condition(conditions, C.TRACKING_FAILED):
-        return found[0]
-    return None
+    return next(iter(tracking_conditions(status, generation)), None)
 
 
 def _explain_stall(
@@ -360,9 +355,7 @@ def _conditions(
         wanted.append(cond(C.FAILED, True, R.SWEEP_POINTS_FAILED, summary["message"]))
     elif suspend:
         wanted.append(cond(C.SUSPENDED, True, R.SUSPENDED, c.MESSAGES[R.SUSPENDED]))
-    elif find_condition(conditions, C.SUSPENDED):
+    else:
         wanted.append(cond(C.SUSPENDED, False, R.RESUMED, c.MESSAGES[R.RESUMED]))
-    for extra in (tracking, stalled):
-        if extra is not None:
-            wanted.append(extra)
-    return set_conditions(conditions, wanted, now)
+    wanted.extend(extra for extra in (tracking, stalled) if extra is not None)
+    return merge_conditions(conditions, wanted, now)
