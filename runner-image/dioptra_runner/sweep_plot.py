@@ -21,11 +21,11 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_sweep_plot", "sweep_plot_points", "write_sweep_plot"]
+__all__ = ["point_numbers", "render_sweep_plot", "sweep_plot_points", "write_sweep_plot"]
 
 
 def sweep_plot_points(
@@ -38,25 +38,38 @@ def sweep_plot_points(
     for run_ in runs:
         numbers: dict[str, float] = {}
         if run_.result is not None and run_.result.is_successful():
-            source = run_.results.get("metrics", {}) if logged else _final(run_, final_tasks)
-            numbers = {
-                name: float(value)
-                for name, value in source.items()
-                if name not in swept and _is_number(value)
-            }
+            numbers = point_numbers(run_.results, swept, logged=logged, final_tasks=final_tasks)
         points.append((dict(run_.point.values), numbers))
     return points
 
 
-def _final(run_: Any, final_tasks: Sequence[str]) -> dict[str, Any]:
+def point_numbers(
+    results: Mapping[str, Any],
+    swept: Collection[str],
+    *,
+    logged: bool,
+    final_tasks: Collection[str] | None = None,
+) -> dict[str, float]:
+    """A point's numbers to plot: its logged metrics when the sweep logged some (``logged``),
+    else the numbers among its task outputs (only the final tasks' when they are known), dict
+    outputs by key; a swept parameter's own name is left out."""
+    source = (results.get("metrics") or {}) if logged else _outputs(results, final_tasks)
+    return {
+        str(name): float(value)
+        for name, value in source.items()
+        if name not in swept and _is_number(value)
+    }
+
+
+def _outputs(results: Mapping[str, Any], final_tasks: Collection[str] | None) -> dict[str, Any]:
     flat: dict[str, Any] = {}
-    for task, value in (run_.results.get("outputs") or {}).items():
-        if task not in final_tasks:
+    for task, value in (results.get("outputs") or {}).items():
+        if final_tasks is not None and task not in final_tasks:
             continue
         if isinstance(value, Mapping):
             flat.update({str(k): v for k, v in value.items()})
         else:
-            flat[task] = value
+            flat[str(task)] = value
     return flat
 
 

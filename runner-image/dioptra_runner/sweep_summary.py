@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,9 @@ from typing import Any
 
 from dioptra_api import EXPERIMENT_ENV, TRACKING_STATUS, Phase
 from dioptra_api.sweep import SweepPoint, cluster_points
+
+from dioptra_runner.sweep_plot import point_numbers  # matplotlib only when it draws
+from dioptra_runner.tracking import sweep_parent_parameters  # MLflow only when it logs
 
 __all__ = [
     "PlotRecord",
@@ -105,24 +107,6 @@ def point_succeeded(entry: Mapping[str, Any] | None) -> bool:
     )
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(float(value))
-    )
-
-
-def _outputs(results: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for task, value in (results.get("outputs") or {}).items():
-        if isinstance(value, Mapping):
-            flat.update({str(key): item for key, item in value.items()})
-        else:
-            flat[str(task)] = value
-    return flat
-
-
 def plot_input(
     points: Sequence[SweepPoint], entries: Mapping[str, Mapping[str, Any]]
 ) -> PlotPoints:
@@ -138,13 +122,7 @@ def plot_input(
         entry = entries.get(point.key) or {}
         numbers: dict[str, float] = {}
         if point_succeeded(entry):
-            results = entry.get("results") or {}
-            source = (results.get("metrics") or {}) if logged else _outputs(results)
-            numbers = {
-                str(name): float(value)
-                for name, value in source.items()
-                if name not in swept and _is_number(value)
-            }
+            numbers = point_numbers(entry.get("results") or {}, swept, logged=logged)
         found.append((dict(point.values), numbers))
     return found
 
@@ -163,23 +141,9 @@ def child_run_ids(
 
 
 def parent_parameters(points: Sequence[SweepPoint]) -> dict[str, Any]:
-    """The parent run's parameters: those all points share, and ``sweep.<name>``: the values
-    swept, in order (what ``dioptra run`` logs on a local sweep's parent)."""
-    swept = list(dict.fromkeys(name for point in points for name in point.values))
-    first = points[0].parameters if points else {}
-    common: dict[str, Any] = {
-        name: value
-        for name, value in first.items()
-        if name not in swept and all(p.parameters.get(name) == value for p in points)
-    }
-    for name in swept:
-        seen = {
-            json.dumps(p.values.get(name), sort_keys=True, default=str): p.values.get(name)
-            for p in points
-            if name in p.values
-        }
-        common[f"sweep.{name}"] = list(seen.values())
-    return common
+    """The parent run's parameters, as ``dioptra run`` logs them on a local sweep's parent
+    (``tracking.sweep_parent_parameters``)."""
+    return sweep_parent_parameters([(point.values, point.parameters) for point in points])
 
 
 def sweep_outcome(

@@ -44,6 +44,7 @@ __all__ = [
     "TRACKING_URI_ENV",
     "TrackedRun",
     "public_uri",
+    "sweep_parent_parameters",
     "track_runs",
     "track_sweep_parent",
     "tracking_uri",
@@ -340,18 +341,7 @@ def _parent_run(
     plot: Path | None,
 ) -> TrackedRun:
     swept = sorted({name for r in runs for name in r.point.values})
-    common = {
-        name: value
-        for name, value in runs[0].values.items()
-        if name not in swept and all(r.values.get(name) == value for r in runs)
-    }
-    for name in swept:  # the values swept, in order, as one JSON list
-        seen = {
-            json.dumps(r.point.values.get(name), default=str): r.point.values.get(name)
-            for r in runs
-            if name in r.point.values
-        }
-        common[f"sweep.{name}"] = list(seen.values())
+    common = sweep_parent_parameters([(r.point.values, r.values) for r in runs])
     tags = {
         **base_tags,
         "dioptra.sweep.parameters": ",".join(swept),
@@ -367,6 +357,29 @@ def _parent_run(
         tags=tags,
         artifacts=artifacts,
     )
+
+
+def sweep_parent_parameters(
+    points: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+) -> dict[str, Any]:
+    """A sweep's parent-run parameters from each point's (swept values, all parameters): the
+    parameters every point shares, and ``sweep.<name>``: the values swept, in order, once
+    each (one JSON list). The same for a local sweep and for one summarized in the cluster."""
+    swept = sorted({name for values, _ in points for name in values})
+    first = points[0][1] if points else {}
+    common: dict[str, Any] = {
+        name: value
+        for name, value in first.items()
+        if name not in swept and all(parameters.get(name) == value for _, parameters in points)
+    }
+    for name in swept:
+        seen = {
+            json.dumps(values.get(name), sort_keys=True, default=str): values.get(name)
+            for values, _ in points
+            if name in values
+        }
+        common[f"sweep.{name}"] = list(seen.values())
+    return common
 
 
 def _start_run(client: Any, experiment_id: str, run: TrackedRun, parent: str | None) -> str:
