@@ -103,8 +103,8 @@ def sweep_parallelism(spec: dict[str, Any], points: list[SweepPoint]) -> int:
 def check_snapshot_size(snapshot: str, spec: dict[str, Any]) -> None:
     """InvalidSpecError when the runner could not receive the Experiment in its environment.
 
-    The CRD lets a spec be far larger (a 256 KiB script, 10,000 sweep points): refusing it
-    here, naming the largest fields, beats a Pod whose container cannot start.
+    The CRD lets a spec be far larger (a 256 KiB script, 1,000 sweep points of any size):
+    refusing it here, naming the largest fields, beats a Pod whose container cannot start.
     """
     size = len(c.EXPERIMENT_ENV) + 1 + len(snapshot.encode()) + 1
     if size <= ENV_STRING_LIMIT:

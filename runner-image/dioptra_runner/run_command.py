@@ -186,10 +186,8 @@ def _track_interrupted(experiment: Any, runs: list[Any], message: str) -> dict[s
     flow got as far as a run; None otherwise. A second signal still exits at once."""
     if experiment is None or not runs:
         return None
-    from dioptra_runner.tracking import track_runs, tracking_uri
+    from dioptra_runner.tracking import track_runs
 
-    if tracking_uri() is None:
-        return None
     return track_runs(
         experiment,
         runs,
