@@ -537,6 +537,14 @@ def test_caching_without_an_artifact_store_runs_with_a_warning_that_names_the_fi
 SWEEP = {"grid": {"epsilon": [0.1, 0.2]}, "maxConcurrent": 2}
 
 
+def assert_unstalled_and_succeeded(api: Cluster, name: str) -> None:
+    """Once what it waited for exists, the stalled sweep runs: Stalled clears, both succeed."""
+    final = wait_phase(api, name, c.Phase.SUCCEEDED, timeout=60)
+    cleared = condition(api, name, c.ConditionType.STALLED)
+    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
+    assert final["message"] == "All 2 sweep points succeeded."
+
+
 def test_a_sweep_without_its_service_account_is_stalled_until_the_account_exists(
     cluster: Cluster, operator_process: OperatorProcess, quick_stand_in: StandInKubelet
 ) -> None:
@@ -557,10 +565,7 @@ def test_a_sweep_without_its_service_account_is_stalled_until_the_account_exists
 
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "late-runner"}}
     cluster.create(account)
-    final = wait_phase(cluster, "sweep-nobody", c.Phase.SUCCEEDED, timeout=60)
-    cleared = condition(cluster, "sweep-nobody", c.ConditionType.STALLED)
-    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
-    assert final["message"] == "All 2 sweep points succeeded."
+    assert_unstalled_and_succeeded(cluster, "sweep-nobody")
 
 
 def test_a_sweep_whose_points_need_a_missing_secret_is_stalled_naming_the_point(
@@ -599,10 +604,7 @@ def test_a_sweep_whose_points_need_a_missing_secret_is_stalled_naming_the_point(
         "stringData": {"token": "not-a-real-token"},
     }
     cluster.create(secret)
-    final = wait_phase(cluster, "sweep-secret", c.Phase.SUCCEEDED, timeout=60)
-    cleared = condition(cluster, "sweep-secret", c.ConditionType.STALLED)
-    assert (cleared["status"], cleared["reason"]) == ("False", c.Reason.CONTAINERS_STARTED)
-    assert final["message"] == "All 2 sweep points succeeded."
+    assert_unstalled_and_succeeded(cluster, "sweep-secret")
 
 
 def test_a_script_too_large_for_the_runners_environment_fails_with_invalid_spec(

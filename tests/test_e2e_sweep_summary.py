@@ -35,6 +35,13 @@ def summary_done(experiment: dict[str, Any] | None) -> bool:
     return summary.get("phase") in P.TERMINAL
 
 
+def two_point_sweep(builtins_bucket: str, s3_server: S3Server) -> dict[str, Any]:
+    """The random-integer example swept over two values of `high`, both run at once."""
+    manifest = example(NAME, builtins_bucket, s3_server.endpoint_url)
+    manifest["spec"]["sweep"] = {"grid": {"high": [10, 20]}, "maxConcurrent": 2}
+    return manifest
+
+
 def test_a_finished_sweep_gets_one_summary_with_its_plot_and_an_mlflow_parent_run(
     cluster: Cluster,
     chart_rbac: ChartRbac,
@@ -50,8 +57,7 @@ def test_a_finished_sweep_gets_one_summary_with_its_plot_and_an_mlflow_parent_ru
         "DIOPTRA_PREFECT_API_URL": prefect_api_url,
         "DIOPTRA_MLFLOW_TRACKING_URI": mlflow_server.url,
     }
-    manifest = example(NAME, builtins_bucket, s3_server.endpoint_url)
-    manifest["spec"]["sweep"] = {"grid": {"high": [10, 20]}, "maxConcurrent": 2}
+    manifest = two_point_sweep(builtins_bucket, s3_server)
     manifest["spec"]["artifacts"] = {"store": f"s3://{store}/runs"}
     with operator_running(chart_rbac, env, tmp_path):
         cluster.create(manifest)
@@ -108,8 +114,7 @@ def test_an_unreachable_mlflow_fails_only_the_summary_and_the_sweep_still_succee
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {"DIOPTRA_PREFECT_API_URL": prefect_api_url, "DIOPTRA_MLFLOW_TRACKING_URI": nobody}
-    manifest = example(NAME, builtins_bucket, s3_server.endpoint_url)
-    manifest["spec"]["sweep"] = {"grid": {"high": [10, 20]}, "maxConcurrent": 2}
+    manifest = two_point_sweep(builtins_bucket, s3_server)
     with operator_running(chart_rbac, env, tmp_path):
         cluster.create(manifest)
         found = cluster.wait_for(
